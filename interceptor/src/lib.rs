@@ -1,0 +1,7 @@
+//! interceptor: transparent interception for service-mesh sidecars (iptables or eBPF) and
+//! an ngrep-style HTTP/1.1 sniffer that pairs mirrored shadow requests with their primaries.
+//!
+//! The binary (`src/main.rs`) is a thin command-line layer over these modules; each module
+//! owns one concern.
+
+pub mod http;
