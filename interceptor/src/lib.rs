@@ -5,3 +5,4 @@
 //! owns one concern.
 
 pub mod http;
+pub mod shadow;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "interceptor", version, about = "Transparent interception and HTTP inspection for service-mesh sidecars")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent interception and HTTP inspection for service-mesh sidecars"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
