@@ -4,6 +4,7 @@
 //! otherwise.
 
 pub mod netns;
+pub mod pcap_synth;
 
 pub use netns::{run, unique, veth, Netns};
 

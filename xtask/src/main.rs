@@ -1,6 +1,8 @@
 //! Development tasks: `cargo xtask <task>`.
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -10,8 +12,58 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Task {}
+enum Task {
+    /// Writes a pcap of mirrored catalog traffic (primary and shadow exchanges) for the
+    /// shadow benchmark and tests.
+    ShadowPcap {
+        /// Primary requests; each is mirrored unless --unmirrored-every says otherwise.
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        /// Keep-alive connections per side.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Leave every Nth request without its mirror.
+        #[arg(long, value_name = "N")]
+        unmirrored_every: Option<usize>,
+        /// The shadow serves the same catalog as the primary (v1) instead of v2.
+        #[arg(long)]
+        same: bool,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
 
 fn main() -> Result<()> {
-    match Cli::parse().task {}
+    match Cli::parse().task {
+        Task::ShadowPcap {
+            requests,
+            connections,
+            unmirrored_every,
+            same,
+            out,
+        } => {
+            if connections == 0 {
+                anyhow::bail!("--connections 0: need at least one connection per side");
+            }
+            let spec = interceptor_tests::pcap_synth::Spec {
+                requests,
+                connections,
+                unmirrored_every,
+                shadow_v2: !same,
+            };
+            let file =
+                std::fs::File::create(&out).with_context(|| format!("--out {}", out.display()))?;
+            let w = interceptor_tests::pcap_synth::write(std::io::BufWriter::new(file), &spec)?;
+            eprintln!(
+                "{}: {} mirrored pairs, {} unmirrored primaries, {} packets, {} bytes",
+                out.display(),
+                w.pairs,
+                w.unmirrored,
+                w.packets,
+                w.bytes
+            );
+        }
+    }
+    Ok(())
 }
