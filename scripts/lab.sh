@@ -103,7 +103,8 @@ up() {
   wait_listen "$V2" 3000
   wait_listen "$WEB" 15001
 
-  local intercept=${LAB_INTERCEPT:-"$INTERCEPTOR init --proxy-port 15001 --inbound-capture-port 15006 --proxy-uid $PROXY_UID --inbound-ports ''"}
+  # istio-init's command line: outbound to 15001, inbound to 15006, uid 1337 left alone.
+  local intercept=${LAB_INTERCEPT:-"$INTERCEPTOR init -p 15001 -z 15006 -u $PROXY_UID -m REDIRECT -i '*' -b '*'"}
   in_ns "$WEB" sh -c "$intercept" >"$LAB_DIR/init.log" 2>&1 || { cat "$LAB_DIR/init.log" >&2; die "interception failed: $intercept"; }
   trap - EXIT
 
