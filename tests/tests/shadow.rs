@@ -33,9 +33,17 @@ impl Lab {
         let name = unique("sh");
         let dir = std::env::temp_dir().join(format!("interceptor-{name}"));
         let lab = Lab { name, dir };
-        let out = lab.script().arg("up").env("SHADOW_VERSION", shadow_version).output()?;
+        let out = lab
+            .script()
+            .arg("up")
+            .env("SHADOW_VERSION", shadow_version)
+            .output()?;
         if !out.status.success() {
-            bail!("lab.sh up: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "lab.sh up: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         Ok(lab)
     }
@@ -62,7 +70,10 @@ impl Lab {
         let out = self.script().args(["app", &n.to_string()]).output()?;
         let codes = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || codes.lines().filter(|l| *l == "200").count() != n {
-            bail!("lab.sh app {n}: {codes}{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "lab.sh app {n}: {codes}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -115,7 +126,12 @@ impl Proc {
                 let _ = etx.send(l);
             }
         });
-        Ok(Proc { child, stdout, stderr, err_seen: Vec::new() })
+        Ok(Proc {
+            child,
+            stdout,
+            stderr,
+            err_seen: Vec::new(),
+        })
     }
 
     /// Waits for a stderr line containing `needle` (the tool says it is listening).
@@ -130,10 +146,16 @@ impl Proc {
                 }
             }
             if let Some(st) = self.child.try_wait()? {
-                bail!("exited ({st}) before saying {needle:?}: {}", self.err_seen.join("\n"));
+                bail!(
+                    "exited ({st}) before saying {needle:?}: {}",
+                    self.err_seen.join("\n")
+                );
             }
         }
-        bail!("no {needle:?} on stderr after 10 s: {}", self.err_seen.join("\n"))
+        bail!(
+            "no {needle:?} on stderr after 10 s: {}",
+            self.err_seen.join("\n")
+        )
     }
 
     /// Reads JSON lines until `n` of type `shadow` have come (or 20 s passed).
@@ -141,7 +163,10 @@ impl Proc {
         let deadline = Instant::now() + Duration::from_secs(20);
         while into.iter().filter(|v| v["type"] == "shadow").count() < n {
             if Instant::now() > deadline {
-                bail!("{} of {n} pairs after 20 s: {into:#?}", into.iter().filter(|v| v["type"] == "shadow").count());
+                bail!(
+                    "{} of {n} pairs after 20 s: {into:#?}",
+                    into.iter().filter(|v| v["type"] == "shadow").count()
+                );
             }
             if let Ok(l) = self.stdout.recv_timeout(Duration::from_millis(100)) {
                 into.push(serde_json::from_str(&l).with_context(|| format!("not JSON: {l}"))?);
@@ -175,7 +200,11 @@ impl Drop for Proc {
 fn where_set(pair: &Value) -> BTreeSet<String> {
     pair["differences"]
         .as_array()
-        .map(|a| a.iter().map(|d| d["where"].as_str().unwrap_or("?").to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|d| d["where"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -206,7 +235,10 @@ fn check_pairs(objs: &[Value], n: usize, v2: bool) -> Result<()> {
         assert_eq!(p["shadow"]["server"], SHADOW, "{p:#}");
         assert_eq!(p["primary"]["status"], 200);
         assert_eq!(p["shadow"]["status"], 200);
-        assert!(p["primary"]["latency_us"].is_u64() && p["shadow"]["latency_us"].is_u64(), "{p:#}");
+        assert!(
+            p["primary"]["latency_us"].is_u64() && p["shadow"]["latency_us"].is_u64(),
+            "{p:#}"
+        );
         if v2 {
             assert_v2_pair(p);
         } else {
@@ -215,13 +247,19 @@ fn check_pairs(objs: &[Value], n: usize, v2: bool) -> Result<()> {
         }
     }
     assert_eq!(ids.len(), n, "every request has its own id");
-    let s = objs.iter().find(|v| v["type"] == "shadow_summary").context("no summary")?;
+    let s = objs
+        .iter()
+        .find(|v| v["type"] == "shadow_summary")
+        .context("no summary")?;
     assert_eq!(s["pairs"], n as u64, "{s:#}");
     assert_eq!(s[if v2 { "different" } else { "same" }], n as u64, "{s:#}");
     assert_eq!(s["primaries_without_shadow"], 0, "{s:#}");
     assert_eq!(s["shadows_without_primary"], 0, "{s:#}");
     if v2 {
-        assert_eq!(s["top_differences"][0]["where"], "body:[*].imageUrl", "{s:#}");
+        assert_eq!(
+            s["top_differences"][0]["where"], "body:[*].imageUrl",
+            "{s:#}"
+        );
         assert_eq!(s["top_differences"][0]["pairs"], n as u64, "{s:#}");
     }
     assert_eq!(s["latency_us"]["primary"]["count"], n as u64);
@@ -236,13 +274,32 @@ fn scenario(shadow_version: &str) -> Result<()> {
     let lab = Lab::up(shadow_version)?;
     let veth = lab.webapp_veth();
     let bin = interceptor_bin();
-    let mut sniff = Proc::start(&lab.node(), &bin, &["sniff", "--shadow", "--json", "-d", &veth, "", "tcp port 3000"])?;
+    let mut sniff = Proc::start(
+        &lab.node(),
+        &bin,
+        &[
+            "sniff",
+            "--shadow",
+            "--json",
+            "-d",
+            &veth,
+            "",
+            "tcp port 3000",
+        ],
+    )?;
     sniff.wait_stderr("listening on")?;
     let pcap = lab.dir.join("webapp.pcap");
     let mut tcpdump = Proc::start(
         &lab.node(),
         Path::new("tcpdump"),
-        &["-U", "-i", &veth, "-w", pcap.to_str().context("path")?, "tcp port 3000"],
+        &[
+            "-U",
+            "-i",
+            &veth,
+            "-w",
+            pcap.to_str().context("path")?,
+            "tcp port 3000",
+        ],
     )?;
     tcpdump.wait_stderr("listening on")?;
 
@@ -256,35 +313,60 @@ fn scenario(shadow_version: &str) -> Result<()> {
     check_pairs(&live, N, shadow_version == "v2")?;
 
     let out = Command::new(&bin)
-        .args(["sniff", "--shadow", "--json", "-I", pcap.to_str().context("path")?, "", "tcp port 3000"])
+        .args([
+            "sniff",
+            "--shadow",
+            "--json",
+            "-I",
+            pcap.to_str().context("path")?,
+            "",
+            "tcp port 3000",
+        ])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let replay: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replay: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     check_pairs(&replay, N, shadow_version == "v2")?;
     // The same pairs, by request id.
     let ids = |v: &[Value]| -> BTreeSet<String> {
-        v.iter().filter_map(|o| o["request_id"].as_str().map(str::to_string)).collect()
+        v.iter()
+            .filter_map(|o| o["request_id"].as_str().map(str::to_string))
+            .collect()
     };
     assert_eq!(ids(&live), ids(&replay));
     Ok(())
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
 fn mirror_to_v2_reports_image_url_added_for_every_item() {
     require_root!();
-    assert!(have("nginx") && have("tcpdump") && Path::new("/usr/bin/python3").exists(), "run scripts/setup.sh");
+    assert!(
+        have("nginx") && have("tcpdump") && Path::new("/usr/bin/python3").exists(),
+        "run scripts/setup.sh"
+    );
     scenario("v2").unwrap();
 }
 
 #[test]
 fn mirror_to_the_same_version_is_same() {
     require_root!();
-    assert!(have("nginx") && have("tcpdump") && Path::new("/usr/bin/python3").exists(), "run scripts/setup.sh");
+    assert!(
+        have("nginx") && have("tcpdump") && Path::new("/usr/bin/python3").exists(),
+        "run scripts/setup.sh"
+    );
     scenario("v1").unwrap();
 }
 
@@ -302,13 +384,25 @@ fn sniff_file(path: &Path, extra: &[&str]) -> Result<std::process::Output> {
 }
 
 fn json_lines(out: &std::process::Output) -> Result<Vec<Value>> {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 #[test]
 fn pcap_pairs_across_connections_and_counts_the_unmirrored() {
-    let spec = pcap_synth::Spec { requests: 50, connections: 3, unmirrored_every: Some(10), shadow_v2: true };
+    let spec = pcap_synth::Spec {
+        requests: 50,
+        connections: 3,
+        unmirrored_every: Some(10),
+        shadow_v2: true,
+    };
     let (path, w) = synth(&spec).unwrap();
     assert_eq!((w.pairs, w.unmirrored), (45, 5));
     let objs = json_lines(&sniff_file(&path, &["--json"]).unwrap()).unwrap();
@@ -319,11 +413,17 @@ fn pcap_pairs_across_connections_and_counts_the_unmirrored() {
         assert_eq!(p["primary"]["server"], PRIMARY);
         assert_eq!(p["shadow"]["server"], SHADOW);
     }
-    let lonely: Vec<&Value> = objs.iter().filter(|v| v["type"] == "shadow_unmatched").collect();
+    let lonely: Vec<&Value> = objs
+        .iter()
+        .filter(|v| v["type"] == "shadow_unmatched")
+        .collect();
     assert_eq!(lonely.len(), 5, "{lonely:#?}");
     assert!(lonely.iter().all(|u| u["role"] == "primary"));
     let s = objs.iter().find(|v| v["type"] == "shadow_summary").unwrap();
-    assert_eq!((s["pairs"].as_u64(), s["different"].as_u64()), (Some(45), Some(45)));
+    assert_eq!(
+        (s["pairs"].as_u64(), s["different"].as_u64()),
+        (Some(45), Some(45))
+    );
     assert_eq!(s["primaries_without_shadow"], 5);
     assert_eq!(s["shadows_without_primary"], 0);
     // The synthetic primary answers in 300 or 500 µs, the shadow in 450 or 350 µs.
@@ -334,45 +434,95 @@ fn pcap_pairs_across_connections_and_counts_the_unmirrored() {
 
 #[test]
 fn pcap_ignore_path_and_same_version() {
-    let (path, _) = synth(&pcap_synth::Spec { requests: 20, ..Default::default() }).unwrap();
-    let objs = json_lines(&sniff_file(&path, &["--json", "--ignore-path", "[*].imageUrl"]).unwrap()).unwrap();
+    let (path, _) = synth(&pcap_synth::Spec {
+        requests: 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let objs =
+        json_lines(&sniff_file(&path, &["--json", "--ignore-path", "[*].imageUrl"]).unwrap())
+            .unwrap();
     let pairs: Vec<&Value> = objs.iter().filter(|v| v["type"] == "shadow").collect();
     assert_eq!(pairs.len(), 20);
     assert!(pairs.iter().all(|p| p["verdict"] == "same"), "{pairs:#?}");
 
-    let (same, _) = synth(&pcap_synth::Spec { requests: 20, shadow_v2: false, ..Default::default() }).unwrap();
+    let (same, _) = synth(&pcap_synth::Spec {
+        requests: 20,
+        shadow_v2: false,
+        ..Default::default()
+    })
+    .unwrap();
     let objs = json_lines(&sniff_file(&same, &["--json"]).unwrap()).unwrap();
     assert_eq!(objs.iter().filter(|v| v["verdict"] == "same").count(), 20);
     // --strict: the Host's -shadow suffix and the Date headers count.
     let objs = json_lines(&sniff_file(&same, &["--json", "--strict"]).unwrap()).unwrap();
     let pairs: Vec<&Value> = objs.iter().filter(|v| v["type"] == "shadow").collect();
-    assert!(pairs.iter().all(|p| where_set(p).contains("request.header:host")), "{pairs:#?}");
+    assert!(
+        pairs
+            .iter()
+            .all(|p| where_set(p).contains("request.header:host")),
+        "{pairs:#?}"
+    );
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(same);
 }
 
 #[test]
 fn pcap_text_output_shows_two_columns_and_a_summary() {
-    let (path, _) = synth(&pcap_synth::Spec { requests: 4, ..Default::default() }).unwrap();
+    let (path, _) = synth(&pcap_synth::Spec {
+        requests: 4,
+        ..Default::default()
+    })
+    .unwrap();
     let out = sniff_file(&path, &[]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.starts_with("different GET /items")).count(), 4, "{text}");
-    assert_eq!(text.lines().filter(|l| l.contains("body:[2].imageUrl") && l.contains("│ http://lorempixel.com/640/480")).count(), 4, "{text}");
-    assert!(!text.contains('\x1b'), "no colour when stdout is not a terminal");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("different GET /items"))
+            .count(),
+        4,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("body:[2].imageUrl")
+                && l.contains("│ http://lorempixel.com/640/480"))
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
     assert!(text.contains("pairs 4: 0 same, 4 different"), "{text}");
     let _ = std::fs::remove_file(path);
 }
 
 #[test]
 fn bad_shadow_flags_are_refused_by_name() {
-    let (path, _) = synth(&pcap_synth::Spec { requests: 1, ..Default::default() }).unwrap();
+    let (path, _) = synth(&pcap_synth::Spec {
+        requests: 1,
+        ..Default::default()
+    })
+    .unwrap();
     let out = sniff_file(&path, &["--ignore-path", "items["]).unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--ignore-path") && err.contains("items["), "{err}");
+    assert!(
+        err.contains("--ignore-path") && err.contains("items["),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "nothing reported on bad flags");
-    let out = Command::new(interceptor_bin()).args(["sniff", "--strict", "-I", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(interceptor_bin())
+        .args(["sniff", "--strict", "-I", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shadow"));
     let _ = std::fs::remove_file(path);

@@ -111,6 +111,10 @@ impl<W: Write> Shadow<W> {
         self.matcher.stats()
     }
 
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.reporter.flush()
+    }
+
     fn drain(&mut self) -> io::Result<()> {
         for e in self.events.drain(..) {
             match e {
@@ -134,6 +138,87 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         shadow: Args,
+    }
+
+    fn exchange(host: &str, id: &str, port: u16, ms: u64, body: &str) -> Exchange {
+        use crate::http::{Body, Request, Response};
+        let t =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms);
+        Exchange {
+            client: format!("10.123.1.2:{port}").parse().unwrap(),
+            server: "10.123.2.2:3000".parse().unwrap(),
+            interface: None,
+            request: Request {
+                method: "GET".into(),
+                target: "/items".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![
+                    ("host".into(), host.into()),
+                    ("x-request-id".into(), id.into()),
+                ],
+                body: Body::default(),
+                ts: t,
+            },
+            response: Some(Response {
+                status: 200,
+                reason: "OK".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: Body {
+                    data: body.as_bytes().to_vec(),
+                    len: body.len() as u64,
+                    truncated: false,
+                },
+                ts: t + Duration::from_millis(1),
+            }),
+        }
+    }
+
+    #[test]
+    fn session_reports_pairs_unmatched_and_summary() {
+        let reporter = report::Reporter::new(Vec::new(), report::Style::Json);
+        let mut sh = Shadow::new(pair::Config::default(), diff::Options::default(), reporter);
+        sh.push(exchange("catalog:80", "a", 1, 0, r#"[{"id":1}]"#))
+            .unwrap();
+        sh.push(exchange("catalog-shadow:80", "b", 2, 1, r#"[{"id":1}]"#))
+            .unwrap();
+        sh.push(exchange(
+            "catalog-shadow:80",
+            "a",
+            3,
+            2,
+            r#"[{"id":1,"imageUrl":"u"}]"#,
+        ))
+        .unwrap();
+        sh.push(exchange("catalog:80", "c", 4, 3, r#"[{"id":1}]"#))
+            .unwrap();
+        assert_eq!(sh.stats().pairs, 1);
+        let out = String::from_utf8(sh.finish().unwrap()).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "shadow",
+                "shadow_unmatched",
+                "shadow_unmatched",
+                "shadow_summary"
+            ]
+        );
+        assert_eq!(lines[0]["differences"][0]["where"], "body:[0].imageUrl");
+        assert_eq!(
+            (lines[1]["role"].as_str(), lines[1]["request_id"].as_str()),
+            (Some("shadow"), Some("b"))
+        );
+        assert_eq!(
+            (lines[2]["role"].as_str(), lines[2]["reason"].as_str()),
+            (Some("primary"), Some("ended"))
+        );
+        assert_eq!(lines[3]["primaries_without_shadow"], 1);
+        assert_eq!(lines[3]["shadows_without_primary"], 1);
     }
 
     #[test]

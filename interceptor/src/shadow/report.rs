@@ -177,6 +177,10 @@ impl<W: Write> Reporter<W> {
         self.out
     }
 
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     pub fn pair(&mut self, pair: &Pair, cmp: &Comparison) -> io::Result<()> {
         if cmp.same() {
             self.summary.same += 1;
