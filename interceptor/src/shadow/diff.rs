@@ -1030,14 +1030,14 @@ mod tests {
             [
                 "body:items[2].price changed",
                 "body:items[2].tags[1] added",
-                "body:old removed",
                 "body:total changed",
+                "body:old removed",
                 "body:new added"
             ]
         );
-        // Keys come in name order (serde_json's map).
-        assert_eq!(c.differences[3].primary, Some(json!(3)));
-        assert_eq!(c.differences[3].shadow, Some(json!("3")));
+        // Keys come in document order (serde_json's preserve_order).
+        assert_eq!(c.differences[2].primary, Some(json!(3)));
+        assert_eq!(c.differences[2].shadow, Some(json!("3")));
     }
 
     #[test]
@@ -1075,9 +1075,9 @@ mod tests {
         assert_eq!(
             wheres(&c.noise),
             [
-                "body:at changed",
                 "body:generated changed",
-                "body:trace changed"
+                "body:trace changed",
+                "body:at changed"
             ]
         );
         // But a volatile-looking value that appears or disappears is a real difference.
@@ -1100,9 +1100,9 @@ mod tests {
             wheres(&c.differences),
             [
                 "request.header:host changed",
-                "body:at changed",
                 "body:generated changed",
-                "body:trace changed"
+                "body:trace changed",
+                "body:at changed"
             ]
         );
         assert!(c.noise.is_empty());

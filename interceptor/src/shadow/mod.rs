@@ -14,7 +14,8 @@ use crate::http::Exchange;
 
 /// The `sniff` flags of the shadow comparison.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct Args {
+#[command(next_help_heading = "Shadow comparison")]
+pub struct ShadowArgs {
     /// Pair each mirrored request (Host `…-shadow`) with its primary by x-request-id and
     /// compare the two responses instead of printing exchanges.
     #[arg(long)]
@@ -37,7 +38,7 @@ pub struct Args {
     pub max_age: f64,
 }
 
-impl Args {
+impl ShadowArgs {
     /// The validated settings, or an error naming the bad flag and value.
     pub fn settings(&self) -> Result<(pair::Config, diff::Options), String> {
         let mut opts = diff::Options {
@@ -137,7 +138,7 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        shadow: Args,
+        shadow: ShadowArgs,
     }
 
     fn exchange(host: &str, id: &str, port: u16, ms: u64, body: &str) -> Exchange {
