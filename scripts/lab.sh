@@ -125,7 +125,7 @@ app() {
       curl -sS -o /dev/null -w '%{http_code}\n' --max-time 5 \
       --resolve "catalog.istioinaction:3000:$SERVICE_VIP" http://catalog.istioinaction:3000/items
     k=$((k + 1))
-    [ "$n" = 0 ] && sleep 1
+    if [ "$n" = 0 ]; then sleep 1; fi
   done
 }
 

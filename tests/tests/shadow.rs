@@ -175,6 +175,31 @@ impl Proc {
         Ok(())
     }
 
+    /// Waits for the process to end by itself and collects the rest of its output.
+    fn wait_exit(&mut self, into: &mut Vec<Value>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = self.child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "still running 20 s after its last pair: {}",
+                    self.err_seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for l in self.stdout.iter() {
+            into.push(serde_json::from_str(&l).with_context(|| format!("not JSON: {l}"))?);
+        }
+        self.err_seen.extend(self.stderr.iter());
+        if !st.success() {
+            bail!("exited {st}: {}", self.err_seen.join("\n"));
+        }
+        Ok(())
+    }
+
     /// Interrupts the process and collects the rest of its output.
     fn stop(mut self, into: &mut Vec<Value>) -> Result<Vec<String>> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -186,7 +211,7 @@ impl Proc {
         if !st.success() {
             bail!("exited {st}: {}", self.err_seen.join("\n"));
         }
-        Ok(self.err_seen)
+        Ok(std::mem::take(&mut self.err_seen))
     }
 }
 
@@ -281,6 +306,9 @@ fn scenario(shadow_version: &str) -> Result<()> {
             "sniff",
             "--shadow",
             "--json",
+            // Two exchanges per request: the sniffer ends by itself after the last one.
+            "-n",
+            &(2 * N).to_string(),
             "-d",
             &veth,
             "",
@@ -294,6 +322,12 @@ fn scenario(shadow_version: &str) -> Result<()> {
         Path::new("tcpdump"),
         &[
             "-U",
+            // Each packet to the file at once: the ring's block timeout would hold the last
+            // ones back past the SIGINT that ends it.
+            "--immediate-mode",
+            // Keep root: the lab's folder belongs to the sidecar's uid.
+            "-Z",
+            "root",
             "-i",
             &veth,
             "-w",
@@ -308,7 +342,7 @@ fn scenario(shadow_version: &str) -> Result<()> {
     sniff.wait_pairs(N, &mut live)?;
     assert_eq!(lab.served("v1"), N);
     assert_eq!(lab.served("v2"), N, "every request mirrored");
-    sniff.stop(&mut live)?;
+    sniff.wait_exit(&mut live)?;
     tcpdump.stop(&mut Vec::new())?;
     check_pairs(&live, N, shadow_version == "v2")?;
 
