@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::diff::{generalise, Comparison, Difference, Kind};
@@ -199,8 +200,7 @@ impl<W: Write> Reporter<W> {
         }
         match self.style {
             Style::Json => {
-                let v = pair_json(pair, cmp);
-                serde_json::to_writer(&mut self.out, &v)?;
+                serde_json::to_writer(&mut self.out, &pair_out(pair, cmp))?;
                 self.out.write_all(b"\n")
             }
             Style::Text { color, width } => write_pair_text(&mut self.out, pair, cmp, color, width),
@@ -321,44 +321,86 @@ impl<W: Write> Reporter<W> {
     }
 }
 
+/// One side of a pair as the JSON output shows it.
+#[derive(Serialize)]
+struct SideOut {
+    server: String,
+    status: Option<u16>,
+    latency_us: Option<u64>,
+}
+
+fn side_out(ex: &Exchange) -> SideOut {
+    SideOut {
+        server: ex.server.to_string(),
+        status: ex.response.as_ref().map(|r| r.status),
+        latency_us: ex.latency_us(),
+    }
+}
+
 fn side_json(ex: &Exchange) -> Value {
-    json!({
-        "server": ex.server.to_string(),
-        "status": ex.response.as_ref().map(|r| r.status),
-        "latency_us": ex.latency_us(),
-    })
+    serde_json::to_value(side_out(ex)).unwrap_or(Value::Null)
+}
+
+#[derive(Serialize)]
+struct DifferenceOut<'a> {
+    #[serde(rename = "where")]
+    location: String,
+    kind: &'static str,
+    primary: &'a Option<Value>,
+    shadow: &'a Option<Value>,
+}
+
+/// A pair as the JSON output shows it: serialised straight from borrowed parts (building a
+/// `Value` first allocates a map per object, which dominated the output's cost).
+#[derive(Serialize)]
+struct PairOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    request_id: Option<&'a str>,
+    matched_by: &'static str,
+    method: &'a str,
+    target: &'a str,
+    primary: SideOut,
+    shadow: SideOut,
+    verdict: &'static str,
+    differences: Vec<DifferenceOut<'a>>,
+    noise: Vec<DifferenceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    omitted: Option<usize>,
+}
+
+fn pair_out<'a>(pair: &'a Pair, cmp: &'a Comparison) -> PairOut<'a> {
+    let diffs = |v: &'a [Difference]| -> Vec<DifferenceOut<'a>> {
+        v.iter()
+            .map(|d| DifferenceOut {
+                location: d.location.to_string(),
+                kind: d.kind.as_str(),
+                primary: &d.primary,
+                shadow: &d.shadow,
+            })
+            .collect()
+    };
+    PairOut {
+        kind: "shadow",
+        request_id: pair.request_id.as_deref(),
+        matched_by: match pair.by {
+            MatchedBy::RequestId => "request-id",
+            MatchedBy::Shape => "shape",
+        },
+        method: &pair.primary.request.method,
+        target: &pair.primary.request.target,
+        primary: side_out(&pair.primary),
+        shadow: side_out(&pair.shadow),
+        verdict: if cmp.same() { "same" } else { "different" },
+        differences: diffs(&cmp.differences),
+        noise: diffs(&cmp.noise),
+        omitted: (cmp.omitted > 0).then_some(cmp.omitted),
+    }
 }
 
 /// The JSON object for one pair.
 pub fn pair_json(pair: &Pair, cmp: &Comparison) -> Value {
-    let diffs = |v: &[Difference]| -> Vec<Value> {
-        v.iter()
-            .map(|d| {
-                json!({
-                    "where": d.location.to_string(),
-                    "kind": d.kind.as_str(),
-                    "primary": d.primary,
-                    "shadow": d.shadow,
-                })
-            })
-            .collect()
-    };
-    let mut v = json!({
-        "type": "shadow",
-        "request_id": pair.request_id,
-        "matched_by": match pair.by { MatchedBy::RequestId => "request-id", MatchedBy::Shape => "shape" },
-        "method": pair.primary.request.method,
-        "target": pair.primary.request.target,
-        "primary": side_json(&pair.primary),
-        "shadow": side_json(&pair.shadow),
-        "verdict": if cmp.same() { "same" } else { "different" },
-        "differences": diffs(&cmp.differences),
-        "noise": diffs(&cmp.noise),
-    });
-    if cmp.omitted > 0 {
-        v["omitted"] = json!(cmp.omitted);
-    }
-    v
+    serde_json::to_value(pair_out(pair, cmp)).unwrap_or(Value::Null)
 }
 
 const RED: &str = "\x1b[31m";
