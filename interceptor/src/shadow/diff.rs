@@ -264,13 +264,17 @@ fn changed(location: Location, primary: Value, shadow: Value) -> Difference {
 /// The Host with the shadow marker removed: `catalog.ns-shadow:80` -> `catalog.ns:80`.
 pub fn strip_shadow_suffix(host: &str) -> Option<String> {
     let (name, port) = split_port(host);
-    let base = name.strip_suffix("-shadow")?;
-    Some(format!("{base}{port}"))
+    // Host names are case-insensitive.
+    let cut = name.len().checked_sub("-shadow".len())?;
+    if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case("-shadow") {
+        return None;
+    }
+    Some(format!("{}{port}", &name[..cut]))
 }
 
 /// True when a Host (or `:authority`) names a shadow: `-shadow` right before the port.
 pub fn is_shadow_host(host: &str) -> bool {
-    split_port(host).0.ends_with("-shadow")
+    strip_shadow_suffix(host).is_some()
 }
 
 /// Splits `name:port` into (`name`, `:port`); IPv6 literals keep their brackets.
@@ -1359,6 +1363,8 @@ mod tests {
     fn shadow_host_recognition() {
         assert!(is_shadow_host("catalog.istioinaction-shadow:80"));
         assert!(is_shadow_host("catalog-shadow"));
+        assert!(is_shadow_host("Catalog-SHADOW:80"));
+        assert!(!is_shadow_host("é:80"));
         assert!(!is_shadow_host("catalog.istioinaction:80"));
         assert!(!is_shadow_host("shadow:80"));
         assert!(!is_shadow_host("catalog-shadow.ns:80"));
