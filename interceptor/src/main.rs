@@ -4,17 +4,42 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use interceptor::init::{self, InitArgs};
+
 #[derive(Parser)]
-#[command(name = "interceptor", version, about = "Transparent interception and HTTP inspection for service-mesh sidecars")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent interception and HTTP inspection for service-mesh sidecars"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Send the pod's TCP traffic through the sidecar (a drop-in for istio-iptables).
+    Init(Box<InitArgs>),
+    /// Remove everything `init` added (pass the flags `init` had if they were not the defaults).
+    Cleanup(Box<InitArgs>),
+}
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Init(args) => init::init(&args, &mut std::io::stdout()),
+        Command::Cleanup(args) => init::cleanup(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interceptor: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
