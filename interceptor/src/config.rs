@@ -1007,7 +1007,7 @@ mod tests {
         );
         let e = err(&["-c", "bad iface"]);
         assert_eq!(e.flag, "--istio-exclude-interfaces");
-        let e = err(&["-t", "-1"]);
+        let e = err(&["-t", "0x"]);
         assert_eq!(e.flag, "--istio-inbound-tproxy-mark");
         let e = err(&["--probe-timeout", "soon"]);
         assert_eq!(e.flag, "--probe-timeout");

@@ -644,3 +644,351 @@ fn tproxy_marks(r: &mut RuleSet, cfg: &Config, mark: &str, lo4: &str) {
         ],
     );
 }
+
+/// Expected rulesets here are written from reading istio's `capture/run.go` (function named
+/// on each case), not produced by this code.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CaptureArgs, CaptureEnv, HostFacts};
+    use crate::rules::restore::Transaction;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: CaptureArgs,
+    }
+
+    fn cfg_env(argv: &[&str], env: CaptureEnv) -> Config {
+        let mut full = vec!["t"];
+        full.extend_from_slice(argv);
+        let t = T::try_parse_from(full).expect("flags");
+        Config::from_args(&t.a, &env, &HostFacts::default()).expect("config")
+    }
+
+    fn cfg(argv: &[&str]) -> Config {
+        cfg_env(argv, CaptureEnv::default())
+    }
+
+    fn v4(argv: &[&str]) -> String {
+        Transaction::from_rules(&build(&cfg(argv)), Family::V4).render()
+    }
+
+    fn v6(argv: &[&str]) -> String {
+        Transaction::from_rules(&build(&cfg(argv)), Family::V6).render()
+    }
+
+    /// The uid-then-gid block of ISTIO_OUTPUT for proxy id 1337 without DNS (Run's loops).
+    const OWNER_1337: &str = "\
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+";
+
+    #[test]
+    fn default_profile_is_the_injected_sidecar() {
+        // Seed 003's istio-init listing, as current istio writes it: OUTPUT jumps for every
+        // protocol and the proxy's lo rule skips the tunnel port.
+        let want = format!(
+            "*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+{OWNER_1337}-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+"
+        );
+        assert_eq!(v4(&[]), want);
+        assert_eq!(v6(&[]), "", "no IPv6 rules unless IPv6 is on");
+    }
+
+    #[test]
+    fn port_lists_cidrs_interfaces() {
+        // handleInboundPortsInclude (list), shortCircuitExcludeInterfaces,
+        // shortCircuitKubeInternalInterface, outbound port/CIDR exclusion and inclusion.
+        let got = v4(&[
+            "-b",
+            "80,443",
+            "-i",
+            "10.0.0.0/8,fd00::/8",
+            "-x",
+            "10.1.0.0/16,fd01::/16",
+            "-q",
+            "3306",
+            "-o",
+            "25",
+            "-k",
+            "virt0",
+            "-c",
+            "eth1",
+        ]);
+        let want = format!(
+            "*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A PREROUTING -i eth1 -j RETURN
+-A OUTPUT -o eth1 -j RETURN
+-I PREROUTING 1 -i virt0 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 80 -j ISTIO_IN_REDIRECT
+-A ISTIO_INBOUND -p tcp --dport 443 -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp --dport 25 -j RETURN
+-A ISTIO_OUTPUT -p udp --dport 25 -j RETURN
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+{OWNER_1337}-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -d 10.1.0.0/16 -j RETURN
+-A ISTIO_OUTPUT -p tcp --dport 3306 -j ISTIO_REDIRECT
+-I PREROUTING 1 -i virt0 -d 10.0.0.0/8 -j ISTIO_REDIRECT
+-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT
+COMMIT
+"
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ipv6_family_gets_v6_addresses_and_cidrs() {
+        let got = v6(&[
+            "--ipv6",
+            "-b",
+            "",
+            "-i",
+            "10.0.0.0/8,fd00::/8",
+            "-x",
+            "10.1.0.0/16,fd01::/16",
+            "-k",
+            "virt0",
+        ]);
+        assert!(got.contains("-A ISTIO_OUTPUT -o lo -s ::6/128 -j RETURN\n"));
+        assert!(got.contains("-A ISTIO_OUTPUT -o lo ! -d ::1/128 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT\n"));
+        assert!(got.contains(
+            "-A ISTIO_OUTPUT -d ::1/128 -j RETURN\n-A ISTIO_OUTPUT -d fd01::/16 -j RETURN\n"
+        ));
+        assert!(got.contains("-I PREROUTING 1 -i virt0 -d fd00::/8 -j ISTIO_REDIRECT\n-A ISTIO_OUTPUT -d fd00::/8 -j ISTIO_REDIRECT\n"));
+        assert!(
+            !got.contains("10.0.0.0/8") && !got.contains("10.1.0.0/16") && !got.contains("127.0.0")
+        );
+        // -b '': no inbound jump in either family.
+        assert!(!got.contains("-A PREROUTING -p tcp -j ISTIO_INBOUND"));
+        assert!(!v4(&["-b", ""]).contains("-A PREROUTING -p tcp -j ISTIO_INBOUND"));
+    }
+
+    #[test]
+    fn empty_service_cidr_captures_no_outbound() {
+        let got = v4(&["-i", ""]);
+        assert!(
+            !got.contains("-j ISTIO_REDIRECT\n-A")
+                && !got.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
+        );
+        assert!(
+            got.contains("-A OUTPUT -j ISTIO_OUTPUT"),
+            "the OUTPUT jump is unconditional"
+        );
+    }
+
+    #[test]
+    fn loopback_in_service_cidr_keeps_app_to_self_captured() {
+        // Run: the `-o lo -m owner ! --uid-owner` RETURN is skipped when loopback is included.
+        let got = v4(&["-i", "127.0.0.1/32"]);
+        assert!(!got.contains("! --uid-owner") && !got.contains("! --gid-owner"));
+        assert!(got.contains("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j ISTIO_REDIRECT\n"));
+    }
+
+    #[test]
+    fn several_proxy_ids_in_order() {
+        let got = v4(&["-u", "1337,1338", "-g", "1400"]);
+        let lines: Vec<&str> = got.lines().filter(|l| l.contains("-owner")).collect();
+        assert_eq!(lines.len(), 9);
+        assert!(
+            lines[0].contains("--uid-owner 1337")
+                && lines[3].contains("--uid-owner 1338")
+                && lines[6].contains("--gid-owner 1400")
+        );
+    }
+
+    #[test]
+    fn owner_groups_env() {
+        // handleCaptureByOwnerGroup: include list -> one rule of `! --gid-owner` matches.
+        let c = cfg_env(
+            &[],
+            CaptureEnv {
+                owner_groups: Some("100,200".into()),
+                ..Default::default()
+            },
+        );
+        let got = Transaction::from_rules(&build(&c), Family::V4).render();
+        assert!(got.contains("-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN\n-A ISTIO_OUTPUT -m owner ! --gid-owner 100 -m owner ! --gid-owner 200 -j RETURN\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n"));
+        let c = cfg_env(
+            &[],
+            CaptureEnv {
+                owner_groups_exclude: Some("300,400".into()),
+                ..Default::default()
+            },
+        );
+        let got = Transaction::from_rules(&build(&c), Family::V4).render();
+        assert!(got.contains("-A ISTIO_OUTPUT -m owner --gid-owner 300 -j RETURN\n-A ISTIO_OUTPUT -m owner --gid-owner 400 -j RETURN\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n"));
+        let c = cfg_env(
+            &[],
+            CaptureEnv {
+                ipv4_loopback_cidr: Some("127.0.0.0/8".into()),
+                ..Default::default()
+            },
+        );
+        let got = Transaction::from_rules(&build(&c), Family::V4).render();
+        assert!(
+            got.contains("! -d 127.0.0.0/8 -p tcp ! --dport 15008 -m owner --uid-owner 1337")
+                && got.contains("-A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN\n")
+        );
+        assert!(!got.contains("127.0.0.1/32"));
+    }
+
+    #[test]
+    fn dns_with_servers() {
+        // SetupDNSRedir + addDNSConntrackZones with servers from resolv.conf / --dns-servers.
+        let got = v4(&["--redirect-dns", "--dns-servers", "10.96.0.10"]);
+        let want_nat_tail = "\
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -d 10.96.0.10/32 -j REDIRECT --to-ports 15053
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 10.96.0.10/32 -j REDIRECT --to-port 15053
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+*raw
+:ISTIO_OUTPUT_DNS - [0:0]
+:ISTIO_INBOUND - [0:0]
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2
+-A PREROUTING -j ISTIO_INBOUND
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 10.96.0.10/32 -j CT --zone 2
+-A ISTIO_INBOUND -p udp --sport 53 -s 10.96.0.10/32 -j CT --zone 1
+COMMIT
+";
+        assert!(got.ends_with(want_nat_tail), "{got}");
+        assert!(got.contains(":ISTIO_OUTPUT - [0:0]\n:ISTIO_OUTPUT_DNS - [0:0]\n"));
+        // IPv6 on with only an IPv4 server: raw jump and zones, but no nat DNS jump for v6.
+        let six = v6(&["--ipv6", "--redirect-dns", "--dns-servers", "10.96.0.10"]);
+        assert!(
+            six.contains("-A OUTPUT -j ISTIO_OUTPUT_DNS")
+                && !six.contains("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS")
+        );
+        assert!(!six.contains("-A PREROUTING -j ISTIO_INBOUND"));
+    }
+
+    #[test]
+    fn dns_without_servers_is_off_unless_capture_all() {
+        assert!(!v4(&["--redirect-dns", "--dns-servers", ""]).contains("DNS"));
+        let all = v4(&["--redirect-dns", "--capture-all-dns", "--dns-servers", ""]);
+        assert!(all.contains("-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports 15053\n-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port 15053\n"));
+        assert!(all.contains("-A PREROUTING -j ISTIO_INBOUND\n-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2\n-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1\nCOMMIT\n"));
+        // --capture-all-dns alone does nothing.
+        assert!(!v4(&["--capture-all-dns"]).contains("DNS"));
+    }
+
+    #[test]
+    fn drop_invalid_uses_mangle() {
+        let got = v4(&["--drop-invalid"]);
+        assert!(got.starts_with("*mangle\n:ISTIO_DROP - [0:0]\n-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP\n-A ISTIO_DROP -j DROP\nCOMMIT\n*nat\n"));
+    }
+
+    #[test]
+    fn tproxy_inbound() {
+        // handleInboundPortsInclude (TPROXY) and the mark rules at the end of Run.
+        let got = v4(&["-m", "TPROXY", "-b", "*", "-d", "22", "-c", "eth1"]);
+        let want_mangle = "*mangle
+:ISTIO_DIVERT - [0:0]
+:ISTIO_TPROXY - [0:0]
+:ISTIO_INBOUND - [0:0]
+-A PREROUTING -i eth1 -j RETURN
+-A OUTPUT -o eth1 -j RETURN
+-A ISTIO_DIVERT -j MARK --set-mark 1337
+-A ISTIO_DIVERT -j ACCEPT
+-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN
+-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT
+-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY
+-A PREROUTING -p tcp -m mark --mark 1337 -j CONNMARK --save-mark
+-A OUTPUT -p tcp -o lo -m mark --mark 1337 -j RETURN
+-A OUTPUT ! -d 127.0.0.1/32 -p tcp -o lo -m owner --uid-owner 1337 -j MARK --set-mark 1338
+-A OUTPUT ! -d 127.0.0.1/32 -p tcp -o lo -m owner --gid-owner 1337 -j MARK --set-mark 1338
+-A OUTPUT -p tcp -m connmark --mark 1337 -j CONNMARK --restore-mark
+-I ISTIO_INBOUND 1 -p tcp -m mark --mark 1337 -j RETURN
+-I ISTIO_INBOUND 2 -p tcp -s 127.0.0.6/32 -i lo -j RETURN
+-I ISTIO_INBOUND 3 -p tcp -i lo -m mark ! --mark 1338 -j RETURN
+COMMIT
+";
+        assert!(got.starts_with(want_mangle), "{got}");
+        // nat keeps ISTIO_INBOUND for the tunnel port but has no PREROUTING jump.
+        let nat = &got[want_mangle.len()..];
+        assert!(
+            nat.contains("-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN")
+                && !nat.contains("-j ISTIO_INBOUND")
+        );
+        // Listed ports, custom mark and capture port.
+        let l = v4(&["-m", "TPROXY", "-b", "8080", "-t", "77", "-z", "16006"]);
+        assert!(l.contains("-A ISTIO_INBOUND -p tcp --dport 8080 -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT\n-A ISTIO_INBOUND -p tcp --dport 8080 -j ISTIO_TPROXY\n"));
+        assert!(
+            l.contains("--tproxy-mark 77/0xffffffff --on-port 16006")
+                && l.contains("-A ISTIO_DIVERT -j MARK --set-mark 77")
+        );
+        let six = v6(&["--ipv6", "-m", "TPROXY"]);
+        assert!(
+            six.contains("-I ISTIO_INBOUND 2 -p tcp -s ::6/128 -i lo -j RETURN")
+                && six.contains("! -d ::1/128 -p tcp -j TPROXY")
+        );
+    }
+
+    #[test]
+    fn ports_are_configurable() {
+        let got = v4(&["-p", "16001", "-z", "16006", "-e", "16008"]);
+        assert!(
+            got.contains("--to-ports 16001")
+                && got.contains("--to-ports 16006")
+                && got.contains("--dport 16008 -j RETURN")
+        );
+        assert!(got.contains("! --dport 16008 -m owner"));
+    }
+
+    #[test]
+    fn dry_run_prints_both_inputs() {
+        let out = crate::rules::restore::dry_run(&build(&cfg(&["--ipv6"])));
+        assert!(out.starts_with("# iptables-restore\n*nat\n"));
+        let (four, six) = out.split_once("# ip6tables-restore\n").expect("IPv6 part");
+        assert!(
+            four.contains("127.0.0.6/32") && six.contains("::6/128") && six.ends_with("COMMIT\n")
+        );
+        assert!(!crate::rules::restore::dry_run(&build(&cfg(&[]))).contains("ip6tables"));
+    }
+}
