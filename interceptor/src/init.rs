@@ -87,8 +87,18 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
         )
         .into());
     }
-    let applied = iptables::apply(&cfg, &rules)?;
-    routes::configure(&cfg)?;
+    // Routes first: when they fail, no iptables rule has been touched yet.
+    if let Err(e) = routes::configure(&cfg) {
+        routes::unconfigure(&cfg);
+        return Err(e.into());
+    }
+    let applied = match iptables::apply(&cfg, &rules) {
+        Ok(a) => a,
+        Err(e) => {
+            routes::unconfigure(&cfg);
+            return Err(e.into());
+        }
+    };
     for a in &applied {
         tracing::info!(restore = %a.tools.restore.display(), "applied:\n{}", a.input);
     }

@@ -10,6 +10,7 @@ use crate::rules::{capture, Family, Rule, RuleSet, Table};
 
 use super::backend::{detect, Tools};
 use super::save::{Saved, SavedTable};
+use super::state;
 use super::{has_net_admin, IptablesError};
 
 /// What `init` did to one family.
@@ -69,9 +70,20 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 
 /// The `init` transaction for one family: the configured rules, after removing what an
 /// earlier `init` left.
-pub fn plan_init(rules: &RuleSet, family: Family, tools: &Tools, saved: &Saved) -> Transaction {
+/// `earlier` are the rules an earlier `init` recorded (see [`state`]).
+pub fn plan_init(
+    rules: &RuleSet,
+    family: Family,
+    tools: &Tools,
+    saved: &Saved,
+    earlier: &[&Rule],
+) -> Transaction {
     let mut tx = Transaction::from_rules(rules, family);
-    let known: Vec<&Rule> = rules.rules(family).iter().collect();
+    let known: Vec<&Rule> = rules
+        .rules(family)
+        .iter()
+        .chain(earlier.iter().copied())
+        .collect();
     delete_ours(&mut tx, tools, saved, &known);
     for (name, table) in &saved.tables {
         let Some(t) = Table::from_name(name) else {
@@ -153,10 +165,16 @@ pub fn apply(cfg: &Config, rules: &RuleSet) -> Result<Vec<Applied>, IptablesErro
         .into_iter()
         .map(|f| detect(f, cfg.backend))
         .collect::<Result<_, _>>()?;
+    let previous = state::load();
     let mut done: Vec<(Applied, String)> = Vec::new();
     for t in tools {
         let before = t.save_text()?;
-        let tx = plan_init(rules, t.family, &t, &Saved::parse(&before));
+        let earlier: Vec<&Rule> = previous
+            .iter()
+            .filter(|(f, _)| *f == t.family)
+            .map(|(_, r)| r)
+            .collect();
+        let tx = plan_init(rules, t.family, &t, &Saved::parse(&before), &earlier);
         let input = tx.render();
         if let Err(e) = run_restore(&t, &input, true) {
             for (applied, before) in done.iter().rev() {
@@ -166,6 +184,7 @@ pub fn apply(cfg: &Config, rules: &RuleSet) -> Result<Vec<Applied>, IptablesErro
         }
         done.push((Applied { tools: t, input }, before));
     }
+    state::store(rules);
     Ok(done.into_iter().map(|(a, _)| a).collect())
 }
 
@@ -200,6 +219,7 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<Tools>, IptablesError> {
     let mut tproxy = both.clone();
     tproxy.mode = InterceptionMode::Tproxy;
     let sets = [capture::build(&both), capture::build(&tproxy)];
+    let recorded = state::load();
 
     let mut cleaned = Vec::new();
     for family in Family::both() {
@@ -209,7 +229,16 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<Tools>, IptablesError> {
             Err(IptablesError::Missing(Family::V6)) => continue,
             Err(e) => return Err(e),
         };
-        let known: Vec<&Rule> = sets.iter().flat_map(|s| s.rules(family)).collect();
+        let known: Vec<&Rule> = sets
+            .iter()
+            .flat_map(|s| s.rules(family))
+            .chain(
+                recorded
+                    .iter()
+                    .filter(|(f, _)| *f == family)
+                    .map(|(_, r)| r),
+            )
+            .collect();
         let saved = Saved::parse(&tools.save_text()?);
         let tx = plan_cleanup(&known, &tools, &saved);
         if !tx.is_empty() {
@@ -217,5 +246,6 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<Tools>, IptablesError> {
         }
         cleaned.push(tools);
     }
+    state::forget();
     Ok(cleaned)
 }

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod backend;
 pub mod routes;
 pub mod save;
+pub mod state;
 
 pub use apply::{apply, cleanup};
 pub use backend::{detect, Tools};

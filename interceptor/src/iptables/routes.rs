@@ -46,7 +46,8 @@ fn delete_rules(fam: &str, mark: &str, table: &str) {
 pub fn configure(cfg: &Config) -> Result<(), IptablesError> {
     if cfg.ipv6 {
         match ip(&["-6", "addr", "add", "::6/128", "dev", "lo"]) {
-            Err(IptablesError::Failed { stderr, .. }) if stderr.contains("File exists") => {}
+            Err(IptablesError::Failed { stderr, .. })
+                if stderr.contains("File exists") || stderr.contains("already assigned") => {}
             other => other?,
         }
     }
