@@ -783,29 +783,52 @@ fn backend_follows_existing_rules_and_the_override() {
 #[test]
 fn validation_passes_with_rules_and_fails_with_126_without() {
     require_root!();
-    let ns = Netns::new("ival").unwrap();
     let b = interceptor_bin();
-    let out = ns
-        .command(b.to_str().unwrap())
-        .args(["init", "--run-validation", "--probe-timeout", "10s"])
-        .output()
-        .unwrap();
+    let b = b.to_str().unwrap();
+    let validate = |ns: &Netns, timeout: &str| {
+        ns.command(b)
+            .args(["init", "--run-validation", "--probe-timeout", timeout])
+            .output()
+            .unwrap()
+    };
+    // Pods with a default route (into a peer namespace of ours), so the app-side probe to
+    // the TEST-NET address runs as well as istio's proxy-side one.
+    let pod_with_route = || {
+        let pod = Netns::new("ival").unwrap();
+        let peer = Netns::new("ivalp").unwrap();
+        veth(&pod, &format!("{POD4}/24"), &peer, &format!("{PEER4}/24")).unwrap();
+        pod.sh(&format!("ip route add default via {PEER4}"))
+            .unwrap();
+        (pod, peer)
+    };
+
+    let (pod, _peer) = pod_with_route();
+    let out = validate(&pod, "10s");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
     // A rule ahead of ours that lets all TCP through: the rules are there, interception isn't.
     let broken = Netns::new("ival").unwrap();
     broken
         .sh("iptables -t nat -A OUTPUT -p tcp -j RETURN")
         .unwrap();
-    let out = broken
-        .command(b.to_str().unwrap())
-        .args(["init", "--run-validation", "--probe-timeout", "2s"])
-        .output()
-        .unwrap();
+    let out = validate(&broken, "2s");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(126), "{err}");
-    assert!(err.contains("validation failed"), "{err}");
+    assert!(
+        err.contains("validation failed") && err.contains("127.0.0.6:15002"),
+        "{err}"
+    );
+
+    // Only the app's traffic escapes: istio's proxy-side probe would pass, the app probe fails.
+    let (pod, _peer) = pod_with_route();
+    pod.sh("iptables -t nat -A OUTPUT -m owner ! --uid-owner 1337 -j RETURN")
+        .unwrap();
+    let out = validate(&pod, "2s");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains("192.0.2.1:15002"), "{err}");
 }
