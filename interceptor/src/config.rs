@@ -8,6 +8,11 @@
 //! -x "" -b '*' -d 15090,15021,15020` with port 22 excluded too), so `interceptor init`
 //! with no flags sets up an ordinary sidecar.
 //!
+//! As in istio-iptables, each flag but `--envoy-port` can also come from the environment
+//! variable named like it (`ISTIO_INBOUND_PORTS` for `--istio-inbound-ports`); DNS
+//! capture, drop-invalid and dual-stack read `ISTIO_META_DNS_CAPTURE`, `INVALID_DROP` and
+//! `ISTIO_DUAL_STACK`. The command line wins over the environment.
+//!
 //! Every check names the flag (or environment variable) and the value it rejects; nothing
 //! is applied before the whole configuration has been checked.
 
@@ -151,6 +156,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'z',
         long = "inbound-capture-port",
+        env = "INBOUND_CAPTURE_PORT",
         value_name = "PORT",
         default_value = "15006"
     )]
@@ -159,6 +165,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'e',
         long = "inbound-tunnel-port",
+        env = "INBOUND_TUNNEL_PORT",
         value_name = "PORT",
         default_value = "15008"
     )]
@@ -167,17 +174,24 @@ pub struct CaptureArgs {
     #[arg(
         short = 'u',
         long = "proxy-uid",
+        env = "PROXY_UID",
         value_name = "UIDS",
         default_value = "1337"
     )]
     pub proxy_uid: String,
     /// Comma-separated GIDs whose traffic is never redirected; defaults to the UIDs.
-    #[arg(short = 'g', long = "proxy-gid", value_name = "GIDS")]
+    #[arg(
+        short = 'g',
+        long = "proxy-gid",
+        env = "PROXY_GID",
+        value_name = "GIDS"
+    )]
     pub proxy_gid: Option<String>,
     /// Inbound interception mode: REDIRECT or TPROXY.
     #[arg(
         short = 'm',
         long = "istio-inbound-interception-mode",
+        env = "ISTIO_INBOUND_INTERCEPTION_MODE",
         value_name = "MODE",
         default_value = "REDIRECT"
     )]
@@ -186,6 +200,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 't',
         long = "istio-inbound-tproxy-mark",
+        env = "ISTIO_INBOUND_TPROXY_MARK",
         value_name = "MARK",
         default_value = "1337"
     )]
@@ -194,6 +209,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'r',
         long = "istio-inbound-tproxy-route-table",
+        env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
         value_name = "TABLE",
         default_value = "133"
     )]
@@ -202,6 +218,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'b',
         long = "istio-inbound-ports",
+        env = "ISTIO_INBOUND_PORTS",
         value_name = "PORTS",
         default_value = "*"
     )]
@@ -210,6 +227,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'd',
         long = "istio-local-exclude-ports",
+        env = "ISTIO_LOCAL_EXCLUDE_PORTS",
         value_name = "PORTS",
         default_value = "22,15090,15021,15020"
     )]
@@ -218,6 +236,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'c',
         long = "istio-exclude-interfaces",
+        env = "ISTIO_EXCLUDE_INTERFACES",
         value_name = "IFACES",
         default_value = ""
     )]
@@ -226,6 +245,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'i',
         long = "istio-service-cidr",
+        env = "ISTIO_SERVICE_CIDR",
         value_name = "CIDRS",
         default_value = "*"
     )]
@@ -234,6 +254,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'x',
         long = "istio-service-exclude-cidr",
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
         value_name = "CIDRS",
         default_value = ""
     )]
@@ -242,6 +263,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'q',
         long = "istio-outbound-ports",
+        env = "ISTIO_OUTBOUND_PORTS",
         value_name = "PORTS",
         default_value = ""
     )]
@@ -250,6 +272,7 @@ pub struct CaptureArgs {
     #[arg(
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
+        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
         value_name = "PORTS",
         default_value = ""
     )]
@@ -258,19 +281,21 @@ pub struct CaptureArgs {
     #[arg(
         short = 'k',
         long = "kube-virt-interfaces",
+        env = "KUBE_VIRT_INTERFACES",
         value_name = "IFACES",
         default_value = ""
     )]
     pub kube_virt_interfaces: String,
     /// Print the iptables-restore input and change nothing.
-    #[arg(short = 'n', long = "dry-run")]
+    #[arg(short = 'n', long = "dry-run", env = "DRY_RUN", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
     /// Send DNS (port 53) to the agent's resolver on 15053.
     #[arg(long = "redirect-dns", env = "ISTIO_META_DNS_CAPTURE", action = ArgAction::Set,
           num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub redirect_dns: bool,
     /// With --redirect-dns, capture DNS to every address, not only the configured servers.
-    #[arg(long = "capture-all-dns", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
+    #[arg(long = "capture-all-dns", env = "CAPTURE_ALL_DNS", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub capture_all_dns: bool,
     /// Drop packets conntrack finds INVALID instead of letting them reset connections.
@@ -282,17 +307,24 @@ pub struct CaptureArgs {
           default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub dual_stack: bool,
     /// After applying, prove that redirection works (exit 126 when it does not).
-    #[arg(long = "run-validation")]
+    #[arg(long = "run-validation", env = "RUN_VALIDATION", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub run_validation: bool,
     /// Original-destination port the validation probe connects to.
     #[arg(
         long = "iptables-probe-port",
+        env = "IPTABLES_PROBE_PORT",
         value_name = "PORT",
         default_value = "15002"
     )]
     pub iptables_probe_port: String,
     /// How long the validation waits (Go-style duration: 5s, 500ms, 1m).
-    #[arg(long = "probe-timeout", value_name = "DURATION", default_value = "5s")]
+    #[arg(
+        long = "probe-timeout",
+        env = "PROBE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
     pub probe_timeout: String,
     /// Also write ip6tables rules (otherwise only when the pod's address is IPv6).
     #[arg(long = "ipv6")]

@@ -649,6 +649,31 @@ fn dry_run_prints_restore_input_and_applies_nothing() {
     .unwrap();
     assert_eq!(save4(&ns), ours(&["--ipv6"], false));
     assert_eq!(save6(&ns), ours(&["--ipv6"], true));
+    // Flags can come from istio's environment variables; the command line wins.
+    let out = ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(["init", "-n"])
+        .env("ISTIO_INBOUND_PORTS", "8081")
+        .env("ISTIO_META_DNS_CAPTURE", "true")
+        .env("CAPTURE_ALL_DNS", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--dport 8081 -j ISTIO_IN_REDIRECT") && text.contains("ISTIO_OUTPUT_DNS"),
+        "{text}"
+    );
+    let out = ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(["init", "-n", "-b", "8082"])
+        .env("ISTIO_INBOUND_PORTS", "8081")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--dport 8082 -j") && !text.contains("8081"),
+        "{text}"
+    );
 }
 
 #[test]
