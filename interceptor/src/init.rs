@@ -5,7 +5,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, ValueEnum};
 
 use crate::config::{
     CaptureArgs, CaptureEnv, Config, ConfigError, HostFacts, InboundPorts, InterceptionMode,
@@ -33,6 +34,83 @@ pub struct InitArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub compat: CompatArgs,
+}
+
+/// The rest of the arguments the sidecar injector gives istio-init.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CompatArgs {
+    /// Change nothing (with --run-validation: only validate, as the istio-cni validation
+    /// container does).
+    #[arg(long = "skip-rule-apply", env = "SKIP_RULE_APPLY", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub skip_rule_apply: bool,
+    /// Only remove the rules (same as `interceptor cleanup`).
+    #[arg(long = "cleanup-only", env = "CLEANUP_ONLY", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub cleanup_only: bool,
+    /// Accepted for istio-iptables compatibility: `init` always reconciles existing rules.
+    #[arg(long = "reconcile", env = "RECONCILE", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "true", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub reconcile: bool,
+    /// Accepted for istio-iptables compatibility: `init` always applies the full ruleset.
+    #[arg(long = "force-apply", env = "FORCE_APPLY", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub force_apply: bool,
+    /// istio's native nftables rules: not supported (use --force-iptables-binary nft).
+    #[arg(long = "native-nftables", env = "NATIVE_NFTABLES", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub native_nftables: bool,
+    /// Network namespace (a path like /proc/PID/ns/net or /var/run/netns/NAME) to work in.
+    #[arg(
+        long = "network-namespace",
+        env = "NETWORK_NAMESPACE",
+        value_name = "PATH"
+    )]
+    pub network_namespace: Option<PathBuf>,
+    /// istio log levels (`default:debug` or `debug`): sets this command's log level.
+    #[arg(long = "log_output_level", value_name = "LEVELS")]
+    pub log_output_level: Option<String>,
+    /// Accepted for istio-iptables compatibility; logs stay plain text.
+    #[arg(long = "log_as_json")]
+    pub log_as_json: bool,
+}
+
+impl CompatArgs {
+    /// The tracing level `--log_output_level` asks for (istio: `scope:level,...`).
+    pub fn log_level(&self) -> Option<tracing::Level> {
+        let spec = self.log_output_level.as_deref()?;
+        let level = spec
+            .split(',')
+            .find_map(|part| match part.split_once(':') {
+                Some(("default", l)) => Some(l),
+                Some(_) => None,
+                None => Some(part),
+            })?;
+        match level.trim() {
+            "debug" => Some(tracing::Level::DEBUG),
+            "info" => Some(tracing::Level::INFO),
+            "warn" => Some(tracing::Level::WARN),
+            "error" | "fatal" | "none" => Some(tracing::Level::ERROR),
+            _ => None,
+        }
+    }
+}
+
+/// Moves this process into the network namespace at `path`.
+fn enter_netns(path: &std::path::Path) -> Result<(), InitError> {
+    let f = std::fs::File::open(path).map_err(|e| bad_netns(path, e.to_string()))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| bad_netns(path, e.to_string()))
+}
+
+fn bad_netns(path: &std::path::Path, why: String) -> InitError {
+    InitError::Config(ConfigError {
+        flag: "--network-namespace".into(),
+        value: path.display().to_string(),
+        reason: why,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +149,25 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
         return Err(ebpf_unavailable());
     }
+    if args.compat.native_nftables {
+        return Err(InitError::Unsupported(
+            "--native-nftables: istio's native nftables rules are not supported; interceptor writes iptables rules (use --force-iptables-binary nft for the nf_tables backend)".into(),
+        ));
+    }
+    if let Some(ns) = &args.compat.network_namespace {
+        enter_netns(ns)?;
+    }
+    if args.compat.cleanup_only {
+        return cleanup(args);
+    }
     let cfg = config(&args.capture)?;
     let rules = capture::build(&cfg);
+    if args.compat.skip_rule_apply {
+        if cfg.run_validation {
+            validation::run(&cfg)?;
+        }
+        return Ok(());
+    }
     if cfg.dry_run {
         let _ = out.write_all(restore::dry_run(&rules).as_bytes());
         return Ok(());
@@ -112,6 +207,9 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
 pub fn cleanup(args: &InitArgs) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
         return Err(ebpf_unavailable());
+    }
+    if let Some(ns) = &args.compat.network_namespace {
+        enter_netns(ns)?;
     }
     let cfg = config(&args.capture)?;
     iptables::cleanup(&cfg)?;

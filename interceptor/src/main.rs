@@ -19,18 +19,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send the pod's TCP traffic through the sidecar (a drop-in for istio-iptables).
+    /// Send the pod's TCP traffic through the sidecar (a drop-in for istio-iptables, which
+    /// is also this subcommand's other name).
+    #[command(alias = "istio-iptables")]
     Init(Box<InitArgs>),
     /// Remove everything `init` added (pass the flags `init` had if they were not the defaults).
     Cleanup(Box<InitArgs>),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Init(a) | Command::Cleanup(a) => a.compat.log_level(),
+    };
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l.as_str()),
+        None => tracing_subscriber::EnvFilter::from_default_env(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => init::init(&args, &mut std::io::stdout()),
         Command::Cleanup(args) => init::cleanup(&args),

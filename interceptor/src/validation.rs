@@ -91,6 +91,9 @@ struct Probe {
     uid: u32,
     gid: u32,
     to: SocketAddrV4,
+    /// Skipped, rather than failed, when this process cannot take the probe's ids (the
+    /// istio-cni validation container runs as the proxy user without capabilities).
+    optional: bool,
 }
 
 impl Probe {
@@ -174,6 +177,7 @@ fn app_probe(cfg: &Config) -> Option<Probe> {
         uid,
         gid,
         to: SocketAddrV4::new(TEST_ADDRESS, cfg.probe_port),
+        optional: true,
     })
 }
 
@@ -193,6 +197,7 @@ pub fn run(cfg: &Config) -> Result<(), ValidationError> {
         uid: id(&cfg.proxy_uids)?,
         gid: id(&cfg.proxy_gids)?,
         to: SocketAddrV4::new(PASSTHROUGH, cfg.probe_port),
+        optional: false,
     }];
     probes.extend(app_probe(cfg));
 
@@ -221,10 +226,20 @@ pub fn run(cfg: &Config) -> Result<(), ValidationError> {
         .collect();
     let mut arrived = vec![false; probes.len()];
     let deadline = Instant::now() + cfg.probe_timeout;
-    while Instant::now() < deadline
-        && !arrived.iter().all(|a| *a)
-        && !failed.iter().any(|f| f.load(Ordering::Relaxed))
-    {
+    // Done when every probe has arrived or cannot run.
+    let settled = |arrived: &[bool]| {
+        arrived
+            .iter()
+            .zip(&failed)
+            .all(|(a, f)| *a || f.load(Ordering::Relaxed))
+    };
+    let must_fail = || {
+        probes
+            .iter()
+            .zip(&failed)
+            .any(|(p, f)| !p.optional && f.load(Ordering::Relaxed))
+    };
+    while Instant::now() < deadline && !settled(&arrived) && !must_fail() {
         for l in &listeners {
             match l.accept() {
                 Ok((s, _)) => {

@@ -857,3 +857,97 @@ fn validation_passes_with_rules_and_fails_with_126_without() {
     assert_eq!(out.status.code(), Some(126), "{err}");
     assert!(err.contains("192.0.2.1:15002"), "{err}");
 }
+
+/// The arguments istio's sidecar injector gives istio-init (injection-template.yaml).
+const INJECTOR_ARGS: &[&str] = &[
+    "istio-iptables",
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--log_output_level=default:info",
+];
+
+#[test]
+fn istio_init_command_line_is_accepted_unchanged() {
+    require_root!();
+    let ns = Netns::new("iinj").unwrap();
+    let out = ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(INJECTOR_ARGS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The reference without the port-22 exception, which the injector does not pass.
+    let dir = TempDir::new();
+    let text = std::fs::read_to_string(data("istio-default.v4.rules")).unwrap();
+    let without_22: String = text
+        .lines()
+        .filter(|l| !l.contains("--dport 22 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let f = dir.write("ref", &without_22);
+    let reference = Netns::new("iref").unwrap();
+    reference
+        .sh(&format!("iptables-restore --noflush < {f}"))
+        .unwrap();
+    assert_eq!(save4(&ns), save4(&reference));
+}
+
+#[test]
+fn cni_validation_container_validates_as_the_proxy_user() {
+    require_root!();
+    let b = interceptor_bin();
+    // istio-cni's istio-validation: uid/gid 1337, no capabilities, rules made by someone else.
+    let validate = |ns: &Netns| {
+        ns.sh_output(&format!(
+            "setpriv --reuid={PROXY} --regid={PROXY} --clear-groups --inh-caps=-all --bounding-set=-all -- {} {} --run-validation --skip-rule-apply --probe-timeout 3s",
+            b.display(),
+            INJECTOR_ARGS.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+        ))
+        .unwrap()
+    };
+    let with_rules = Netns::new("icni").unwrap();
+    let out = with_rules
+        .command(b.to_str().unwrap())
+        .args(["init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let before = save4(&with_rules);
+    let out = validate(&with_rules);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        save4(&with_rules),
+        before,
+        "--skip-rule-apply changed rules"
+    );
+    let without = Netns::new("icni").unwrap();
+    let out = validate(&without);
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
