@@ -268,6 +268,16 @@ fn save6(ns: &Netns) -> Ruleset {
     save(ns, "ip6tables-save")
 }
 
+/// `after` less the tables that were not in `before` and hold nothing (no rule, no own
+/// chain, ACCEPT policies): iptables cannot remove a table once created, and an empty one
+/// changes nothing.
+fn without_new_empty_tables(mut after: Ruleset, before: &Ruleset) -> Ruleset {
+    after.retain(|t, chains| {
+        before.contains_key(t) || chains.values().any(|(p, r)| !r.is_empty() || p != "ACCEPT")
+    });
+    after
+}
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
@@ -528,6 +538,11 @@ fn tproxy_mode_intercepts_inbound() {
 fn ipv6_is_intercepted() {
     require_root!();
     let mut m = Mesh::new();
+    m.pod
+        .sh("ip6tables -A INPUT -p ipv6-icmp -j ACCEPT")
+        .unwrap();
+    let before4 = save4(&m.pod);
+    let before6 = save6(&m.pod);
     m.start_sidecar(false);
     m.init(&["--ipv6"]);
     let r = curl(&m.pod, APP, &format!("http://[{PEER6}]:8080/"));
@@ -542,6 +557,17 @@ fn ipv6_is_intercepted() {
     // And IPv4 still goes its own way.
     let r = curl(&m.pod, APP, &format!("http://{PEER4}:8080/"));
     assert_eq!(via(&r), Some("sidecar-15001"));
+    // cleanup covers both families.
+    let out = m.interceptor(&["cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(without_new_empty_tables(save6(&m.pod), &before6), before6);
+    assert_eq!(without_new_empty_tables(save4(&m.pod), &before4), before4);
+    let r = curl(&m.pod, APP, &format!("http://[{PEER6}]:8080/"));
+    assert!(r.contains("peer-8080"), "IPv6 after cleanup: {r}");
 }
 
 fn dns_query(m: &Mesh, proto: &str, server: &str) -> String {
@@ -781,9 +807,12 @@ fn backend_follows_existing_rules_and_the_override() {
         .unwrap()
         .contains("ISTIO_OUTPUT"));
     assert!(!ns.sh("iptables-nft-save").unwrap().contains("ISTIO_OUTPUT"));
-    // Unforced: legacy holds rules now, so a second init and cleanup go there too.
+    // Unforced: legacy holds rules now, so a second init and cleanup go there too, and the
+    // second init changes nothing.
+    let first = save(&ns, "iptables-legacy-save");
     let out = ns.command(b).args(["init"]).output().unwrap();
     assert!(out.status.success());
+    assert_eq!(save(&ns, "iptables-legacy-save"), first);
     assert!(!ns.sh("iptables-nft-save").unwrap().contains("ISTIO"));
     let out = ns.command(b).args(["cleanup"]).output().unwrap();
     assert!(out.status.success());
@@ -949,5 +978,50 @@ fn cni_validation_container_validates_as_the_proxy_user() {
         Some(126),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn network_namespace_flag_and_cleanup_only() {
+    require_root!();
+    let ns = Netns::new("inet").unwrap();
+    let before = save4(&ns);
+    let b = interceptor_bin();
+    // Run from the test's own namespace, pointing at the pod's.
+    let out = std::process::Command::new(&b)
+        .args(["init", "--network-namespace", &ns.path()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(save4(&ns).contains_key("nat") && save4(&ns)["nat"].contains_key("ISTIO_OUTPUT"));
+    let out = std::process::Command::new(&b)
+        .args([
+            "istio-iptables",
+            "--cleanup-only",
+            "--network-namespace",
+            &ns.path(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(without_new_empty_tables(save4(&ns), &before), before);
+    let out = std::process::Command::new(&b)
+        .args(["init", "--network-namespace", "/nonexistent/ns"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--network-namespace")
+            && err.contains("/nonexistent/ns"),
+        "{err}"
     );
 }

@@ -113,7 +113,7 @@ fn system_default(family: Family) -> Option<Backend> {
 /// Picks the variant for one family.
 pub fn detect(family: Family, forced: Option<Backend>) -> Result<Tools, IptablesError> {
     if let Some(b) = forced {
-        return Tools::find(b, family).ok_or_else(|| IptablesError::Forced(b, family));
+        return Tools::find(b, family).ok_or(IptablesError::Forced(b, family));
     }
     let legacy = Tools::find(Backend::Legacy, family);
     let nft = Tools::find(Backend::Nft, family);
