@@ -158,7 +158,7 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
         enter_netns(ns)?;
     }
     if args.compat.cleanup_only {
-        return cleanup(args);
+        return cleanup(args, out);
     }
     let cfg = config(&args.capture)?;
     let rules = capture::build(&cfg);
@@ -203,8 +203,9 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
     Ok(())
 }
 
-/// `interceptor cleanup`.
-pub fn cleanup(args: &InitArgs) -> Result<(), InitError> {
+/// `interceptor cleanup`. With `--dry-run` it prints the iptables-restore input per
+/// family (`# iptables-restore`, `# ip6tables-restore`) and changes nothing.
+pub fn cleanup(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
         return Err(ebpf_unavailable());
     }
@@ -212,7 +213,19 @@ pub fn cleanup(args: &InitArgs) -> Result<(), InitError> {
         enter_netns(ns)?;
     }
     let cfg = config(&args.capture)?;
-    iptables::cleanup(&cfg)?;
+    let done = iptables::cleanup(&cfg)?;
+    if cfg.dry_run {
+        for (tools, input) in done {
+            let head = if tools.family == crate::rules::Family::V4 {
+                "# iptables-restore\n"
+            } else {
+                "# ip6tables-restore\n"
+            };
+            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(input.as_bytes());
+        }
+        return Ok(());
+    }
     routes::unconfigure(&cfg);
     Ok(())
 }

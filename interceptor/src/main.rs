@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Init(args) => init::init(&args, &mut std::io::stdout()),
-        Command::Cleanup(args) => init::cleanup(&args),
+        Command::Cleanup(args) => init::cleanup(&args, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -433,6 +433,16 @@ fn redirect_mode_intercepts_and_cleanup_restores() {
     let r = curl(&m.pod, APP, &format!("http://{PEER4}:8080/"));
     assert_eq!(via(&r), Some("sidecar-15001"));
 
+    // cleanup --dry-run only prints.
+    let out = m.interceptor(&["cleanup", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("-D OUTPUT -j ISTIO_OUTPUT")
+            && text.contains("-X ISTIO_OUTPUT"),
+        "{text}"
+    );
+    assert_eq!(save4(&m.pod), first);
     // cleanup puts the ruleset back exactly, and traffic goes direct again.
     let out = m.interceptor(&["cleanup"]);
     assert!(

@@ -210,7 +210,9 @@ fn roll_back(tools: &Tools, before: &str) {
 /// into them are found in the ruleset; the few rules `init` puts in built-in chains that
 /// jump elsewhere are recognised from `cfg` (both interception modes), so pass the flags
 /// `init` had when they were not the defaults.
-pub fn cleanup(cfg: &Config) -> Result<Vec<Tools>, IptablesError> {
+///
+/// With `cfg.dry_run` nothing changes; the inputs that would run are returned all the same.
+pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
     if !has_net_admin() {
         return Err(IptablesError::NoNetAdmin);
     }
@@ -241,11 +243,14 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<Tools>, IptablesError> {
             .collect();
         let saved = Saved::parse(&tools.save_text()?);
         let tx = plan_cleanup(&known, &tools, &saved);
-        if !tx.is_empty() {
-            run_restore(&tools, &tx.render(), true)?;
+        let input = tx.render();
+        if !tx.is_empty() && !cfg.dry_run {
+            run_restore(&tools, &input, true)?;
         }
-        cleaned.push(tools);
+        cleaned.push((tools, input));
     }
-    state::forget();
+    if !cfg.dry_run {
+        state::forget();
+    }
     Ok(cleaned)
 }
