@@ -254,3 +254,78 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
     }
     Ok(cleaned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backend;
+    use std::path::PathBuf;
+
+    /// Tools whose `iptables -C` always says "no such rule".
+    fn tools() -> Tools {
+        Tools {
+            backend: Backend::Nft,
+            family: Family::V4,
+            iptables: PathBuf::from("/bin/false"),
+            save: PathBuf::from("/bin/false"),
+            restore: PathBuf::from("/bin/false"),
+        }
+    }
+
+    fn rules() -> RuleSet {
+        let mut r = RuleSet::new(false);
+        r.append(
+            "PREROUTING",
+            Table::Nat,
+            &["-p", "tcp", "-j", "ISTIO_INBOUND"],
+        );
+        r.append(
+            "ISTIO_INBOUND",
+            Table::Nat,
+            &["-p", "tcp", "-j", "ISTIO_IN_REDIRECT"],
+        );
+        r.append(
+            "ISTIO_IN_REDIRECT",
+            Table::Nat,
+            &["-p", "tcp", "-j", "REDIRECT", "--to-ports", "15006"],
+        );
+        r
+    }
+
+    const EARLIER: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A PREROUTING -s 10.0.0.0/8 -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\nCOMMIT\n*mangle\n:PREROUTING ACCEPT [0:0]\n:ISTIO_DIVERT - [0:0]\n-A PREROUTING -p tcp -j ISTIO_DIVERT\nCOMMIT\n";
+
+    #[test]
+    fn fresh_namespace_gets_the_plain_input() {
+        let tx = plan_init(&rules(), Family::V4, &tools(), &Saved::default(), &[]);
+        assert_eq!(tx, Transaction::from_rules(&rules(), Family::V4));
+    }
+
+    #[test]
+    fn init_over_an_earlier_init_converges() {
+        let tx = plan_init(&rules(), Family::V4, &tools(), &Saved::parse(EARLIER), &[]);
+        let text = tx.render();
+        // Our jumps go, someone else's rule stays; stale own chains are removed after the
+        // jumps into them are gone; planned chains are re-declared (emptied).
+        assert_eq!(
+            text,
+            "*mangle\n-D PREROUTING -p tcp -j ISTIO_DIVERT\n-F ISTIO_DIVERT\n-X ISTIO_DIVERT\nCOMMIT\n\
+             *nat\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n\
+             -D OUTPUT -j ISTIO_OUTPUT\n-F ISTIO_OUTPUT\n-X ISTIO_OUTPUT\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+             -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
+        );
+        assert!(!text.contains("10.0.0.0/8"));
+    }
+
+    #[test]
+    fn cleanup_removes_every_own_chain_and_jump() {
+        let tx = plan_cleanup(&[], &tools(), &Saved::parse(EARLIER));
+        let text = tx.render();
+        assert_eq!(
+            text,
+            "*mangle\n-D PREROUTING -p tcp -j ISTIO_DIVERT\n-F ISTIO_DIVERT\n-X ISTIO_DIVERT\nCOMMIT\n\
+             *nat\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n-D OUTPUT -j ISTIO_OUTPUT\n-F ISTIO_INBOUND\n\
+             -F ISTIO_IN_REDIRECT\n-F ISTIO_OUTPUT\n-X ISTIO_INBOUND\n-X ISTIO_IN_REDIRECT\n-X ISTIO_OUTPUT\nCOMMIT\n"
+        );
+        assert!(plan_cleanup(&[], &tools(), &Saved::default()).is_empty());
+    }
+}
