@@ -297,12 +297,17 @@ fn istio_reference(file: &str, restore: &str) -> Ruleset {
 }
 
 fn ours(args: &[&str], v6: bool) -> Ruleset {
+    ours_env(args, &[], v6)
+}
+
+fn ours_env(args: &[&str], env: &[(&str, &str)], v6: bool) -> Ruleset {
     let ns = Netns::new("iour").unwrap();
     let mut all = vec!["init"];
     all.extend_from_slice(args);
     let out = ns
         .command(interceptor_bin().to_str().unwrap())
         .args(&all)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -376,6 +381,51 @@ fn ruleset_equals_istio_ipv6_capture_all_dns() {
     assert_eq!(
         ours(&flags, true),
         istio_reference("istio-dns-all.v6.rules", "ip6tables-restore")
+    );
+}
+
+#[test]
+fn ruleset_equals_istio_ipv6_tproxy_and_cidrs() {
+    require_root!();
+    let flags = [
+        "--ipv6",
+        "-m",
+        "TPROXY",
+        "-b",
+        "8080",
+        "-i",
+        "fd00::/8,10.0.0.0/8",
+        "-x",
+        "fd01::/16",
+        "-k",
+        "virt0",
+    ];
+    assert_eq!(
+        ours(&flags, true),
+        istio_reference("istio-tproxy-cidrs.v6.rules", "ip6tables-restore")
+    );
+}
+
+#[test]
+fn ruleset_equals_istio_owner_groups_and_loopback_env() {
+    require_root!();
+    let flags = [
+        "-u",
+        "1337",
+        "-g",
+        "1400",
+        "-i",
+        "127.0.0.1/32,10.0.0.0/8",
+        "-b",
+        "",
+    ];
+    let env = [
+        ("ISTIO_OUTBOUND_OWNER_GROUPS", "100,200"),
+        ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.0/8"),
+    ];
+    assert_eq!(
+        ours_env(&flags, &env, false),
+        istio_reference("istio-owner-groups.v4.rules", "iptables-restore")
     );
 }
 
