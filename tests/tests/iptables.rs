@@ -1085,3 +1085,25 @@ fn network_namespace_flag_and_cleanup_only() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failing_family_leaves_nothing_applied() {
+    require_root!();
+    let ns = Netns::new("iall").unwrap();
+    // Someone else's IPv6 chain jumps into an ISTIO_ chain init would remove: the IPv6
+    // transaction fails after the IPv4 one went in, and IPv4 must be rolled back.
+    ns.sh("iptables -t nat -A POSTROUTING -p udp --dport 9 -j RETURN && ip6tables -N MINE && ip6tables -N ISTIO_OLD && ip6tables -A MINE -j ISTIO_OLD")
+        .unwrap();
+    let before4 = save4(&ns);
+    let before6 = save6(&ns);
+    let out = ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(["init", "--ipv6"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ip6tables"), "{err}");
+    assert_eq!(save4(&ns), before4, "IPv4 rules left behind");
+    assert_eq!(save6(&ns), before6);
+}
