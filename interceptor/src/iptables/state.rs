@@ -3,7 +3,7 @@
 //! with other flags, can find those rules again without being told the old flags. Jumps
 //! into `ISTIO_*` chains need no record: they are recognised by their target.
 //!
-//! The record lives in `/run/interceptor/netns-<inode>.rules`, one rule a line:
+//! The record lives in `/run/interceptor/netns-cookie-<netns cookie>.rules`, one rule a line:
 //! `<4|6> <table> <chain> <args...>`. Losing it only means falling back to the flags.
 
 use std::path::PathBuf;
@@ -14,9 +14,35 @@ use crate::rules::{Family, Op, Rule, RuleSet, Table};
 const DIR: &str = "/run/interceptor";
 
 fn path() -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata("/proc/self/ns/net").ok()?;
-    Some(PathBuf::from(DIR).join(format!("netns-{}-{}.rules", m.dev(), m.ino())))
+    let id = match netns_cookie() {
+        Some(c) => format!("cookie-{c}"),
+        None => {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata("/proc/self/ns/net").ok()?;
+            format!("{}-{}", m.dev(), m.ino())
+        }
+    };
+    Some(PathBuf::from(DIR).join(format!("netns-{id}.rules")))
+}
+
+/// The network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14+): unlike the inode, never
+/// reused by a later namespace, so a stale record cannot be mistaken for this one's.
+fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie is a writable u64 and len holds its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
 }
 
 /// The rules of `rules` that need remembering.
