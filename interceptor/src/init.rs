@@ -172,6 +172,9 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
         let _ = out.write_all(restore::dry_run(&rules).as_bytes());
         return Ok(());
     }
+    if !iptables::has_net_admin() {
+        return Err(IptablesError::NoNetAdmin.into());
+    }
     let needs_ip = cfg.ipv6
         || (cfg.mode == InterceptionMode::Tproxy && cfg.inbound_ports != InboundPorts::None);
     if needs_ip && iptables::backend::which("ip").is_none() {

@@ -23,7 +23,7 @@ enum Command {
     /// is also this subcommand's other name).
     #[command(alias = "istio-iptables")]
     Init(Box<InitArgs>),
-    /// Remove everything `init` added (pass the flags `init` had if they were not the defaults).
+    /// Remove everything `init` added, in every table and both families.
     Cleanup(Box<InitArgs>),
 }
 

@@ -208,8 +208,8 @@ fn roll_back(tools: &Tools, before: &str) {
 
 /// Removes everything `init` adds, in every table and both families. Own chains and jumps
 /// into them are found in the ruleset; the few rules `init` puts in built-in chains that
-/// jump elsewhere are recognised from `cfg` (both interception modes), so pass the flags
-/// `init` had when they were not the defaults.
+/// jump elsewhere are found from `init`'s record for this namespace (see [`state`]) and
+/// from `cfg` (both interception modes), for rules made without a record.
 ///
 /// With `cfg.dry_run` nothing changes; the inputs that would run are returned all the same.
 pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
