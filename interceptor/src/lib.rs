@@ -4,5 +4,10 @@
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules; each module
 //! owns one concern.
 
+pub mod config;
 pub mod http;
+pub mod init;
+pub mod iptables;
+pub mod rules;
 pub mod shadow;
+pub mod validation;

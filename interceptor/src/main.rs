@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use interceptor::init::{self, InitArgs};
+
 #[derive(Parser)]
 #[command(
     name = "interceptor",
@@ -16,9 +18,37 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Send the pod's TCP traffic through the sidecar (a drop-in for istio-iptables, which
+    /// is also this subcommand's other name).
+    #[command(alias = "istio-iptables")]
+    Init(Box<InitArgs>),
+    /// Remove everything `init` added, in every table and both families.
+    Cleanup(Box<InitArgs>),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let level = match &cli.command {
+        Command::Init(a) | Command::Cleanup(a) => a.compat.log_level(),
+    };
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l.as_str()),
+        None => tracing_subscriber::EnvFilter::from_default_env(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Init(args) => init::init(&args, &mut std::io::stdout()),
+        Command::Cleanup(args) => init::cleanup(&args, &mut std::io::stdout()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interceptor: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
