@@ -4,6 +4,7 @@
 //! suffix, tracing and proxy headers, framing) is skipped unless `strict`; what differs by
 //! nature (timestamps, UUIDs) is set apart as noise.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::Value;
@@ -77,8 +78,11 @@ impl Options {
             .copied()
             .chain(self.ignore_headers.iter().map(String::as_str))
             .any(|pat| match pat.strip_suffix('*') {
-                Some(prefix) => name.starts_with(prefix),
-                None => name == pat,
+                Some(prefix) => name
+                    .as_bytes()
+                    .get(..prefix.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes())),
+                None => name.eq_ignore_ascii_case(pat),
             })
     }
 
@@ -291,20 +295,26 @@ fn split_port(host: &str) -> (&str, &str) {
     }
 }
 
-/// Header values per name, joined as a repeated header would be, in first-seen order.
-fn grouped(headers: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (n, v) in headers {
-        let n = n.to_ascii_lowercase();
-        match out.iter_mut().find(|(m, _)| *m == n) {
-            Some((_, acc)) => {
-                acc.push_str(", ");
-                acc.push_str(v);
-            }
-            None => out.push((n, v.clone())),
-        }
+/// The value of header `name` as one string, repeated headers joined as `, `; borrowed when
+/// the header appears once (the usual case: no allocation).
+fn joined<'a>(headers: &'a [(String, String)], name: &str) -> Option<Cow<'a, str>> {
+    let mut it = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    let (_, first) = it.next()?;
+    let mut out = Cow::Borrowed(first.as_str());
+    for (_, v) in it {
+        let o = out.to_mut();
+        o.push_str(", ");
+        o.push_str(v);
     }
-    out
+    Some(out)
+}
+
+/// Distinct header names, in first-seen order.
+fn names(headers: &[(String, String)]) -> impl Iterator<Item = &str> {
+    headers.iter().enumerate().filter_map(move |(i, (n, _))| {
+        let first = !headers[..i].iter().any(|(m, _)| m.eq_ignore_ascii_case(n));
+        first.then_some(n.as_str())
+    })
 }
 
 fn headers(
@@ -314,49 +324,50 @@ fn headers(
     sh: &[(String, String)],
     opts: &Options,
 ) {
-    let p = grouped(p);
-    let sh = grouped(sh);
     let loc = |name: &str| Location::Header {
         request,
-        name: name.to_string(),
+        name: name.to_ascii_lowercase(),
     };
-    for (name, pv) in &p {
+    for name in names(p) {
         if opts.header_ignored(name) {
             continue;
         }
-        match sh.iter().find(|(n, _)| n == name) {
+        let Some(pv) = joined(p, name) else { continue };
+        match joined(sh, name) {
             None => c.push(
                 Difference {
                     location: loc(name),
                     kind: Kind::Removed,
-                    primary: Some(s(pv)),
+                    primary: Some(s(&pv)),
                     shadow: None,
                 },
                 false,
                 opts.strict,
             ),
-            Some((_, sv)) => {
-                let sv_cmp = match (name.as_str(), opts.strict) {
-                    ("host", false) => strip_shadow_suffix(sv).unwrap_or_else(|| sv.clone()),
-                    _ => sv.clone(),
+            Some(sv) => {
+                let stripped = if !opts.strict && name.eq_ignore_ascii_case("host") {
+                    strip_shadow_suffix(&sv)
+                } else {
+                    None
                 };
-                if *pv != sv_cmp {
-                    let noise = volatile::only_volatile_differs(pv, sv);
-                    c.push(changed(loc(name), s(pv), s(sv)), noise, opts.strict);
+                if *pv != *stripped.as_deref().unwrap_or(&sv) {
+                    let noise = volatile::only_volatile_differs(&pv, &sv);
+                    c.push(changed(loc(name), s(&pv), s(&sv)), noise, opts.strict);
                 }
             }
         }
     }
-    for (name, sv) in &sh {
-        if opts.header_ignored(name) || p.iter().any(|(n, _)| n == name) {
+    for name in names(sh) {
+        if opts.header_ignored(name) || p.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
             continue;
         }
+        let Some(sv) = joined(sh, name) else { continue };
         c.push(
             Difference {
                 location: loc(name),
                 kind: Kind::Added,
                 primary: None,
-                shadow: Some(s(sv)),
+                shadow: Some(s(&sv)),
             },
             false,
             opts.strict,
@@ -1344,6 +1355,36 @@ mod tests {
             "",
         );
         assert!(compare(&p, &s, &Options::default()).same());
+    }
+
+    #[test]
+    fn header_names_in_any_case() {
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[
+                ("Date", "x"),
+                ("X-Envoy-Upstream-Service-Time", "1"),
+                ("Vary", "Origin"),
+                ("vary", "Accept"),
+            ],
+            "",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[
+                ("date", "y"),
+                ("x-envoy-upstream-service-time", "2"),
+                ("VARY", "Origin, Accept"),
+                ("ETag", "1"),
+            ],
+            "",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["header:etag added"]);
     }
 
     #[test]
