@@ -16,6 +16,7 @@
 #   scripts/lab.sh app 20         # the app calls the catalog 20 times (no count: forever)
 #   scripts/lab.sh sniff [ARGS]   # interceptor sniff --shadow -d <lab>-w '' 'tcp port 3000' ARGS
 #   scripts/lab.sh down           # remove it
+#   scripts/lab.sh demo [COUNT]   # all of the above in one go
 #
 # Settings (environment):
 #   LAB           prefix of namespace and interface names, at most 11 characters (default lab)
@@ -133,6 +134,19 @@ sniff() {
   in_ns "$NODE" "$INTERCEPTOR" sniff --shadow -d "$WEB_VETH" "$@" '' 'tcp port 3000'
 }
 
+# demo [COUNT]: the whole scenario in one go: up, the app calls the catalog COUNT times
+# (default 5) while the node sniffs with --shadow, then down. Each request is two exchanges
+# (primary and shadow), so the sniffer stops by itself after 2 * COUNT.
+demo() {
+  local n=${1:-5}
+  [[ $n =~ ^[1-9][0-9]*$ ]] || die "demo $n: expected a positive count of requests"
+  up
+  trap down EXIT
+  ( sleep 1; app "$n" >/dev/null ) &
+  sniff -n $((2 * n))
+  wait
+}
+
 down() {
   for ns in "$WEB" "$V1" "$V2" "$NODE"; do
     ip netns list | grep -qw "^$ns" || continue
@@ -146,6 +160,7 @@ case ${1:-} in
   up) up ;;
   down) down ;;
   app) shift; app "$@" ;;
+  demo) shift; demo "$@" ;;
   sniff) shift; sniff "$@" ;;
-  *) echo "usage: $0 up|app [COUNT]|sniff [ARGS]|down   (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: $0 up|app [COUNT]|sniff [ARGS]|down|demo [COUNT]   (see the comment at the top)" >&2; exit 2 ;;
 esac
