@@ -4,4 +4,5 @@
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules; each module
 //! owns one concern.
 
+pub mod ebpf;
 pub mod http;
