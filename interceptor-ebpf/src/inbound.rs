@@ -11,12 +11,11 @@ use interceptor_common::{
 };
 
 use crate::{
-    addr::IPPROTO_TCP,
+    addr::{self, IPPROTO_TCP},
     maps::{self, LISTENER, PORTS},
 };
 
-/// Every network namespace numbers its loopback device 1; connections made inside the
-/// namespace (the proxy forwarding to the app) arrive there and are never captured.
+/// Every network namespace numbers its loopback device 1.
 const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
@@ -35,7 +34,7 @@ fn capture(ctx: &SkLookupContext) -> Option<()> {
             read_volatile(addr_of!((*l).local_port)) as u16,
         )
     };
-    if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX {
+    if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX || from_this_host(ctx, family) {
         return None;
     }
     let s = maps::settings()?;
@@ -61,4 +60,23 @@ fn capture(ctx: &SkLookupContext) -> Option<()> {
     maps::count(counter::INBOUND_ASSIGNED, 1);
     debug!(ctx, "inbound connection to port {} captured", port);
     Some(())
+}
+
+/// Connections made inside the namespace (the proxy forwarding to the app on the pod's
+/// address, the app calling itself) are never captured, as iptables' PREROUTING never
+/// sees them. Such a connection's source is the local address it goes to, or loopback;
+/// the arrival interface does not tell, as the kernel reports the address's device.
+#[inline(always)]
+fn from_this_host(ctx: &SkLookupContext, family: u32) -> bool {
+    let l = ctx.lookup;
+    if family == u32::from(AF_INET) {
+        let (remote, local) = unsafe {
+            (read_volatile(addr_of!((*l).remote_ip4)), read_volatile(addr_of!((*l).local_ip4)))
+        };
+        remote == local || addr::is_loopback_v4(remote)
+    } else {
+        let remote = unsafe { addr::read_ip6(addr_of!((*l).remote_ip6)) };
+        let local = unsafe { addr::read_ip6(addr_of!((*l).local_ip6)) };
+        remote == local || remote == addr::LOOPBACK_V6
+    }
 }

@@ -3,6 +3,14 @@
 
 use std::path::PathBuf;
 
+/// Prints a line; a closed stdout (`| head`) must not turn finished work into a panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
@@ -167,7 +175,7 @@ pub fn init(args: &InitArgs) -> Result<()> {
     let settings = args.intercept.to_settings()?;
     let target = Target::resolve(args.target.cgroup.as_deref())?;
     let mut loaded = load::init(&target, &settings, args.debug)?;
-    println!(
+    say!(
         "ebpf: intercepting cgroup {} in netns cookie {}, pinned at {}",
         target.cgroup.display(),
         target.netns_cookie,
@@ -178,7 +186,7 @@ pub fn init(args: &InitArgs) -> Result<()> {
             load::LinkChange::Created => "attached",
             load::LinkChange::Updated => "updated in place",
         };
-        println!("ebpf: {name} {what}");
+        say!("ebpf: {name} {what}");
     }
     if args.debug {
         logs::follow(&mut loaded.ebpf)?;
@@ -189,8 +197,8 @@ pub fn init(args: &InitArgs) -> Result<()> {
 pub fn cleanup(args: &CleanupArgs) -> Result<()> {
     let target = Target::resolve(args.target.cgroup.as_deref())?;
     match cleanup::cleanup(&target)? {
-        Some(dir) => println!("ebpf: detached and unpinned {}", dir.display()),
-        None => println!(
+        Some(dir) => say!("ebpf: detached and unpinned {}", dir.display()),
+        None => say!(
             "ebpf: nothing pinned for cgroup {} in this network namespace",
             target.cgroup.display()
         ),
@@ -199,7 +207,7 @@ pub fn cleanup(args: &CleanupArgs) -> Result<()> {
 }
 
 pub fn status() -> Result<()> {
-    print!("{}", status::render(&status::instances()?));
+    say!("{}", status::render(&status::instances()?).trim_end());
     Ok(())
 }
 

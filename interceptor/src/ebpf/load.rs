@@ -12,11 +12,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie, Array, LpmTrie, MapData, SockHash};
+use aya::maps::{lpm_trie, Array, LpmTrie, MapData, SockHash, SockMap};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use interceptor_common::{self as common, map, program, SockTuple};
 
+use super::listener;
 use super::settings::{v4_key, v6_key};
 use super::sys::{self, attach};
 use super::target::{ensure_bpffs, Target};
@@ -63,6 +64,7 @@ pub fn init(target: &Target, settings: &Settings, debug: bool) -> Result<Loaded>
     fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
 
     let mut undo = Undo {
+        before: pin_names(&pin_dir),
         pin_dir: pin_dir.clone(),
         fresh,
         created: Vec::new(),
@@ -135,8 +137,23 @@ fn load_and_attach(
             .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
     }
 
+    record_existing_listener(&mut ebpf, settings.inbound_capture_port)?;
     write_settings(&mut ebpf, target, settings)?;
     Ok((ebpf, links))
+}
+
+/// Puts an inbound capture listener that already exists into `LISTENER`.
+fn record_existing_listener(ebpf: &mut Ebpf, port: u16) -> Result<()> {
+    let found = listener::find(port);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut map: SockMap<&mut MapData> = SockMap::try_from(map_mut(ebpf, map::LISTENER)?)?;
+    for (index, sock) in found {
+        map.set(index, &sock, 0)
+            .context("recording the inbound capture listener")?;
+    }
+    Ok(())
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
@@ -328,6 +345,8 @@ fn check_privileges() -> Result<()> {
 struct Undo {
     pin_dir: PathBuf,
     fresh: bool,
+    /// Pins that were there before this run; every other one is this run's.
+    before: Vec<std::ffi::OsString>,
     /// Link pins made by this run: removing them detaches the links.
     created: Vec<PathBuf>,
     /// Pinned links pointed at a new program, with the program they had.
@@ -344,13 +363,13 @@ impl Undo {
                 let _ = sys::link_update(link.as_fd(), old_prog.as_fd());
             }
         }
-        if self.fresh {
-            // Maps pinned by this run, then the directory itself.
-            if let Ok(entries) = fs::read_dir(&self.pin_dir) {
-                for e in entries.flatten() {
-                    let _ = fs::remove_file(e.path());
-                }
+        // Maps this run pinned, then the directory if this run made it.
+        for name in pin_names(&self.pin_dir) {
+            if !self.before.contains(&name) {
+                let _ = fs::remove_file(self.pin_dir.join(name));
             }
+        }
+        if self.fresh {
             let _ = fs::remove_dir(&self.pin_dir);
         }
     }
@@ -358,3 +377,9 @@ impl Undo {
 
 /// The kernel's internal "not supported" errno, which bpf(2) can leak to userspace.
 const ENOTSUPP: i32 = 524;
+
+fn pin_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}

@@ -13,10 +13,12 @@
 //! The inbound capture listener is not found by `init`: the sockops program records the
 //! socket that starts listening on the inbound capture port in the pod's namespace
 //! (`BPF_SOCK_OPS_TCP_LISTEN_CB`), so `init` can run before the proxy exists, as an init
-//! container does.
+//! container does. When the proxy already listens, `init` takes its socket from /proc
+//! with pidfd_getfd(2) (see `listener`).
 
 pub mod cleanup;
 pub mod cli;
+mod listener;
 pub mod load;
 mod logs;
 mod object;
