@@ -11,14 +11,21 @@ use interceptor_tests::pod::{Mode, Pod, APP_UID, PROXY_UID, SERVER_IP};
 use interceptor_tests::{interceptor_bin, require_root, run};
 
 fn pin_dir(init_output: &str) -> PathBuf {
-    let line = init_output.lines().find(|l| l.contains("pinned at")).expect("pin dir line");
+    let line = init_output
+        .lines()
+        .find(|l| l.contains("pinned at"))
+        .expect("pin dir line");
     PathBuf::from(line.rsplit("pinned at ").next().unwrap().trim())
 }
 
 /// Programs attached to a cgroup, as bpftool lists them (one row per attachment).
 fn cgroup_programs(cgroup: &Path) -> Vec<String> {
     let out = run("bpftool", &["cgroup", "show", cgroup.to_str().unwrap()]).unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
 }
 
 /// sk_lookup links on the pod's namespace.
@@ -28,7 +35,11 @@ fn sk_lookup_links(pod: &Pod) -> usize {
     let out = run("bpftool", &["link", "show"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("\n")
-        .filter(|l| l.contains("netns_ino") && l.contains(&format!("netns_ino {ino} ")) && l.contains("sk_lookup"))
+        .filter(|l| {
+            l.contains("netns_ino")
+                && l.contains(&format!("netns_ino {ino} "))
+                && l.contains("sk_lookup")
+        })
         .count()
 }
 
@@ -45,9 +56,14 @@ fn status_of(pod: &Pod, dir: &Path) -> String {
     let out = pod.interceptor(&["status".to_string()]).unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = text.find(&format!("ebpf {}", dir.display())).unwrap_or_else(|| panic!("{} not in\n{text}", dir.display()));
+    let start = text
+        .find(&format!("ebpf {}", dir.display()))
+        .unwrap_or_else(|| panic!("{} not in\n{text}", dir.display()));
     let block = &text[start..];
-    let end = block[1..].find("\nebpf ").map(|e| e + 1).unwrap_or(block.len());
+    let end = block[1..]
+        .find("\nebpf ")
+        .map(|e| e + 1)
+        .unwrap_or(block.len());
     block[..end].to_string()
 }
 
@@ -60,13 +76,28 @@ fn status_lists_links_and_counts_redirects_lookups_and_fast_path_bytes() {
     pod.start_upstream(8080).unwrap();
     let before = status_of(&pod, &dir);
     assert_eq!(counter(&before, "connects_redirected"), 0);
-    let r = pod.get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who")).unwrap();
+    let r = pod
+        .get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who"))
+        .unwrap();
     assert_eq!(r.sidecar.as_deref(), Some("outbound"));
 
     let s = status_of(&pod, &dir);
-    assert!(s.contains(&format!("cgroup {} ", pod.cgroup.display())), "{s}");
-    for link in ["connect4", "connect6", "getsockopt", "track_sockets", "sendmsg4", "recvmsg4"] {
-        assert!(s.contains(&format!("link {link}: ")) && !s.contains("unreadable"), "{link}: {s}");
+    assert!(
+        s.contains(&format!("cgroup {} ", pod.cgroup.display())),
+        "{s}"
+    );
+    for link in [
+        "connect4",
+        "connect6",
+        "getsockopt",
+        "track_sockets",
+        "sendmsg4",
+        "recvmsg4",
+    ] {
+        assert!(
+            s.contains(&format!("link {link}: ")) && !s.contains("unreadable"),
+            "{link}: {s}"
+        );
     }
     assert!(s.contains("link sklookup: sk_lookup on netns"), "{s}");
     assert_eq!(counter(&s, "connects_redirected"), 1, "{s}");
@@ -141,7 +172,10 @@ fn debug_prints_the_programs_logs() {
     pod.start_sidecar().unwrap();
     let _ = pod.get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who"));
     let lines = wait_for(&format!("redirect {SERVER_IP}:8080 to port 15001"));
-    assert!(lines.iter().any(|l| l.starts_with("ebpf DEBUG: ")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ebpf DEBUG: ")),
+        "{lines:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -173,7 +207,12 @@ fn dns_over_udp_goes_to_the_proxy_and_the_answer_keeps_the_servers_address() {
     );
     let out = pod.run_as(APP_UID, APP_UID, &client).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.trim(), format!("proxy:query {SERVER_IP} 53"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text.trim(),
+        format!("proxy:query {SERVER_IP} 53"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -187,26 +226,49 @@ fn refusals_name_the_problem_and_suggest_iptables() {
     // Not root: no CAP_BPF / CAP_NET_ADMIN.
     let out = pod
         .ns
-        .sh_as(APP_UID, APP_UID, &format!("{bin} init --mode ebpf --cgroup {cg}"))
+        .sh_as(
+            APP_UID,
+            APP_UID,
+            &format!("{bin} init --mode ebpf --cgroup {cg}"),
+        )
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("CAP_BPF") && err.contains("--mode iptables"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("CAP_BPF") && err.contains("--mode iptables"),
+        "{err}"
+    );
 
     // A cgroup v1 hierarchy.
-    let v1 = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"]
-        .into_iter()
-        .find(|p| Path::new(p).is_dir());
+    let v1 = [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_dir());
     if let Some(v1) = v1 {
-        let out = pod.ns.sh_output(&format!("{bin} init --mode ebpf --cgroup {v1}")).unwrap();
+        let out = pod
+            .ns
+            .sh_output(&format!("{bin} init --mode ebpf --cgroup {v1}"))
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("cgroup v2") && err.contains("--mode iptables"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("cgroup v2") && err.contains("--mode iptables"),
+            "{err}"
+        );
     }
 
     // Flags that only make sense with iptables rules.
     for flags in ["-m TPROXY", "-k eth1"] {
-        let out = pod.ns.sh_output(&format!("{bin} init --mode ebpf --cgroup {cg} {flags}")).unwrap();
+        let out = pod
+            .ns
+            .sh_output(&format!("{bin} init --mode ebpf --cgroup {cg} {flags}"))
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(flags.split(' ').next().unwrap()), "{flags}: {err}");
+        assert!(
+            !out.status.success() && err.contains(flags.split(' ').next().unwrap()),
+            "{flags}: {err}"
+        );
     }
     // None of the refusals left anything behind.
     assert!(cgroup_programs(&pod.cgroup).is_empty());
@@ -225,14 +287,40 @@ fn a_failed_attach_is_rolled_back() {
     let bogus = dir.join("link_sklookup");
     run(
         "bpftool",
-        &["map", "create", bogus.to_str().unwrap(), "type", "array", "key", "4", "value", "4", "entries", "1", "name", "bogus"],
+        &[
+            "map",
+            "create",
+            bogus.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "bogus",
+        ],
     )
     .unwrap();
     let out = pod.interceptor(&pod.init_args(&[])).unwrap();
     assert!(!out.status.success(), "init should fail");
-    assert!(cgroup_programs(&pod.cgroup).is_empty(), "{:?}", cgroup_programs(&pod.cgroup));
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("link_sklookup")], "only the pre-existing pin is left");
+    assert!(
+        cgroup_programs(&pod.cgroup).is_empty(),
+        "{:?}",
+        cgroup_programs(&pod.cgroup)
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("link_sklookup")],
+        "only the pre-existing pin is left"
+    );
     std::fs::remove_file(&bogus).unwrap();
     std::fs::remove_dir(&dir).unwrap();
 }
@@ -251,9 +339,83 @@ fn bpffs_is_mounted_when_missing() {
         cg = pod.cgroup.display()
     );
     let out = Command::new("nsenter")
-        .args([&format!("--net={}", pod.ns.path()), "unshare", "-m", "sh", "-c", &script])
+        .args([
+            &format!("--net={}", pod.ns.path()),
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            &script,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bpf_fs");
+}
+
+/// A stand-in proxy that answers each connection with the original destination it reads
+/// with `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` (as Envoy does for IPv6 listeners).
+const V6_ORIG_DST_PROXY: &str = concat!(
+    "/usr/bin/python3 -c \"import socket,struct\n",
+    "s=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\n",
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n",
+    "s.bind(('::1',15001))\n",
+    "s.listen(16)\n",
+    "while True:\n",
+    " c,_=s.accept()\n",
+    " try:\n",
+    "  v=c.getsockopt(socket.IPPROTO_IPV6,80,28)\n",
+    "  port=struct.unpack('!H',v[2:4])[0]\n",
+    "  c.sendall(('%s %d' % (socket.inet_ntop(socket.AF_INET6,v[8:24]),port)).encode())\n",
+    " except OSError as e:\n",
+    "  c.sendall(('error %s' % e).encode())\n",
+    " c.close()\""
+);
+
+#[test]
+fn ipv6_connects_are_redirected_and_answer_the_ipv6_original_destination() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.intercept(&[]).unwrap();
+    pod.spawn_as(PROXY_UID, PROXY_UID, V6_ORIG_DST_PROXY)
+        .unwrap();
+    pod.ns.wait_listen(15001).unwrap();
+    // No route to fd00:231::2 is needed: connect6 rewrites the destination before routing.
+    let client = "/usr/bin/python3 -c \"import socket\n\
+c=socket.create_connection(('fd00:231::2',8443),timeout=3)\nprint(c.recv(200).decode())\"";
+    let out = pod.run_as(APP_UID, APP_UID, client).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "fd00:231::2 8443",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn v4_mapped_connects_of_ipv6_sockets_reach_the_ipv4_sidecar() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.intercept(&[]).unwrap();
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    let client = format!(
+        "/usr/bin/python3 -c \"import socket\n\
+c=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\nc.settimeout(5)\n\
+c.connect(('::ffff:{SERVER_IP}',8080))\n\
+c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\nd=b''\n\
+while True:\n b=c.recv(4096)\n if not b: break\n d+=b\n\
+print(d.decode())\""
+    );
+    let out = pod.run_as(APP_UID, APP_UID, &client).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("x-sidecar: outbound") && text.contains("upstream"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
