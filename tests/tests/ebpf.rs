@@ -100,6 +100,10 @@ fn status_lists_links_and_counts_redirects_lookups_and_fast_path_bytes() {
         );
     }
     assert!(s.contains("link sklookup: sk_lookup on netns"), "{s}");
+    assert!(
+        s.contains("sk_msg: sk_msg_verdict on sockhash SOCKETS (program id "),
+        "{s}"
+    );
     assert_eq!(counter(&s, "connects_redirected"), 1, "{s}");
     assert_eq!(counter(&s, "orig_dst_answered"), 1, "{s}");
     // app <-> sidecar on loopback went socket to socket.

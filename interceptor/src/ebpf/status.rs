@@ -21,6 +21,8 @@ pub struct Instance {
     pub cgroup: Option<PathBuf>,
     /// Link pin name and what the kernel says of it.
     pub links: Vec<(String, Result<LinkInfo, String>)>,
+    /// Programs the `SOCKETS` sockhash holds as its sk_msg verdict.
+    pub skmsg_programs: Result<Vec<u32>, String>,
     pub settings: Option<common::Settings>,
     pub counters: Vec<(&'static str, u64)>,
 }
@@ -62,6 +64,9 @@ fn read_instance(pin_dir: PathBuf, cgroup_id: u64, netns_cookie: u64) -> Instanc
             .map_err(|e| e.to_string());
         links.push((n.trim_start_matches("link_").to_string(), info));
     }
+    let skmsg_programs = sys::obj_get(&pin_dir.join(map::SOCKETS))
+        .and_then(|fd| sys::prog_query(fd.as_fd(), attach::SK_MSG_VERDICT))
+        .map_err(|e| e.to_string());
     let settings = open(&pin_dir, map::SETTINGS).and_then(|m| {
         let a: Array<MapData, common::Settings> = Array::try_from(m).ok()?;
         a.get(&0, 0).ok()
@@ -85,6 +90,7 @@ fn read_instance(pin_dir: PathBuf, cgroup_id: u64, netns_cookie: u64) -> Instanc
         cgroup_id,
         netns_cookie,
         links,
+        skmsg_programs,
         settings,
         counters,
     }
@@ -149,6 +155,23 @@ pub fn render(instances: &[Instance]) -> String {
                 Err(e) => {
                     let _ = writeln!(s, "  link {name}: unreadable ({e})");
                 }
+            }
+        }
+        match &i.skmsg_programs {
+            Ok(ids) if ids.is_empty() => {
+                let _ = writeln!(s, "  sk_msg: not attached to {}", map::SOCKETS);
+            }
+            Ok(ids) => {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "  sk_msg: sk_msg_verdict on sockhash {} (program id {})",
+                    map::SOCKETS,
+                    ids.join(",")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  sk_msg: unreadable ({e})");
             }
         }
         for (name, v) in &i.counters {

@@ -13,6 +13,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -142,6 +143,20 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `BPF_PROG_QUERY`: ids of the programs attached to `target` (a cgroup or a sockmap)
+/// with `attach_type`.
+pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut a = Attr::new();
+    a.u32_at(0, target.as_raw_fd() as u32)
+        .u32_at(4, attach_type)
+        .u64_at(16, ids.as_mut_ptr() as u64)
+        .u32_at(24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut a)?;
+    let count = u32::from_ne_bytes([a.0[24], a.0[25], a.0[26], a.0[27]]) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
 }
 
 /// What a link is attached to, from `BPF_OBJ_GET_INFO_BY_FD`.
