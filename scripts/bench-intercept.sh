@@ -38,8 +38,11 @@ for t in wrk haproxy nginx iptables nsenter setpriv; do
 done
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -q -p interceptor
-BIN=$PWD/target/release/interceptor
+# INTERCEPTOR_BIN: a binary already built (skips the release build).
+if [ -z "${INTERCEPTOR_BIN:-}" ]; then
+  cargo build --release -q -p interceptor
+fi
+BIN=${INTERCEPTOR_BIN:-$PWD/target/release/interceptor}
 
 ID=b$$
 POD=${ID}pod

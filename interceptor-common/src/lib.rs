@@ -135,10 +135,6 @@ pub mod program {
     pub const SKLOOKUP: &str = "sklookup";
 }
 
-/// Prefix length + address, the key layout of the kernel's LPM trie for IPv4.
-pub const LPM_V4_BITS: u32 = 32;
-pub const LPM_V6_BITS: u32 = 128;
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no pointers; padding is explicit fields.
