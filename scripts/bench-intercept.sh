@@ -15,7 +15,7 @@
 #
 # Measures, per mode and round: keep-alive requests/s with p50/p99 latency, and new
 # connections/s (Connection: close, one request per connection). Rounds alternate the
-# modes so background load hits them alike; the medians are reported.
+# modes, in a rotating order, so background load hits them alike; medians are reported.
 #
 #   sudo scripts/bench-intercept.sh [-d SECONDS] [-r ROUNDS] [-c CONNECTIONS]
 set -euo pipefail
@@ -178,8 +178,12 @@ check_path() {
 }
 
 declare -A RESULTS
+MODES=(none iptables ebpf)
 for round in $(seq "$ROUNDS"); do
-  for mode in none iptables ebpf; do
+  # Rotate the order each round so no mode always runs first or last.
+  order=()
+  for i in 0 1 2; do order+=("${MODES[$(( (i + round - 1) % 3 ))]}"); done
+  for mode in "${order[@]}"; do
     case $mode in
       none) url=http://127.0.0.1:15002/ ;;
       iptables) iptables_on; url=http://$SRV_IP:8080/ ;;

@@ -195,3 +195,34 @@ fn a_second_init_keeps_interception_working() {
         assert_eq!(r.sidecar.as_deref(), Some("inbound"), "{mode:?}: {r:?}");
     }
 }
+
+#[test]
+fn connects_from_the_inbound_passthrough_source_bypass() {
+    require_root!();
+    for &mode in MODES {
+        let mut pod = pod_with_sidecar(mode, &[]);
+        pod.start_app_server(8081).unwrap();
+        let url = format!("http://{POD_IP}:8081/who");
+        // The app calling its own address goes out through the sidecar...
+        let r = pod.get_from_pod(APP_UID, APP_UID, &url).unwrap();
+        assert_eq!(r.sidecar.as_deref(), Some("outbound"), "{mode:?}: {r:?}");
+        // ...but not from 127.0.0.6, the source istio's inbound passthrough binds.
+        let out = pod
+            .run_as(
+                APP_UID,
+                APP_UID,
+                &format!("curl -sS -m 5 -D - --interface 127.0.0.6 {url}"),
+            )
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("HTTP/1.0 200"),
+            "{mode:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.to_ascii_lowercase().contains("x-sidecar"),
+            "{mode:?}: {text}"
+        );
+    }
+}
