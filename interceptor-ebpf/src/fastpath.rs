@@ -84,22 +84,22 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
 
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
-        if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(&cookie) } {
+        if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(cookie) } {
             let orig = *orig;
-            if ORIG_BY_TUPLE.insert(&tuple, &orig, 0).is_ok() {
-                let _ = ORIG_BY_COOKIE.remove(&cookie);
+            if ORIG_BY_TUPLE.insert(tuple, orig, 0).is_ok() {
+                let _ = ORIG_BY_COOKIE.remove(cookie);
             }
         }
     }
 
     // Both ends in this namespace (loopback, or the pod's own address): pair them.
-    if tuple.local.addr == tuple.remote.addr && tuple.local.family == tuple.remote.family {
-        if SOCKETS
+    if tuple.local.addr == tuple.remote.addr
+        && tuple.local.family == tuple.remote.family
+        && SOCKETS
             .update(&mut tuple, unsafe { &mut *ops }, u64::from(BPF_NOEXIST))
             .is_ok()
-        {
-            maps::count(counter::SOCKETS_PAIRED, 1);
-        }
+    {
+        maps::count(counter::SOCKETS_PAIRED, 1);
     }
     Some(())
 }

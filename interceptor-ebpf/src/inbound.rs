@@ -71,7 +71,10 @@ fn from_this_host(ctx: &SkLookupContext, family: u32) -> bool {
     let l = ctx.lookup;
     if family == u32::from(AF_INET) {
         let (remote, local) = unsafe {
-            (read_volatile(addr_of!((*l).remote_ip4)), read_volatile(addr_of!((*l).local_ip4)))
+            (
+                read_volatile(addr_of!((*l).remote_ip4)),
+                read_volatile(addr_of!((*l).local_ip4)),
+            )
         };
         remote == local || addr::is_loopback_v4(remote)
     } else {

@@ -45,7 +45,7 @@ fn answer(ctx: &SockoptContext) -> Option<()> {
     let family = unsafe { read_volatile(addr_of!((*sk).family)) };
     let local_port = unsafe { read_volatile(addr_of!((*sk).src_port)) } as u16;
     let remote_port = u16::from_be(unsafe { read_volatile(addr_of!((*sk).dst_port)) });
-    let proxy_side = if u32::from(family) == u32::from(AF_INET) {
+    let proxy_side = if family == u32::from(AF_INET) {
         SockTuple {
             local: addr::v4(
                 unsafe { read_volatile(addr_of!((*sk).src_ip4)) },
@@ -68,7 +68,7 @@ fn answer(ctx: &SockoptContext) -> Option<()> {
             ),
         }
     };
-    let orig = *unsafe { ORIG_BY_TUPLE.get(&proxy_side.reversed()) }?;
+    let orig = *unsafe { ORIG_BY_TUPLE.get(proxy_side.reversed()) }?;
 
     let start = unsafe { (*so).__bindgen_anon_2.optval } as usize;
     let end = unsafe { (*so).__bindgen_anon_3.optval_end } as usize;

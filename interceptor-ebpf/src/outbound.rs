@@ -100,7 +100,7 @@ fn redirect(ctx: &SockAddrContext, family: Family, call: Call) -> Option<()> {
     };
 
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    ORIG_BY_COOKIE.insert(&cookie, &dst, 0).ok()?;
+    ORIG_BY_COOKIE.insert(cookie, dst, 0).ok()?;
     // A v4-mapped destination stays v4-mapped so the socket's family still fits.
     unsafe {
         match family {
@@ -204,7 +204,7 @@ fn restore_dns_source(ctx: &SockAddrContext) -> Option<()> {
         return None;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let orig = *unsafe { ORIG_BY_COOKIE.get(&cookie) }?;
+    let orig = *unsafe { ORIG_BY_COOKIE.get(cookie) }?;
     if orig.family != interceptor_common::AF_INET || orig.port != DNS_PORT {
         return None;
     }

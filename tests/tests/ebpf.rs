@@ -242,6 +242,14 @@ fn refusals_name_the_problem_and_suggest_iptables() {
         "{err}"
     );
 
+    // status, likewise, says it needs root rather than "nothing attached".
+    let out = pod
+        .ns
+        .sh_as(APP_UID, APP_UID, &format!("{bin} status"))
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs root"), "{err}");
+
     // A cgroup v1 hierarchy.
     let v1 = [
         "/sys/fs/cgroup/cpu",

@@ -30,8 +30,14 @@ pub struct Instance {
 /// All instances pinned under [`PIN_ROOT`].
 pub fn instances() -> Result<Vec<Instance>> {
     let root = Path::new(PIN_ROOT);
-    if !root.is_dir() {
-        return Ok(Vec::new());
+    match fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!(
+                "cannot read {PIN_ROOT}: {e}; status needs root (bpffs is readable by root only)"
+            )
+        }
+        _ => return Ok(Vec::new()),
     }
     let mut out = Vec::new();
     for entry in fs::read_dir(root)?.flatten() {
