@@ -116,6 +116,8 @@ pub mod map {
     pub const OUT_EXCLUDE_V4: &str = "OUT_EXCLUDE_V4";
     pub const OUT_INCLUDE_V6: &str = "OUT_INCLUDE_V6";
     pub const OUT_EXCLUDE_V6: &str = "OUT_EXCLUDE_V6";
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    pub const LOCAL_V6: &str = "LOCAL_V6";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_BY_TUPLE: &str = "ORIG_BY_TUPLE";
     pub const SOCKETS: &str = "SOCKETS";

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use interceptor_common::{counter, Settings, SockAddr, SockTuple, FLAG_ENABLED};
 
@@ -24,6 +24,13 @@ pub static OUT_EXCLUDE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(1024, BPF_F_NO_PRE
 pub static OUT_INCLUDE_V6: LpmTrie<[u32; 4], u8> = LpmTrie::pinned(1024, BPF_F_NO_PREALLOC);
 #[map]
 pub static OUT_EXCLUDE_V6: LpmTrie<[u32; 4], u8> = LpmTrie::pinned(1024, BPF_F_NO_PREALLOC);
+
+/// The namespace's own addresses (written by `init`): connects to them stay local, as
+/// istio's `-o lo ! --uid-owner` RETURN rule keeps them.
+#[map]
+pub static LOCAL_V4: HashMap<u32, u8> = HashMap::pinned(256, 0);
+#[map]
+pub static LOCAL_V6: HashMap<[u32; 4], u8> = HashMap::pinned(256, 0);
 
 /// Original destination of a redirected connect, by the app socket's cookie, until the
 /// socket is established (its source port is unknown before).

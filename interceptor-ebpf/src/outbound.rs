@@ -21,7 +21,7 @@ use interceptor_common::{
 use crate::{
     addr::{self, IPPROTO_TCP, IPPROTO_UDP},
     maps::{
-        self, ORIG_BY_COOKIE, OUT_EXCLUDE_V4, OUT_EXCLUDE_V6, OUT_INCLUDE_V4, OUT_INCLUDE_V6, PORTS,
+        self, LOCAL_V4, LOCAL_V6, ORIG_BY_COOKIE, OUT_EXCLUDE_V4, OUT_EXCLUDE_V6, OUT_INCLUDE_V4, OUT_INCLUDE_V6, PORTS,
     },
 };
 
@@ -144,12 +144,13 @@ fn is_proxy(s: &Settings) -> bool {
     false
 }
 
+/// Loopback, or one of the namespace's own addresses: the connection never leaves.
 #[inline(always)]
 fn is_loopback(dst: &SockAddr) -> bool {
     if dst.family == interceptor_common::AF_INET {
-        addr::is_loopback_v4(dst.addr[0])
+        addr::is_loopback_v4(dst.addr[0]) || unsafe { LOCAL_V4.get(&dst.addr[0]) }.is_some()
     } else {
-        dst.addr == addr::LOOPBACK_V6
+        dst.addr == addr::LOOPBACK_V6 || unsafe { LOCAL_V6.get(&dst.addr) }.is_some()
     }
 }
 

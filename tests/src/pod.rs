@@ -154,6 +154,8 @@ impl Pod {
     }
 
     /// HAProxy as the sidecar: outbound listener 127.0.0.1:15001, inbound 0.0.0.0:15006.
+    /// Inbound connections go on to the app from 127.0.0.6, as istio's inbound passthrough
+    /// does, which keeps them out of the outbound redirection under iptables too.
     pub fn start_sidecar(&mut self) -> Result<()> {
         let cfg = std::env::temp_dir().join(format!("{}.haproxy.cfg", unique("sc")));
         fs::write(
@@ -161,8 +163,9 @@ impl Pod {
             "global\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
              frontend outbound\n  bind 127.0.0.1:15001\n  http-response set-header x-sidecar outbound\n  default_backend orig\n\
-             frontend inbound\n  bind 0.0.0.0:15006\n  http-response set-header x-sidecar inbound\n  default_backend orig\n\
-             backend orig\n  server orig 0.0.0.0:0\n",
+             frontend inbound\n  bind 0.0.0.0:15006\n  http-response set-header x-sidecar inbound\n  default_backend passthrough\n\
+             backend orig\n  server orig 0.0.0.0:0\n\
+             backend passthrough\n  server orig 0.0.0.0:0 source 127.0.0.6\n",
         )?;
         self.files.push(cfg.clone());
         self.spawn_as(

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie, Array, LpmTrie, MapData, SockHash, SockMap};
+use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, MapData, SockHash, SockMap};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use interceptor_common::{self as common, map, program, SockTuple};
@@ -261,11 +261,53 @@ fn write_settings(ebpf: &mut Ebpf, target: &Target, settings: &Settings) -> Resu
     let v6: Vec<(u32, [u32; 4])> = settings.include_cidrs().iter().filter_map(v6_key).collect();
     replace_trie(ebpf, map::OUT_INCLUDE_V6, &v6)?;
 
+    let (v4, v6) = local_addresses()?;
+    replace_set(ebpf, map::LOCAL_V4, &v4)?;
+    replace_set(ebpf, map::LOCAL_V6, &v6)?;
+
     let mut entry: Array<&mut MapData, common::Settings> =
         Array::try_from(map_mut(ebpf, map::SETTINGS)?)?;
     entry
         .set(0, settings.to_map_entry(target.netns_cookie), 0)
         .context("writing the SETTINGS map")?;
+    Ok(())
+}
+
+/// The namespace's own addresses, as the programs store them (network-order words).
+fn local_addresses() -> Result<(Vec<u32>, Vec<[u32; 4]>)> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing this namespace's addresses")? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(sin) = addr.as_sockaddr_in() {
+            v4.push(u32::from_ne_bytes(sin.ip().octets()));
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            if let Some((_, words)) = v6_key(&ipnet::IpNet::from(std::net::IpAddr::V6(sin6.ip()))) {
+                v6.push(words);
+            }
+        }
+    }
+    v4.sort_unstable();
+    v4.dedup();
+    v6.sort_unstable();
+    v6.dedup();
+    Ok((v4, v6))
+}
+
+/// Makes the hash map `name` hold exactly the keys `wanted`.
+fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &str, wanted: &[K]) -> Result<()> {
+    let mut set: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in wanted {
+        set.insert(k, 1, 0)
+            .with_context(|| format!("writing {name}"))?;
+    }
+    let present: Vec<K> = set
+        .keys()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {name}"))?;
+    for k in present.iter().filter(|k| !wanted.contains(k)) {
+        set.remove(k).with_context(|| format!("clearing {name}"))?;
+    }
     Ok(())
 }
 
