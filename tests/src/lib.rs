@@ -4,6 +4,7 @@
 //! otherwise.
 
 pub mod netns;
+pub mod pod;
 
 pub use netns::{run, unique, veth, Netns};
 
