@@ -9,8 +9,7 @@
 # Modes:
 #   none      wrk targets the sidecar's own port (15002, a fixed upstream): the same path
 #             with no interception at all, the floor for the other two
-#   iptables  istio's REDIRECT rules in the pod's nat table (until the merge brings
-#             `interceptor init --mode iptables`, the same rules applied with iptables)
+#   iptables  interceptor init --mode iptables (istio-iptables' rules) in the pod
 #   ebpf      interceptor init --mode ebpf --cgroup <pod cgroup>
 #
 # Measures, per mode and round: keep-alive requests/s with p50/p99 latency, and new
@@ -137,22 +136,8 @@ in_pod_as 1337:1337 /usr/sbin/haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy
 wait_port $POD 15001
 
 # --- interception on and off ----------------------------------------------------------
-iptables_on() {
-  in_pod iptables -t nat -N ISTIO_REDIRECT
-  in_pod iptables -t nat -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
-  in_pod iptables -t nat -N ISTIO_OUTPUT
-  in_pod iptables -t nat -A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
-  in_pod iptables -t nat -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
-  in_pod iptables -t nat -A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
-  in_pod iptables -t nat -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
-  in_pod iptables -t nat -A ISTIO_OUTPUT -j ISTIO_REDIRECT
-  in_pod iptables -t nat -A OUTPUT -p tcp -j ISTIO_OUTPUT
-}
-iptables_off() {
-  in_pod iptables -t nat -F OUTPUT
-  in_pod iptables -t nat -F ISTIO_OUTPUT; in_pod iptables -t nat -X ISTIO_OUTPUT
-  in_pod iptables -t nat -F ISTIO_REDIRECT; in_pod iptables -t nat -X ISTIO_REDIRECT
-}
+iptables_on() { in_pod "$BIN" init --mode iptables >/dev/null; }
+iptables_off() { in_pod "$BIN" cleanup --mode iptables >/dev/null; }
 ebpf_on() { in_pod "$BIN" init --mode ebpf --cgroup "$CG" >/dev/null; }
 ebpf_off() { in_pod "$BIN" cleanup --mode ebpf --cgroup "$CG" >/dev/null; }
 
