@@ -11,6 +11,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use crate::config::{
     CaptureArgs, CaptureEnv, Config, ConfigError, HostFacts, InboundPorts, InterceptionMode,
 };
+use crate::ebpf;
 use crate::iptables::{self, routes, IptablesError};
 use crate::rules::{capture, restore};
 use crate::validation::{self, ValidationError, EXIT_VALIDATION_FAILED};
@@ -32,6 +33,9 @@ pub struct InitArgs {
     /// cgroup (v2) whose sockets the eBPF mechanism intercepts.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// eBPF mode: turn on the programs' debug logs and print them until interrupted.
+    #[arg(long = "debug")]
+    pub debug: bool,
     #[command(flatten)]
     pub capture: CaptureArgs,
     #[command(flatten)]
@@ -123,6 +127,8 @@ pub enum InitError {
     Validation(#[from] ValidationError),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0:#}")]
+    Ebpf(anyhow::Error),
 }
 
 impl InitError {
@@ -135,10 +141,6 @@ impl InitError {
     }
 }
 
-fn ebpf_unavailable() -> InitError {
-    InitError::Unsupported("--mode ebpf: eBPF mode: not in this build".into())
-}
-
 /// Checks the flags into a [`Config`] with this machine's facts.
 pub fn config(args: &CaptureArgs) -> Result<Config, ConfigError> {
     Config::from_args(args, &CaptureEnv::from_process(), &HostFacts::gather())
@@ -147,7 +149,21 @@ pub fn config(args: &CaptureArgs) -> Result<Config, ConfigError> {
 /// `interceptor init`.
 pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
-        return Err(ebpf_unavailable());
+        let cfg = config(&args.capture)?;
+        let settings = ebpf::Settings::from_config(&cfg).map_err(InitError::Ebpf)?;
+        return ebpf::cli::init(&settings, args.cgroup.as_deref(), args.debug)
+            .map_err(InitError::Ebpf);
+    }
+    if args.debug {
+        return Err(InitError::Unsupported(
+            "--debug: only the eBPF mode has program logs; add --mode ebpf or drop --debug".into(),
+        ));
+    }
+    if let Some(cg) = &args.cgroup {
+        return Err(InitError::Unsupported(format!(
+            "--cgroup {}: only the eBPF mode works per cgroup; iptables rules cover the whole network namespace (add --mode ebpf or drop --cgroup)",
+            cg.display()
+        )));
     }
     if args.compat.native_nftables {
         return Err(InitError::Unsupported(
@@ -210,7 +226,7 @@ pub fn init(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
 /// family (`# iptables-restore`, `# ip6tables-restore`) and changes nothing.
 pub fn cleanup(args: &InitArgs, out: &mut dyn Write) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
-        return Err(ebpf_unavailable());
+        return ebpf::cli::cleanup(args.cgroup.as_deref()).map_err(InitError::Ebpf);
     }
     if let Some(ns) = &args.compat.network_namespace {
         enter_netns(ns)?;

@@ -5,6 +5,7 @@
 //! owns one concern.
 
 pub mod config;
+pub mod ebpf;
 pub mod http;
 pub mod init;
 pub mod iptables;

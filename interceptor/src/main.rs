@@ -23,14 +23,18 @@ enum Command {
     /// is also this subcommand's other name).
     #[command(alias = "istio-iptables")]
     Init(Box<InitArgs>),
-    /// Remove everything `init` added, in every table and both families.
+    /// Remove everything `init` added: every table and both families (iptables), or the
+    /// programs and pins of one cgroup and namespace (`--mode ebpf`).
     Cleanup(Box<InitArgs>),
+    /// List the eBPF interception in place: where each program is attached, and its counters.
+    Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Init(a) | Command::Cleanup(a) => a.compat.log_level(),
+        Command::Status => None,
     };
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l.as_str()),
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => init::init(&args, &mut std::io::stdout()),
         Command::Cleanup(args) => init::cleanup(&args, &mut std::io::stdout()),
+        Command::Status => interceptor::ebpf::cli::status().map_err(init::InitError::Ebpf),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

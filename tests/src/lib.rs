@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod pcap_synth;
+pub mod pod;
 
 pub use netns::{run, unique, veth, Netns};
 

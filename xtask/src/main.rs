@@ -1,8 +1,13 @@
 //! Development tasks: `cargo xtask <task>`.
 
-use std::path::PathBuf;
+// `sources()` there is for build.rs's rerun list only.
+#[allow(dead_code)]
+#[path = "../../interceptor/ebpf_build.rs"]
+mod ebpf_build;
 
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -13,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Build the eBPF programs (interceptor-ebpf) on their own and print the object's path
+    BuildEbpf,
     /// Writes a pcap of mirrored catalog traffic (primary and shadow exchanges) for the
     /// shadow benchmark and tests.
     ShadowPcap {
@@ -35,7 +42,15 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace root"))?;
     match Cli::parse().task {
+        Task::BuildEbpf => {
+            let object =
+                ebpf_build::build(root).map_err(|e| anyhow!("{e}; {}", ebpf_build::SETUP_HINT))?;
+            println!("{}", object.display());
+        }
         Task::ShadowPcap {
             requests,
             connections,

@@ -1,0 +1,142 @@
+//! sockops: when a TCP socket of the pod becomes established, the original destination
+//! remembered by cookie moves to a map keyed by the connection's addresses (the proxy's
+//! accepted socket knows those, not the app's cookie), and sockets whose both ends are in
+//! this namespace join the `SOCKETS` sockhash. When a socket starts listening on the
+//! inbound capture port it becomes the sk_lookup target.
+//!
+//! sk_msg: data sent on a socket of `SOCKETS` goes straight to the receive queue of its
+//! peer when the peer is there too, skipping the TCP/IP stack on loopback.
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    bindings::{
+        sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{sk_msg, sock_ops},
+    programs::{SkMsgContext, SockOpsContext},
+};
+use aya_log_ebpf::debug;
+use interceptor_common::{counter, SockTuple, AF_INET};
+
+use crate::{
+    addr,
+    maps::{self, LISTENER, ORIG_BY_COOKIE, ORIG_BY_TUPLE, SOCKETS},
+};
+
+#[sock_ops]
+pub fn track_sockets(ctx: SockOpsContext) -> u32 {
+    let _ = on_sock_op(&ctx);
+    1
+}
+
+fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_TCP_LISTEN_CB
+    {
+        return None;
+    }
+    let s = maps::settings()?;
+    if unsafe { bpf_get_netns_cookie(ctx.ops.cast()) } != s.netns_cookie {
+        return None;
+    }
+    let ops = ctx.ops;
+    let family = ctx.family();
+    let local_port = ctx.local_port() as u16;
+
+    if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        if local_port != s.inbound_port {
+            return None;
+        }
+        let index = if family == u32::from(AF_INET) { 0 } else { 1 };
+        unsafe { LISTENER.update(index, ops, u64::from(BPF_ANY)) }.ok()?;
+        debug!(
+            ctx,
+            "inbound capture listener on port {} recorded", local_port
+        );
+        return Some(());
+    }
+
+    // remote_port holds the network-order port in its upper half.
+    let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    let mut tuple = if family == u32::from(AF_INET) {
+        SockTuple {
+            local: addr::v4(ctx.local_ip4(), local_port),
+            remote: addr::v4(ctx.remote_ip4(), remote_port),
+        }
+    } else {
+        SockTuple {
+            local: addr::v6(
+                unsafe { addr::read_ip6(addr_of!((*ops).local_ip6)) },
+                local_port,
+            ),
+            remote: addr::v6(
+                unsafe { addr::read_ip6(addr_of!((*ops).remote_ip6)) },
+                remote_port,
+            ),
+        }
+    };
+
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
+        if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(cookie) } {
+            let orig = *orig;
+            if ORIG_BY_TUPLE.insert(tuple, orig, 0).is_ok() {
+                let _ = ORIG_BY_COOKIE.remove(cookie);
+            }
+        }
+    }
+
+    // Both ends in this namespace (loopback, or the pod's own address): pair them.
+    if tuple.local.addr == tuple.remote.addr
+        && tuple.local.family == tuple.remote.family
+        && SOCKETS
+            .update(&mut tuple, unsafe { &mut *ops }, u64::from(BPF_NOEXIST))
+            .is_ok()
+    {
+        maps::count(counter::SOCKETS_PAIRED, 1);
+    }
+    Some(())
+}
+
+#[sk_msg]
+pub fn skmsg(ctx: SkMsgContext) -> u32 {
+    let msg = ctx.msg;
+    let family = unsafe { read_volatile(addr_of!((*msg).family)) };
+    let local_port = unsafe { read_volatile(addr_of!((*msg).local_port)) } as u16;
+    let remote_port = u32::from_be(unsafe { read_volatile(addr_of!((*msg).remote_port)) }) as u16;
+    let peer = if family == u32::from(AF_INET) {
+        SockTuple {
+            local: addr::v4(
+                unsafe { read_volatile(addr_of!((*msg).remote_ip4)) },
+                remote_port,
+            ),
+            remote: addr::v4(
+                unsafe { read_volatile(addr_of!((*msg).local_ip4)) },
+                local_port,
+            ),
+        }
+    } else {
+        SockTuple {
+            local: addr::v6(
+                unsafe { addr::read_ip6(addr_of!((*msg).remote_ip6)) },
+                remote_port,
+            ),
+            remote: addr::v6(
+                unsafe { addr::read_ip6(addr_of!((*msg).local_ip6)) },
+                local_port,
+            ),
+        }
+    };
+    let size = u64::from(ctx.size());
+    // When the peer is not in the map the redirect fails and the data takes the normal path.
+    if SOCKETS.redirect_msg(&ctx, peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
+        maps::count(counter::SKMSG_BYTES, size);
+    }
+    SK_PASS
+}

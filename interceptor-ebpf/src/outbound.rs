@@ -1,0 +1,217 @@
+//! Outbound: connects (and DNS datagrams) of the app go to the proxy on loopback; the
+//! original destination is kept by socket cookie. The checks mirror istio's ISTIO_OUTPUT
+//! chain: proxy uid/gid, source 127.0.0.6, loopback destinations, excluded ports, excluded
+//! CIDRs return; included ports, included CIDRs (or all) redirect.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use interceptor_common::{
+    counter, Settings, SockAddr, FLAG_OUTBOUND_ALL_CIDRS, FLAG_REDIRECT_DNS, PORT_OUT_EXCLUDE,
+    PORT_OUT_INCLUDE,
+};
+
+use crate::{
+    addr::{self, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{
+        self, LOCAL_V4, LOCAL_V6, ORIG_BY_COOKIE, OUT_EXCLUDE_V4, OUT_EXCLUDE_V6, OUT_INCLUDE_V4, OUT_INCLUDE_V6, PORTS,
+    },
+};
+
+const DNS_PORT: u16 = 53;
+/// Verdict of a cgroup sock_addr program that lets the call proceed.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    redirect(&ctx, Family::V4, Call::Connect);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    redirect(&ctx, Family::V6, Call::Connect);
+    ALLOW
+}
+
+/// Unconnected UDP sends: only DNS is redirected.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    redirect(&ctx, Family::V4, Call::Sendmsg);
+    ALLOW
+}
+
+/// Replies from the proxy's DNS port get the server the app asked as their source again,
+/// as resolvers drop answers from an address they did not query.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let _ = restore_dns_source(&ctx);
+    ALLOW
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Connect,
+    Sendmsg,
+}
+
+fn redirect(ctx: &SockAddrContext, family: Family, call: Call) -> Option<()> {
+    let s = maps::settings()?;
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != s.netns_cookie {
+        return None;
+    }
+    let sa = ctx.sock_addr;
+    let protocol = unsafe { read_volatile(addr_of!((*sa).protocol)) };
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return None;
+    }
+    if is_proxy(s) {
+        return None;
+    }
+    let port = u16::from_be(unsafe { read_volatile(addr_of!((*sa).user_port)) } as u16);
+    let dst = match family {
+        Family::V4 => addr::v4(unsafe { read_volatile(addr_of!((*sa).user_ip4)) }, port),
+        Family::V6 => addr::v6(unsafe { addr::read_ip6(addr_of!((*sa).user_ip6)) }, port),
+    };
+    let loopback = is_loopback(&dst);
+
+    let to_port = if s.flags & FLAG_REDIRECT_DNS != 0 && port == DNS_PORT && !loopback {
+        s.dns_port
+    } else if protocol == IPPROTO_TCP && call == Call::Connect && !loopback {
+        if from_passthrough(ctx, family) || !outbound_redirected(s, &dst) {
+            return None;
+        }
+        s.proxy_port
+    } else {
+        return None;
+    };
+
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ORIG_BY_COOKIE.insert(cookie, dst, 0).ok()?;
+    // A v4-mapped destination stays v4-mapped so the socket's family still fits.
+    unsafe {
+        match family {
+            Family::V4 => write_volatile(addr_of_mut!((*sa).user_ip4), addr::LOOPBACK_V4),
+            Family::V6 if dst.family == interceptor_common::AF_INET => {
+                addr::write_ip6(addr_of_mut!((*sa).user_ip6), addr::LOOPBACK_MAPPED)
+            }
+            Family::V6 => addr::write_ip6(addr_of_mut!((*sa).user_ip6), addr::LOOPBACK_V6),
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(to_port.to_be()));
+    }
+    if to_port == s.dns_port && port == DNS_PORT {
+        maps::count(counter::DNS_REDIRECTED, 1);
+    } else {
+        maps::count(counter::CONNECT_REDIRECTED, 1);
+    }
+    debug!(
+        ctx,
+        "redirect {:i}:{} to port {}",
+        u32::from_be(dst.addr[0]),
+        port,
+        to_port
+    );
+    Some(())
+}
+
+/// The caller runs as one of the proxy's uids or gids.
+#[inline(always)]
+fn is_proxy(s: &Settings) -> bool {
+    let ids = bpf_get_current_uid_gid();
+    let (uid, gid) = (ids as u32, (ids >> 32) as u32);
+    let mut i = 0;
+    while i < interceptor_common::MAX_IDS {
+        if (i < usize::from(s.n_uids) && s.proxy_uids[i] == uid)
+            || (i < usize::from(s.n_gids) && s.proxy_gids[i] == gid)
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Loopback, or one of the namespace's own addresses: the connection never leaves.
+#[inline(always)]
+fn is_loopback(dst: &SockAddr) -> bool {
+    if dst.family == interceptor_common::AF_INET {
+        addr::is_loopback_v4(dst.addr[0]) || unsafe { LOCAL_V4.get(&dst.addr[0]) }.is_some()
+    } else {
+        dst.addr == addr::LOOPBACK_V6 || unsafe { LOCAL_V6.get(&dst.addr) }.is_some()
+    }
+}
+
+/// The socket is bound to the proxy's inbound passthrough source (127.0.0.6).
+#[inline(always)]
+fn from_passthrough(ctx: &SockAddrContext, family: Family) -> bool {
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return false;
+    }
+    match family {
+        Family::V4 => (unsafe { read_volatile(addr_of!((*sk).src_ip4)) }) == addr::PASSTHROUGH_V4,
+        Family::V6 => addr::is_passthrough_v6(&unsafe { addr::read_ip6(addr_of!((*sk).src_ip6)) }),
+    }
+}
+
+/// Whether a TCP connect to `dst` goes to the proxy, by ports and CIDRs.
+#[inline(always)]
+fn outbound_redirected(s: &Settings, dst: &SockAddr) -> bool {
+    let ports = PORTS.get(u32::from(dst.port)).copied().unwrap_or(0);
+    if ports & PORT_OUT_EXCLUDE != 0 {
+        return false;
+    }
+    let (excluded, included) = if dst.family == interceptor_common::AF_INET {
+        let key = Key::new(32, dst.addr[0]);
+        (
+            OUT_EXCLUDE_V4.get(&key).is_some(),
+            OUT_INCLUDE_V4.get(&key).is_some(),
+        )
+    } else {
+        let key = Key::new(128, dst.addr);
+        (
+            OUT_EXCLUDE_V6.get(&key).is_some(),
+            OUT_INCLUDE_V6.get(&key).is_some(),
+        )
+    };
+    if excluded {
+        return false;
+    }
+    ports & PORT_OUT_INCLUDE != 0 || s.flags & FLAG_OUTBOUND_ALL_CIDRS != 0 || included
+}
+
+fn restore_dns_source(ctx: &SockAddrContext) -> Option<()> {
+    let s = maps::settings()?;
+    if s.flags & FLAG_REDIRECT_DNS == 0 {
+        return None;
+    }
+    let sa = ctx.sock_addr;
+    let ip = unsafe { read_volatile(addr_of!((*sa).user_ip4)) };
+    let port = u16::from_be(unsafe { read_volatile(addr_of!((*sa).user_port)) } as u16);
+    if ip != addr::LOOPBACK_V4 || port != s.dns_port {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = *unsafe { ORIG_BY_COOKIE.get(cookie) }?;
+    if orig.family != interceptor_common::AF_INET || orig.port != DNS_PORT {
+        return None;
+    }
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip4), orig.addr[0]);
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(orig.port.to_be()));
+    }
+    Some(())
+}

@@ -1,0 +1,433 @@
+//! What only the eBPF mode has: pins, links, counters, debug logs, DNS by cgroup
+//! sendmsg/recvmsg, and its refusals on machines or flags it cannot serve.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use interceptor_tests::pod::{Mode, Pod, APP_UID, PROXY_UID, SERVER_IP};
+use interceptor_tests::{interceptor_bin, require_root, run};
+
+fn pin_dir(init_output: &str) -> PathBuf {
+    let line = init_output
+        .lines()
+        .find(|l| l.contains("pinned at"))
+        .expect("pin dir line");
+    PathBuf::from(line.rsplit("pinned at ").next().unwrap().trim())
+}
+
+/// Programs attached to a cgroup, as bpftool lists them (one row per attachment).
+fn cgroup_programs(cgroup: &Path) -> Vec<String> {
+    let out = run("bpftool", &["cgroup", "show", cgroup.to_str().unwrap()]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// sk_lookup links on the pod's namespace.
+fn sk_lookup_links(pod: &Pod) -> usize {
+    let ino = run("stat", &["-L", "-c", "%i", &pod.ns.path()]).unwrap();
+    let ino = String::from_utf8_lossy(&ino.stdout).trim().to_string();
+    let out = run("bpftool", &["link", "show"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("\n")
+        .filter(|l| {
+            l.contains("netns_ino")
+                && l.contains(&format!("netns_ino {ino} "))
+                && l.contains("sk_lookup")
+        })
+        .count()
+}
+
+fn counter(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("counter {name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in\n{status}"))
+}
+
+/// The status block of this pod's instance.
+fn status_of(pod: &Pod, dir: &Path) -> String {
+    let out = pod.interceptor(&["status".to_string()]).unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text
+        .find(&format!("ebpf {}", dir.display()))
+        .unwrap_or_else(|| panic!("{} not in\n{text}", dir.display()));
+    let block = &text[start..];
+    let end = block[1..]
+        .find("\nebpf ")
+        .map(|e| e + 1)
+        .unwrap_or(block.len());
+    block[..end].to_string()
+}
+
+#[test]
+fn status_lists_links_and_counts_redirects_lookups_and_fast_path_bytes() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    let before = status_of(&pod, &dir);
+    assert_eq!(counter(&before, "connects_redirected"), 0);
+    let r = pod
+        .get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who"))
+        .unwrap();
+    assert_eq!(r.sidecar.as_deref(), Some("outbound"));
+
+    let s = status_of(&pod, &dir);
+    assert!(
+        s.contains(&format!("cgroup {} ", pod.cgroup.display())),
+        "{s}"
+    );
+    for link in [
+        "connect4",
+        "connect6",
+        "getsockopt",
+        "track_sockets",
+        "sendmsg4",
+        "recvmsg4",
+    ] {
+        assert!(
+            s.contains(&format!("link {link}: ")) && !s.contains("unreadable"),
+            "{link}: {s}"
+        );
+    }
+    assert!(s.contains("link sklookup: sk_lookup on netns"), "{s}");
+    assert!(
+        s.contains("sk_msg: sk_msg_verdict on sockhash SOCKETS (program id "),
+        "{s}"
+    );
+    assert_eq!(counter(&s, "connects_redirected"), 1, "{s}");
+    assert_eq!(counter(&s, "orig_dst_answered"), 1, "{s}");
+    // app <-> sidecar on loopback went socket to socket.
+    assert!(counter(&s, "sockets_paired") >= 2, "{s}");
+    assert!(counter(&s, "skmsg_bytes") > 0, "{s}");
+}
+
+#[test]
+fn a_second_init_updates_in_place_instead_of_stacking() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let first = pod.intercept(&[]).unwrap();
+    let attached = cgroup_programs(&pod.cgroup);
+    assert_eq!(attached.len(), 6, "{attached:?}");
+    assert_eq!(sk_lookup_links(&pod), 1);
+    let second = pod.intercept(&["-o", "9999"]).unwrap();
+    assert_eq!(pin_dir(&first), pin_dir(&second));
+    assert!(second.contains("connect4 updated in place"), "{second}");
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+    assert_eq!(sk_lookup_links(&pod), 1);
+}
+
+#[test]
+fn cleanup_leaves_nothing_attached_or_pinned() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    assert!(dir.join("link_connect4").exists() && dir.join("SETTINGS").exists());
+    let out = pod.cleanup().unwrap();
+    assert!(out.contains("detached and unpinned"), "{out}");
+    assert!(!dir.exists(), "{} still pinned", dir.display());
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert_eq!(sk_lookup_links(&pod), 0);
+    // A second cleanup finds nothing and says so.
+    assert!(pod.cleanup().unwrap().contains("nothing pinned"));
+}
+
+#[test]
+fn debug_prints_the_programs_logs() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.start_upstream(8080).unwrap();
+    let mut child = pod
+        .ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(pod.init_args(&["--debug"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return seen;
+            }
+        }
+        panic!("no `{needle}` in {seen:?}");
+    };
+    wait_for("following eBPF debug logs");
+    pod.start_sidecar().unwrap();
+    let _ = pod.get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who"));
+    let lines = wait_for(&format!("redirect {SERVER_IP}:8080 to port 15001"));
+    assert!(
+        lines.iter().any(|l| l.starts_with("ebpf DEBUG: ")),
+        "{lines:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn dns_over_udp_goes_to_the_proxy_and_the_answer_keeps_the_servers_address() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.intercept(&["--redirect-dns"]).unwrap();
+    // The proxy's DNS listener: answers each query with "proxy:" + the query.
+    pod.spawn_as(
+        PROXY_UID,
+        PROXY_UID,
+        "/usr/bin/python3 -c \"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.1',15053))\nwhile True:\n d,a=s.recvfrom(512)\n s.sendto(b'proxy:'+d,a)\"",
+    )
+    .unwrap();
+    // wait for the UDP listener
+    for _ in 0..100 {
+        let out = pod.ns.sh_output("ss -Hlun 'sport = :15053'").unwrap();
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = format!(
+        "/usr/bin/python3 -c \"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\n\
+         s.sendto(b'query',('{SERVER_IP}',53))\nd,a=s.recvfrom(512)\nprint(d.decode(),a[0],a[1])\""
+    );
+    let out = pod.run_as(APP_UID, APP_UID, &client).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("proxy:query {SERVER_IP} 53"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn refusals_name_the_problem_and_suggest_iptables() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let bin = interceptor_bin();
+    let bin = bin.to_str().unwrap();
+    let cg = pod.cgroup.display().to_string();
+
+    // Not root: no CAP_BPF / CAP_NET_ADMIN.
+    let out = pod
+        .ns
+        .sh_as(
+            APP_UID,
+            APP_UID,
+            &format!("{bin} init --mode ebpf --cgroup {cg}"),
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("CAP_BPF") && err.contains("--mode iptables"),
+        "{err}"
+    );
+
+    // status, likewise, says it needs root rather than "nothing attached".
+    let out = pod
+        .ns
+        .sh_as(APP_UID, APP_UID, &format!("{bin} status"))
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs root"), "{err}");
+
+    // A cgroup v1 hierarchy.
+    let v1 = [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_dir());
+    if let Some(v1) = v1 {
+        let out = pod
+            .ns
+            .sh_output(&format!("{bin} init --mode ebpf --cgroup {v1}"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("cgroup v2") && err.contains("--mode iptables"),
+            "{err}"
+        );
+    }
+
+    // Flags that only make sense with iptables rules.
+    for flags in ["-m TPROXY", "-k eth1"] {
+        let out = pod
+            .ns
+            .sh_output(&format!("{bin} init --mode ebpf --cgroup {cg} {flags}"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(flags.split(' ').next().unwrap()),
+            "{flags}: {err}"
+        );
+    }
+    // None of the refusals left anything behind.
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert_eq!(sk_lookup_links(&pod), 0);
+}
+
+#[test]
+fn a_failed_attach_is_rolled_back() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    pod.cleanup().unwrap();
+    // Occupy the sk_lookup link's pin with a map: attaching the cgroup programs succeeds,
+    // the sk_lookup step fails, and everything before it must be undone.
+    std::fs::create_dir_all(&dir).unwrap();
+    let bogus = dir.join("link_sklookup");
+    run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            bogus.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "bogus",
+        ],
+    )
+    .unwrap();
+    let out = pod.interceptor(&pod.init_args(&[])).unwrap();
+    assert!(!out.status.success(), "init should fail");
+    assert!(
+        cgroup_programs(&pod.cgroup).is_empty(),
+        "{:?}",
+        cgroup_programs(&pod.cgroup)
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("link_sklookup")],
+        "only the pre-existing pin is left"
+    );
+    std::fs::remove_file(&bogus).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn bpffs_is_mounted_when_missing() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let bin = interceptor_bin();
+    // A private mount namespace without /sys/fs/bpf: init mounts it there and pins in it.
+    let script = format!(
+        "mount --make-rprivate / && umount /sys/fs/bpf && \
+         {bin} init --mode ebpf --cgroup {cg} >/dev/null && stat -f -c %T /sys/fs/bpf && \
+         {bin} cleanup --mode ebpf --cgroup {cg} >/dev/null",
+        bin = bin.display(),
+        cg = pod.cgroup.display()
+    );
+    let out = Command::new("nsenter")
+        .args([
+            &format!("--net={}", pod.ns.path()),
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bpf_fs");
+}
+
+/// A stand-in proxy that answers each connection with the original destination it reads
+/// with `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` (as Envoy does for IPv6 listeners).
+const V6_ORIG_DST_PROXY: &str = concat!(
+    "/usr/bin/python3 -c \"import socket,struct\n",
+    "s=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\n",
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n",
+    "s.bind(('::1',15001))\n",
+    "s.listen(16)\n",
+    "while True:\n",
+    " c,_=s.accept()\n",
+    " try:\n",
+    "  v=c.getsockopt(socket.IPPROTO_IPV6,80,28)\n",
+    "  port=struct.unpack('!H',v[2:4])[0]\n",
+    "  c.sendall(('%s %d' % (socket.inet_ntop(socket.AF_INET6,v[8:24]),port)).encode())\n",
+    " except OSError as e:\n",
+    "  c.sendall(('error %s' % e).encode())\n",
+    " c.close()\""
+);
+
+#[test]
+fn ipv6_connects_are_redirected_and_answer_the_ipv6_original_destination() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.intercept(&[]).unwrap();
+    pod.spawn_as(PROXY_UID, PROXY_UID, V6_ORIG_DST_PROXY)
+        .unwrap();
+    pod.ns.wait_listen(15001).unwrap();
+    // No route to fd00:231::2 is needed: connect6 rewrites the destination before routing.
+    let client = "/usr/bin/python3 -c \"import socket\n\
+c=socket.create_connection(('fd00:231::2',8443),timeout=3)\nprint(c.recv(200).decode())\"";
+    let out = pod.run_as(APP_UID, APP_UID, client).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "fd00:231::2 8443",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn v4_mapped_connects_of_ipv6_sockets_reach_the_ipv4_sidecar() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.intercept(&[]).unwrap();
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    let client = format!(
+        "/usr/bin/python3 -c \"import socket\n\
+c=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\nc.settimeout(5)\n\
+c.connect(('::ffff:{SERVER_IP}',8080))\n\
+c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\nd=b''\n\
+while True:\n b=c.recv(4096)\n if not b: break\n d+=b\n\
+print(d.decode())\""
+    );
+    let out = pod.run_as(APP_UID, APP_UID, &client).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("x-sidecar: outbound") && text.contains("upstream"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
