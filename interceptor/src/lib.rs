@@ -4,4 +4,8 @@
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules; each module
 //! owns one concern.
 
+pub mod capture;
 pub mod http;
+pub mod reassembly;
+pub mod sniff;
+pub mod tls;

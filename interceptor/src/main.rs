@@ -5,16 +5,32 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "interceptor", version, about = "Transparent interception and HTTP inspection for service-mesh sidecars")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent interception and HTTP inspection for service-mesh sidecars"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Sniff HTTP/1.1 like ngrep, with TCP reassembly and request/response pairing.
+    Sniff(interceptor::sniff::Args),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Sniff(args) => interceptor::sniff::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interceptor: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
