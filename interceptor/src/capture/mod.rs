@@ -1,17 +1,20 @@
-//! Packet sources: live interfaces and capture files, both through libpcap.
+//! Packet sources: live interfaces (libpcap) and capture files (read in place).
 //!
-//! libpcap (the `pcap` crate) rather than a hand-written AF_PACKET socket: on Linux it
-//! already opens a TPACKET_V3 memory-mapped ring, compiles tcpdump filter syntax to
-//! classic BPF and attaches it in the kernel, reports kernel drops, handles `any`, and reads
-//! both pcap and pcapng; redoing that would be a second, less tested copy of the same.
+//! Live capture goes through libpcap (the `pcap` crate) rather than a hand-written
+//! AF_PACKET socket: on Linux it already opens a TPACKET_V3 memory-mapped ring, compiles
+//! tcpdump filter syntax to classic BPF and attaches it in the kernel, reports kernel drops
+//! and handles `any`; redoing that would be a second, less tested copy of the same. Files
+//! are mapped and walked by `file` (pcap and pcapng), with the same libpcap filters run in
+//! user space.
 
+pub mod file;
 pub mod packet;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use pcap::{Active, Capture, Offline};
+use pcap::{Active, Capture};
 
 use packet::LinkType;
 
@@ -29,7 +32,15 @@ pub struct LiveConfig {
 
 enum Handle {
     Live(Capture<Active>),
-    File(Capture<Offline>),
+    File(FileSource),
+}
+
+struct FileSource {
+    map: file::Mapped,
+    reader: file::Reader,
+    filter: String,
+    /// Compiled filters per link type (a pcapng file may mix them).
+    programs: Vec<(i32, Option<pcap::BpfProgram>)>,
 }
 
 pub struct Source {
@@ -38,13 +49,56 @@ pub struct Source {
     device: Option<String>,
 }
 
+/// The compiled filter for `linktype`, compiled on first use.
+fn program<'p>(
+    programs: &'p mut Vec<(i32, Option<pcap::BpfProgram>)>,
+    filter: &str,
+    linktype: i32,
+) -> Result<&'p Option<pcap::BpfProgram>> {
+    // Nearly always one link type per file: a linear search beats hashing.
+    let at = match programs.iter().position(|(l, _)| *l == linktype) {
+        Some(at) => at,
+        None => {
+            let prog = if filter.is_empty() {
+                None
+            } else {
+                let dead = Capture::dead(pcap::Linktype(linktype)).map_err(|e| anyhow!("{e}"))?;
+                Some(
+                    dead.compile(filter, true)
+                        .map_err(|e| anyhow!("FILTER {filter:?}: {e}"))?,
+                )
+            };
+            programs.push((linktype, prog));
+            programs.len() - 1
+        }
+    };
+    Ok(&programs[at].1)
+}
+
 /// One captured packet.
 pub struct Frame<'a> {
     pub ts: SystemTime,
     pub data: &'a [u8],
     /// Length on the wire (the capture may hold less).
     pub len: u32,
-    pub packet: pcap::Packet<'a>,
+    /// None for a link type the decoder does not know (pcapng may mix them).
+    pub link: Option<LinkType>,
+}
+
+impl Frame<'_> {
+    /// Appends the frame to a pcap file (`-O`).
+    pub fn write_to(&self, sf: &mut pcap::Savefile) {
+        let d = self.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let header = pcap::PacketHeader {
+            ts: libc::timeval {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_usec: d.subsec_micros() as libc::suseconds_t,
+            },
+            caplen: self.data.len() as u32,
+            len: self.len,
+        };
+        sf.write(&pcap::Packet::new(&header, self.data));
+    }
 }
 
 pub enum Next<'a> {
@@ -74,7 +128,7 @@ fn link_of(dl: pcap::Linktype) -> Result<LinkType> {
     })
 }
 
-fn interface_exists(dev: &str) -> bool {
+pub fn interface_exists(dev: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(dev) else {
         return false;
     };
@@ -84,15 +138,22 @@ fn interface_exists(dev: &str) -> bool {
 
 impl Source {
     pub fn open_file(path: &Path, filter: &str) -> Result<Source> {
-        let mut cap =
-            Capture::from_file(path).map_err(|e| anyhow!("-I {}: {e}", path.display()))?;
-        if !filter.is_empty() {
-            cap.filter(filter, true)
-                .map_err(|e| anyhow!("FILTER {filter:?}: {e}"))?;
-        }
-        let link = link_of(cap.get_datalink()).with_context(|| format!("-I {}", path.display()))?;
+        let map = file::Mapped::open(path)?;
+        let reader =
+            file::Reader::new(map.bytes()).with_context(|| format!("-I {}", path.display()))?;
+        let first = reader.first_linktype(map.bytes()).unwrap_or(1);
+        let link =
+            link_of(pcap::Linktype(first)).with_context(|| format!("-I {}", path.display()))?;
+        let mut fs = FileSource {
+            map,
+            reader,
+            filter: filter.to_string(),
+            programs: Vec::new(),
+        };
+        // Compile now so a bad FILTER is reported before anything is read.
+        program(&mut fs.programs, filter, first)?;
         Ok(Source {
-            handle: Handle::File(cap),
+            handle: Handle::File(fs),
             link,
             device: None,
         })
@@ -146,38 +207,63 @@ impl Source {
     }
 
     pub fn next(&mut self) -> Result<Next<'_>> {
-        let r = match &mut self.handle {
-            Handle::Live(c) => c.next_packet(),
-            Handle::File(c) => c.next_packet(),
-        };
-        match r {
-            Ok(p) => {
-                let ts = UNIX_EPOCH
-                    + Duration::new(
-                        p.header.ts.tv_sec.max(0) as u64,
-                        (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
-                    );
-                Ok(Next::Frame(Frame {
-                    ts,
-                    data: p.data,
-                    len: p.header.len,
-                    packet: p,
-                }))
-            }
-            Err(pcap::Error::TimeoutExpired) => Ok(Next::Idle),
-            Err(pcap::Error::NoMorePackets) => Ok(Next::End),
-            Err(e) => {
-                let msg = e.to_string();
-                if let Some(dev) = &self.device {
-                    if dev != "any"
-                        && (!interface_exists(dev)
-                            || msg.contains("disappeared")
-                            || msg.contains("went down"))
-                    {
-                        return Ok(Next::Gone(format!("interface {dev} is gone ({msg})")));
+        let fs = match &mut self.handle {
+            Handle::File(fs) => fs,
+            Handle::Live(c) => {
+                return match c.next_packet() {
+                    Ok(p) => {
+                        let ts = UNIX_EPOCH
+                            + Duration::new(
+                                p.header.ts.tv_sec.max(0) as u64,
+                                (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
+                            );
+                        Ok(Next::Frame(Frame {
+                            ts,
+                            data: p.data,
+                            len: p.header.len,
+                            link: Some(self.link),
+                        }))
                     }
-                }
-                Err(anyhow!("reading packets: {msg}"))
+                    Err(pcap::Error::TimeoutExpired) => Ok(Next::Idle),
+                    Err(pcap::Error::NoMorePackets) => Ok(Next::End),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if let Some(dev) = &self.device {
+                            if dev != "any"
+                                && (!interface_exists(dev)
+                                    || msg.contains("disappeared")
+                                    || msg.contains("went down"))
+                            {
+                                return Ok(Next::Gone(format!("interface {dev} is gone ({msg})")));
+                            }
+                        }
+                        Err(anyhow!("reading packets: {msg}"))
+                    }
+                };
+            }
+        };
+        let FileSource {
+            map,
+            reader,
+            filter,
+            programs,
+        } = fs;
+        let bytes = map.bytes();
+        loop {
+            let Some(p) = reader.next(bytes)? else {
+                return Ok(Next::End);
+            };
+            let keep = match program(programs, filter.as_str(), p.linktype)? {
+                Some(prog) => prog.filter(p.data),
+                None => true,
+            };
+            if keep {
+                return Ok(Next::Frame(Frame {
+                    ts: p.ts,
+                    data: p.data,
+                    len: p.len,
+                    link: LinkType::from_pcap(p.linktype),
+                }));
             }
         }
     }
@@ -198,7 +284,11 @@ impl Source {
     pub fn savefile(&self, path: &Path) -> Result<pcap::Savefile> {
         match &self.handle {
             Handle::Live(c) => c.savefile(path),
-            Handle::File(c) => c.savefile(path),
+            Handle::File(_) => {
+                let dead = Capture::dead(pcap::Linktype(self.link.to_pcap()))
+                    .map_err(|e| anyhow!("-O: {e}"))?;
+                dead.savefile(path)
+            }
         }
         .map_err(|e| anyhow!("-O {}: {e}", path.display()))
     }

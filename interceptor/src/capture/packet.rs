@@ -31,6 +31,16 @@ impl LinkType {
             _ => None,
         }
     }
+
+    pub fn to_pcap(self) -> i32 {
+        match self {
+            LinkType::Ethernet => 1,
+            LinkType::LinuxSll => 113,
+            LinkType::LinuxSll2 => 276,
+            LinkType::RawIp => 101,
+            LinkType::Null => 0,
+        }
+    }
 }
 
 pub mod flags {

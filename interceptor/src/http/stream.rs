@@ -25,8 +25,6 @@ pub enum Role {
 pub struct Limits {
     /// Largest head (start line + headers) accepted.
     pub max_head: usize,
-    /// Most header fields in one head.
-    pub max_headers: usize,
     /// Decoded body bytes kept per message.
     pub max_body: usize,
     /// Decoded body bytes counted before decoding stops.
@@ -37,7 +35,6 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head: 64 * 1024,
-            max_headers: 128,
             max_body: 64 * 1024,
             max_decoded: 64 << 20,
         }
@@ -220,6 +217,9 @@ pub struct Parser {
     /// A request with `Upgrade` went out: a 101 switches both directions to tunnel.
     pub upgrade_requested: bool,
 }
+
+/// Most header fields in one head; more is treated as hostile.
+pub const MAX_HEADERS: usize = 100;
 
 const METHODS: [&[u8]; 9] = [
     b"GET ",
@@ -455,11 +455,14 @@ impl Parser {
     }
 
     fn parse_head(&self, head: &[u8]) -> Result<Head, ()> {
-        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         match self.role {
             Role::Request => {
-                let mut req = httparse::Request::new(&mut storage);
-                match req.parse(head) {
+                // Uninitialised header slots: initialising 100 of them per message costs
+                // more than parsing a typical head.
+                let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(head, &mut storage) {
                     Ok(httparse::Status::Complete(_)) => {}
                     _ => return Err(()),
                 }
@@ -474,6 +477,7 @@ impl Parser {
                 }))
             }
             Role::Response => {
+                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut resp = httparse::Response::new(&mut storage);
                 match resp.parse(head) {
                     Ok(httparse::Status::Complete(_)) => {}
@@ -641,7 +645,7 @@ impl Parser {
                         blank_line || self.buf.ends_with(b"\n\r\n") || self.buf.ends_with(b"\n\n");
                     if ends {
                         if !blank_line {
-                            let trailers = parse_trailers(&self.buf[..n], self.limits.max_headers);
+                            let trailers = parse_trailers(&self.buf[..n]);
                             if let Some(c) = self.cur.as_mut() {
                                 c.trailers = trailers;
                             }
@@ -718,8 +722,8 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     (digits > 0 && rest_ok).then_some(n)
 }
 
-fn parse_trailers(b: &[u8], max: usize) -> Vec<(String, String)> {
-    let mut storage = vec![httparse::EMPTY_HEADER; max];
+fn parse_trailers(b: &[u8]) -> Vec<(String, String)> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(b, &mut storage) {
         Ok(httparse::Status::Complete((_, hs))) => collect_headers(hs),
         _ => Vec::new(),

@@ -253,11 +253,11 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    let stdout = io::stdout();
-    let writer = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let out: Box<dyn output::Output> = if args.json {
-        Box::new(Json::new(writer))
+        // The JSON writer buffers by itself and writes stdout in large blocks.
+        Box::new(Json::new(io::stdout()))
     } else {
+        let writer = BufWriter::with_capacity(256 * 1024, io::stdout());
         let clock = if args.absolute {
             Clock::Absolute
         } else if args.delta {
@@ -286,7 +286,6 @@ pub fn run(args: &Args) -> Result<()> {
 
     let mut sum = Summary::default();
     let mut last_ts = SystemTime::UNIX_EPOCH;
-    let link = source.link();
     let mut gone = None;
     loop {
         if STOP.load(Ordering::Relaxed) || ctx.finished() {
@@ -304,6 +303,10 @@ pub fn run(args: &Args) -> Result<()> {
         sum.packets += 1;
         sum.bytes += u64::from(frame.len);
         last_ts = frame.ts;
+        let Some(link) = frame.link else {
+            sum.undecodable += 1;
+            continue;
+        };
         match packet::decode(link, frame.data) {
             Ok(seg) => {
                 if let Some(sf) = savefile.as_mut() {
@@ -311,7 +314,7 @@ pub fn run(args: &Args) -> Result<()> {
                         .as_ref()
                         .is_none_or(|m| m.is_match(seg.payload))
                     {
-                        sf.write(&frame.packet);
+                        frame.write_to(sf);
                     }
                 }
                 table.segment(&mut ctx, &seg, frame.ts);
@@ -351,7 +354,10 @@ pub fn run(args: &Args) -> Result<()> {
     });
 
     if ctx.error.is_none() {
-        let r = ctx.out.stats(&sum).and_then(|_| ctx.out.flush());
+        let r = ctx
+            .out
+            .record(output::Record::Stats(Box::new(sum.clone())))
+            .and_then(|_| ctx.out.flush());
         if let Err(e) = r {
             ctx.error = Some(e);
         }

@@ -32,7 +32,13 @@ impl<W: Write> Json<W> {
         }
         self.buf.push(b'"');
         self.buf.extend_from_slice(self.ts_cache.1.as_bytes());
-        let _ = write!(self.buf, ".{us:06}Z\"");
+        let mut frac = *b".000000Z\"";
+        let mut v = us;
+        for d in frac[1..7].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.buf.extend_from_slice(&frac);
     }
 
     fn end_line(&mut self) -> io::Result<()> {
@@ -54,7 +60,9 @@ impl<W: Write> Json<W> {
     }
 
     fn addr(&mut self, a: SocketAddr) {
-        let _ = write!(self.buf, "\"{a}\"");
+        self.buf.push(b'"');
+        push_addr(&mut self.buf, a);
+        self.buf.push(b'"');
     }
 
     fn headers(&mut self, hs: &[(String, String)]) {
@@ -74,7 +82,7 @@ impl<W: Write> Json<W> {
 
     fn body(&mut self, b: &Body) {
         self.key("body_len");
-        let _ = write!(self.buf, "{}", b.len);
+        push_u64(&mut self.buf, b.len);
         self.key("body");
         match text_prefix(&b.data, b.truncated) {
             Some(text) => escape(&mut self.buf, text),
@@ -109,7 +117,7 @@ impl<W: Write> Json<W> {
     fn response_obj(&mut self, r: &Response) {
         self.buf.push(b'{');
         self.key("status");
-        let _ = write!(self.buf, "{}", r.status);
+        push_u64(&mut self.buf, u64::from(r.status));
         self.key("reason");
         escape(&mut self.buf, r.reason.as_bytes());
         self.key("version");
@@ -129,33 +137,108 @@ fn text_prefix(data: &[u8], truncated: bool) -> Option<&[u8]> {
         Err(e) if truncated && e.error_len().is_none() => Some(&data[..e.valid_up_to()]),
         Err(_) => None,
     }
-    .filter(|t| !t.iter().any(|b| *b == 0))
+    .filter(|t| memchr::memchr(0, t).is_none())
+}
+
+/// Bytes that need escaping in a JSON string: controls, DEL, quote, backslash.
+const fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
+}
+
+/// Bit 7 of each byte of the result is set where the byte of `w` needs escaping; the
+/// lowest set bit is exact (higher ones may be false positives from borrows). SWAR, one
+/// word at a time, since escaping bodies and headers dominates a `--json` run.
+#[inline]
+fn escape_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space
+        | zero_in(w ^ (ONES * b'"' as u64))
+        | zero_in(w ^ (ONES * b'\\' as u64))
+        | zero_in(w ^ (ONES * 0x7f))
 }
 
 /// JSON string escaping; `b` must be UTF-8 (header values were made so when parsed).
 pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&b[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{c:04x}");
-        } else {
-            out.extend_from_slice(esc);
+    let mut i = 0;
+    loop {
+        // Skip to the next byte that needs escaping.
+        while i + 8 <= b.len() {
+            let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+            let m = escape_mask(w);
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
         }
-        start = i + 1;
+        if i + 8 > b.len() {
+            while i < b.len() && !needs_escape(b[i]) {
+                i += 1;
+            }
+        }
+        if i >= b.len() {
+            break;
+        }
+        let c = b[i];
+        out.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 15)]);
+            }
+        }
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Appends `ip:port` (`[ip]:port` for IPv6) without going through `fmt`.
+pub fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(a.port()));
 }
 
 pub fn base64(out: &mut Vec<u8>, b: &[u8]) {
@@ -179,7 +262,7 @@ pub fn base64(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
-impl<W: Write> Output for Json<W> {
+impl<W: Write + Send> Output for Json<W> {
     fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
         Ok(())
     }
@@ -205,9 +288,7 @@ impl<W: Write> Output for Json<W> {
         }
         self.key("latency_us");
         match ex.latency_us() {
-            Some(l) => {
-                let _ = write!(self.buf, "{l}");
-            }
+            Some(l) => push_u64(&mut self.buf, l),
             None => self.buf.extend_from_slice(b"null"),
         }
         if let Some(t) = tunnel_kind(ex) {
@@ -326,6 +407,18 @@ mod tests {
     fn escapes_and_base64() {
         let mut o = Vec::new();
         escape(&mut o, "a\"b\\c\n\u{1}é".as_bytes());
+        // Every byte value, inside and outside the word-at-a-time path.
+        for c in 0u8..128 {
+            for pos in [0usize, 3, 9, 15] {
+                let mut s = vec![b'x'; 17];
+                s[pos] = c;
+                let mut e = Vec::new();
+                escape(&mut e, &s);
+                let back: String = serde_json::from_slice(&e).unwrap();
+                assert_eq!(back.as_bytes(), &s[..], "byte {c} at {pos}");
+                assert_eq!(needs_escape(c), e.len() > s.len() + 2);
+            }
+        }
         assert_eq!(
             String::from_utf8(o.clone()).unwrap(),
             r#""a\"b\\c\n\u0001é""#
@@ -351,5 +444,10 @@ mod tests {
         assert_eq!(text_prefix(&s[..2], true), Some(&b"h"[..]));
         assert_eq!(text_prefix(&s[..2], false), None);
         assert_eq!(text_prefix(b"\x1f\x8b\x08\x00", false), None);
+        let mut o = Vec::new();
+        push_addr(&mut o, "10.0.0.1:8080".parse().unwrap());
+        push_addr(&mut o, "[fd00::1]:80".parse().unwrap());
+        push_u64(&mut o, 0);
+        assert_eq!(o, b"10.0.0.1:8080[fd00::1]:800");
     }
 }

@@ -143,7 +143,7 @@ fn printable(b: &[u8], keep_lines: bool, out: &mut Vec<u8>) {
     }
 }
 
-impl<W: Write> Output for Text<W> {
+impl<W: Write + Send> Output for Text<W> {
     fn request(&mut self, req: &Request, client: SocketAddr, server: SocketAddr) -> io::Result<()> {
         self.t_line(req.ts, client, server, "request")?;
         self.message(&request_line(req), &req.headers, &req.body)
