@@ -244,7 +244,10 @@ impl<H: Handler> Table<H> {
                 } else {
                     Dir::FromResp
                 };
-                if flow.halves[dir.index()].isn != Some(seg.seq) {
+                if flow.halves[dir.index()]
+                    .isn
+                    .is_some_and(|isn| isn != seg.seq)
+                {
                     self.remove(ctx, key, CloseReason::Reused, ts);
                 }
             }

@@ -10,6 +10,7 @@
 pub mod file;
 pub mod packet;
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +32,9 @@ pub struct LiveConfig {
 }
 
 enum Handle {
-    Live(Capture<Active>),
+    /// Non-blocking: `next` polls the descriptor itself, so a signal or a vanished
+    /// interface is noticed within one poll interval even when no packet arrives.
+    Live(Capture<Active>, Duration),
     File(FileSource),
 }
 
@@ -191,8 +194,11 @@ impl Source {
                 .map_err(|e| anyhow!("FILTER {filter:?}: {e}"))?;
         }
         let link = link_of(cap.get_datalink()).with_context(|| format!("-d {}", cfg.device))?;
+        let cap = cap
+            .setnonblock()
+            .map_err(|e| anyhow!("-d {}: {e}", cfg.device))?;
         Ok(Source {
-            handle: Handle::Live(cap),
+            handle: Handle::Live(cap, cfg.poll),
             link,
             device: Some(cfg.device.clone()),
         })
@@ -203,43 +209,70 @@ impl Source {
     }
 
     pub fn is_live(&self) -> bool {
-        matches!(self.handle, Handle::Live(_))
+        matches!(self.handle, Handle::Live(..))
     }
 
     pub fn next(&mut self) -> Result<Next<'_>> {
         let fs = match &mut self.handle {
             Handle::File(fs) => fs,
-            Handle::Live(c) => {
-                return match c.next_packet() {
-                    Ok(p) => {
-                        let ts = UNIX_EPOCH
-                            + Duration::new(
-                                p.header.ts.tv_sec.max(0) as u64,
-                                (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
-                            );
-                        Ok(Next::Frame(Frame {
-                            ts,
-                            data: p.data,
-                            len: p.header.len,
-                            link: Some(self.link),
-                        }))
-                    }
-                    Err(pcap::Error::TimeoutExpired) => Ok(Next::Idle),
-                    Err(pcap::Error::NoMorePackets) => Ok(Next::End),
-                    Err(e) => {
-                        let msg = e.to_string();
-                        if let Some(dev) = &self.device {
-                            if dev != "any"
-                                && (!interface_exists(dev)
-                                    || msg.contains("disappeared")
-                                    || msg.contains("went down"))
-                            {
-                                return Ok(Next::Gone(format!("interface {dev} is gone ({msg})")));
-                            }
+            Handle::Live(c, poll) => {
+                let poll_ms = poll.as_millis().clamp(1, 10_000) as libc::c_int;
+                let mut waited = false;
+                loop {
+                    let got = c
+                        .next_packet()
+                        .map(|p| (*p.header, p.data.as_ptr(), p.data.len()));
+                    let err = match got {
+                        Ok((h, ptr, n)) => {
+                            let ts = UNIX_EPOCH
+                                + Duration::new(
+                                    h.ts.tv_sec.max(0) as u64,
+                                    (h.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
+                                );
+                            // SAFETY: libpcap keeps the packet valid until the next read on
+                            // this handle, and the returned frame borrows `self` mutably, so
+                            // no read can happen while it lives. (Taken apart and rebuilt
+                            // only because the borrow checker cannot see a loop that
+                            // returns a borrow on one path and retries on another.)
+                            let data = unsafe { std::slice::from_raw_parts(ptr, n) };
+                            return Ok(Next::Frame(Frame {
+                                ts,
+                                data,
+                                len: h.len,
+                                link: Some(self.link),
+                            }));
                         }
-                        Err(anyhow!("reading packets: {msg}"))
+                        // Non-blocking and nothing ready.
+                        Err(pcap::Error::TimeoutExpired) => None,
+                        Err(pcap::Error::NoMorePackets) => return Ok(Next::End),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    let dev = self.device.as_deref().unwrap_or("any");
+                    let gone = dev != "any" && !interface_exists(dev);
+                    if let Some(msg) = err {
+                        if gone || msg.contains("disappeared") || msg.contains("went down") {
+                            return Ok(Next::Gone(format!("interface {dev} is gone ({msg})")));
+                        }
+                        return Err(anyhow!("reading packets: {msg}"));
                     }
-                };
+                    if gone {
+                        return Ok(Next::Gone(format!("interface {dev} is gone")));
+                    }
+                    if waited {
+                        return Ok(Next::Idle);
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: c.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; EINTR (a signal) just ends the wait.
+                    let n = unsafe { libc::poll(&mut pfd, 1, poll_ms) };
+                    if n <= 0 {
+                        return Ok(Next::Idle);
+                    }
+                    waited = true;
+                }
             }
         };
         let FileSource {
@@ -271,7 +304,7 @@ impl Source {
     /// The kernel's counters for a live capture.
     pub fn kernel(&mut self) -> Option<KernelCounters> {
         match &mut self.handle {
-            Handle::Live(c) => c.stats().ok().map(|s| KernelCounters {
+            Handle::Live(c, _) => c.stats().ok().map(|s| KernelCounters {
                 received: u64::from(s.received),
                 dropped: u64::from(s.dropped),
                 if_dropped: u64::from(s.if_dropped),
@@ -283,7 +316,7 @@ impl Source {
     /// A pcap writer with this source's link type (`-O`).
     pub fn savefile(&self, path: &Path) -> Result<pcap::Savefile> {
         match &self.handle {
-            Handle::Live(c) => c.savefile(path),
+            Handle::Live(c, _) => c.savefile(path),
             Handle::File(_) => {
                 let dead = Capture::dead(pcap::Linktype(self.link.to_pcap()))
                     .map_err(|e| anyhow!("-O: {e}"))?;

@@ -288,11 +288,15 @@ pub fn run(args: &Args) -> Result<()> {
     let mut last_ts = SystemTime::UNIX_EPOCH;
     let mut gone = None;
     loop {
-        if STOP.load(Ordering::Relaxed) || ctx.finished() {
+        if ctx.finished() {
             break;
         }
+        let stopping = STOP.load(Ordering::Relaxed);
         let frame = match source.next()? {
             Next::Frame(f) => f,
+            // After a signal, read on until the ring is empty: packets already captured
+            // (up to one poll interval of them) are still reported.
+            Next::Idle if stopping => break,
             Next::Idle => continue,
             Next::End => break,
             Next::Gone(why) => {
