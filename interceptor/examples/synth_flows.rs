@@ -46,7 +46,12 @@ fn main() -> std::io::Result<()> {
     };
     for i in 0..flows {
         let client = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8)),
+            IpAddr::V4(Ipv4Addr::new(
+                10,
+                100 + (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+            )),
             10_000 + (i % 50_000) as u16,
         );
         let (c, s) = (1000u32.wrapping_mul(i), 7_000_000u32.wrapping_add(i));
@@ -55,10 +60,26 @@ fn main() -> std::io::Result<()> {
         );
         let resp = b"HTTP/1.1 200 OK\r\nContent-Type: appl";
         packet(&mut w, ethernet_tcp(client, server, c, 0, SYN, b""))?;
-        packet(&mut w, ethernet_tcp(server, client, s, c + 1, SYN | ACK, b""))?;
+        packet(
+            &mut w,
+            ethernet_tcp(server, client, s, c + 1, SYN | ACK, b""),
+        )?;
         packet(&mut w, ethernet_tcp(client, server, c + 1, s + 1, ACK, b""))?;
-        packet(&mut w, ethernet_tcp(client, server, c + 1, s + 1, ACK | PSH, req.as_bytes()))?;
-        packet(&mut w, ethernet_tcp(server, client, s + 1, c + 1 + req.len() as u32, ACK | PSH, resp))?;
+        packet(
+            &mut w,
+            ethernet_tcp(client, server, c + 1, s + 1, ACK | PSH, req.as_bytes()),
+        )?;
+        packet(
+            &mut w,
+            ethernet_tcp(
+                server,
+                client,
+                s + 1,
+                c + 1 + req.len() as u32,
+                ACK | PSH,
+                resp,
+            ),
+        )?;
     }
     w.flush()
 }

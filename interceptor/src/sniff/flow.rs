@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use super::output::{request_line, status_line, wire_text, Output, Record, TlsFlow};
+use super::output::{request_line, status_line, wire_text, Output, TlsFlow};
 use crate::http::stream::{Asked, Limits, Parsed, Parser, Role};
 use crate::http::{Exchange, Request, Response};
 use crate::reassembly::{CloseReason, Dir, FlowId, Handler};
@@ -110,12 +110,12 @@ impl Ctx {
         m.is_match(&self.text)
     }
 
-    fn write(&mut self, rec: Record) {
+    fn write(&mut self, f: impl FnOnce(&mut dyn Output) -> std::io::Result<()>) {
         if self.finished() {
             return;
         }
         self.records += 1;
-        if let Err(e) = self.out.record(rec) {
+        if let Err(e) = f(self.out.as_mut()) {
             self.error = Some(e);
         }
     }
@@ -145,14 +145,14 @@ impl Ctx {
                 .is_some_and(|r| self.matches_response(r));
         if matched {
             // The text output showed the request already when it matched on its own.
-            self.write(Record::Exchange(Box::new(ex), !req_matched));
+            self.write(|o| o.exchange(&ex, !req_matched));
         }
     }
 
     fn orphan(&mut self, resp: Response, client: SocketAddr, server: SocketAddr) {
         self.counts.orphan_responses += 1;
         if self.matches_response(&resp) {
-            self.write(Record::Orphan(Box::new(resp), client, server));
+            self.write(|o| o.orphan(&resp, client, server));
         }
     }
 
@@ -168,7 +168,7 @@ impl Ctx {
                 return;
             }
         }
-        self.write(Record::Tls(Box::new(t)));
+        self.write(|o| o.tls(&t));
     }
 }
 

@@ -358,10 +358,7 @@ pub fn run(args: &Args) -> Result<()> {
     });
 
     if ctx.error.is_none() {
-        let r = ctx
-            .out
-            .record(output::Record::Stats(Box::new(sum.clone())))
-            .and_then(|_| ctx.out.flush());
+        let r = ctx.out.stats(&sum).and_then(|_| ctx.out.flush());
         if let Err(e) = r {
             ctx.error = Some(e);
         }

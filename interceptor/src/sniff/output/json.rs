@@ -160,6 +160,28 @@ fn escape_mask(w: u64) -> u64 {
         | zero_in(w ^ (ONES * 0x7f))
 }
 
+/// One bit per byte of `chunk` (16 bytes) that needs escaping.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn sse2_escape_mask(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::*;
+    debug_assert!(chunk.len() >= 16);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and reads the
+    // 16 bytes of `chunk`, which the caller guarantees exist.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+        // Unsigned v <= 0x1f  <=>  min(v, 0x1f) == v.
+        let ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let bslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+        _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(ctl, quote),
+            _mm_or_si128(bslash, del),
+        )) as u32
+    }
+}
+
 /// JSON string escaping; `b` must be UTF-8 (header values were made so when parsed).
 pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
     out.reserve(b.len() + 2);
@@ -167,7 +189,17 @@ pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     loop {
-        // Skip to the next byte that needs escaping.
+        // Skip to the next byte that needs escaping: 16 bytes at a time with SSE2 (always
+        // present on x86_64), then 8 at a time.
+        #[cfg(target_arch = "x86_64")]
+        while i + 16 <= b.len() {
+            let m = sse2_escape_mask(&b[i..i + 16]);
+            if m != 0 {
+                i += m.trailing_zeros() as usize;
+                break;
+            }
+            i += 16;
+        }
         while i + 8 <= b.len() {
             let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
             let m = escape_mask(w);
@@ -409,8 +441,8 @@ mod tests {
         escape(&mut o, "a\"b\\c\n\u{1}é".as_bytes());
         // Every byte value, inside and outside the word-at-a-time path.
         for c in 0u8..128 {
-            for pos in [0usize, 3, 9, 15] {
-                let mut s = vec![b'x'; 17];
+            for pos in [0usize, 3, 9, 15, 16, 23, 31, 39] {
+                let mut s = vec![b'x'; 41];
                 s[pos] = c;
                 let mut e = Vec::new();
                 escape(&mut e, &s);

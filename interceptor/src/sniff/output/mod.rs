@@ -53,26 +53,8 @@ pub struct KernelStats {
     pub if_dropped: u64,
 }
 
-/// One thing reported.
-pub enum Record {
-    /// An exchange; the flag says whether the request still has to be shown.
-    Exchange(Box<Exchange>, bool),
-    Orphan(Box<Response>, SocketAddr, SocketAddr),
-    Tls(Box<TlsFlow>),
-    Stats(Box<Summary>),
-}
-
 /// Receives what the sniffer reports; one implementation per output format.
 pub trait Output: Send {
-    fn record(&mut self, r: Record) -> io::Result<()> {
-        match r {
-            Record::Exchange(ex, show) => self.exchange(&ex, show),
-            Record::Orphan(resp, c, s) => self.orphan(&resp, c, s),
-            Record::Tls(t) => self.tls(&t),
-            Record::Stats(s) => self.stats(&s),
-        }
-    }
-
     /// A request, as soon as it is complete (the text format shows it then).
     fn request(&mut self, req: &Request, client: SocketAddr, server: SocketAddr) -> io::Result<()>;
     /// A request with its response, or without one when the flow ended first. `show_request`
