@@ -434,3 +434,93 @@ impl Handler for HttpFlow {
         self.done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::packet::{build::ethernet_tcp, decode, flags, LinkType};
+    use crate::reassembly::{Config, Table};
+    use crate::sniff::output::json::Json;
+    use std::time::{Duration, SystemTime};
+
+    /// Pseudo-random segments over a few flows (any flags, sequence numbers near each
+    /// other, payloads drawn from HTTP fragments and garbage): the whole stack must never
+    /// panic and must stay within its bounds. The same shape as fuzz/reassembly.rs, run on
+    /// every `cargo test`.
+    #[test]
+    fn hostile_segment_streams_never_panic_and_stay_bounded() {
+        let pieces: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"ffffffff\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+            b"\x16\x03\x01\x00\x05\x01\x00\x00\x01",
+            b"\x00\xff\r\n\r\n",
+            b"HTTP/1.1 101 Switching\r\n\r\n",
+        ];
+        let mut x: u64 = 0x853c49e6748fea9b;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let cfg = Config {
+            max_flows: 3,
+            max_buffered_bytes: 4096,
+            max_buffered_segments: 8,
+            ..Config::default()
+        };
+        let mut table: Table<HttpFlow> = Table::new(cfg);
+        let mut ctx = Ctx::new(
+            Limits {
+                max_body: 64,
+                ..Limits::default()
+            },
+            Box::new(Json::new(std::io::sink())),
+            None,
+        );
+        let mut seqs = [0u32; 16];
+        let mut t = SystemTime::UNIX_EPOCH;
+        for _ in 0..200_000 {
+            let r = rnd();
+            let flow = (r & 3) as usize;
+            let to_server = r & 4 == 0;
+            let (c, s) = (
+                format!("10.0.0.{flow}:1000").parse().unwrap(),
+                "10.0.1.1:80".parse().unwrap(),
+            );
+            let (src, dst) = if to_server { (c, s) } else { (s, c) };
+            let piece = pieces[(r >> 8) as usize % pieces.len()];
+            let slot = flow * 2 + usize::from(to_server);
+            // Mostly in order, sometimes behind, ahead or far away.
+            let seq = match (r >> 16) % 10 {
+                0 => seqs[slot].wrapping_sub(5),
+                1 => seqs[slot].wrapping_add(100),
+                2 => (r >> 32) as u32,
+                _ => seqs[slot],
+            };
+            let fl = match (r >> 24) % 40 {
+                0 => flags::SYN,
+                1 => flags::FIN | flags::ACK,
+                2 => flags::RST,
+                _ => flags::ACK,
+            };
+            seqs[slot] = seq.wrapping_add(piece.len() as u32);
+            t += Duration::from_millis((r >> 40) % 50);
+            let frame = ethernet_tcp(src, dst, seq, 0, fl, piece);
+            let cut = if (r >> 48) % 7 == 0 {
+                frame.len() - (r as usize % piece.len().max(1))
+            } else {
+                frame.len()
+            };
+            if let Ok(seg) = decode(LinkType::Ethernet, &frame[..cut]) {
+                table.segment(&mut ctx, &seg, t);
+            }
+            assert!(table.len() <= 3);
+        }
+        table.finish(&mut ctx, t);
+        assert!(ctx.counts.requests > 0);
+    }
+}
