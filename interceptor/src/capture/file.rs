@@ -221,7 +221,7 @@ impl Reader {
                 let s = *swapped;
                 let kind = u32_at(b, at, s).unwrap_or(0);
                 let blen = u32_at(b, at + 4, s).unwrap_or(0) as usize;
-                if blen < 12 || blen % 4 != 0 || at + blen > b.len() {
+                if blen < 12 || !blen.is_multiple_of(4) || at + blen > b.len() {
                     bail!("pcapng: bad block length {blen} at offset {at}");
                 }
                 let block = &b[at..at + blen];

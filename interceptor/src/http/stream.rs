@@ -411,9 +411,7 @@ impl Parser {
                 used
             }
             None if had == 0 => {
-                if data.len() > self.limits.max_head {
-                    self.lose(out);
-                } else if self.early_garbage(data) {
+                if data.len() > self.limits.max_head || self.early_garbage(data) {
                     self.lose(out);
                 } else {
                     self.buf.extend_from_slice(data);
@@ -421,7 +419,7 @@ impl Parser {
                 data.len()
             }
             None => {
-                if self.buf.len() >= self.limits.max_head || self.early_garbage(&self.buf.clone()) {
+                if self.buf.len() >= self.limits.max_head || self.early_garbage(&self.buf) {
                     self.lose(out);
                 }
                 data.len()
