@@ -46,7 +46,7 @@ cleanup() {
   done
   rm -rf "$work"
 }
-trap cleanup EXIT
+trap 'cleanup 2>/dev/null' EXIT
 
 in_c() { nsenter --net=/run/netns/"$NC" -- "$@"; }
 in_s() { nsenter --net=/run/netns/"$NS" -- "$@"; }
@@ -67,7 +67,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 10.250.0.2:80; location / { root $work/www; } } }
 CONF
 chmod -R a+rX "$work"
-in_s nginx -c "$work/nginx.conf" -p "$work" &
+in_s nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null &
 for _ in $(seq 50); do in_s ss -Hltn 'sport = :80' | grep -q . && break; sleep 0.1; done
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -77,8 +77,8 @@ pcap=$work/keepalive.pcap
 in_c tcpdump -i "$VC" -B 131072 -s 0 -c "$PACKETS" -w "$pcap" tcp port 80 2>"$work/tcpdump.err" &
 td=$!
 sleep 1
-in_c wrk -t1 -c8 -d60s http://10.250.0.2/item.json >/dev/null &
-wrk=$!
+nsenter --net=/run/netns/"$NC" -- wrk -t1 -c8 -d60s http://10.250.0.2/item.json >/dev/null &
+wrk=$!   # nsenter execs wrk: this is wrk's pid, so the kill below stops it
 wait "$td" || true
 kill "$wrk" 2>/dev/null || true; wait "$wrk" 2>/dev/null || true
 grep -q '^0 packets dropped by kernel' "$work/tcpdump.err" || { echo "bench-sniff: tcpdump dropped packets:" >&2; cat "$work/tcpdump.err" >&2; exit 1; }
