@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod message;
+pub mod pool;
 pub mod stream;
 
 pub use message::{Body, Exchange, Request, Response};

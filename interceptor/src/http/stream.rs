@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use super::decode::{Coding, Collector};
 use super::message::{Body, Request, Response};
+use super::pool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -729,14 +730,17 @@ fn parse_trailers(b: &[u8]) -> Vec<(String, String)> {
 }
 
 fn collect_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    hs.iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect()
+    let mut out = pool::header_vec(hs.len());
+    for h in hs {
+        let mut name = pool::string_from(h.name);
+        name.make_ascii_lowercase();
+        let value = match std::str::from_utf8(h.value) {
+            Ok(v) => pool::string_from(v),
+            Err(_) => String::from_utf8_lossy(h.value).into_owned(),
+        };
+        out.push((name, value));
+    }
+    out
 }
 
 fn version(v: Option<u8>) -> String {

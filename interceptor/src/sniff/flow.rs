@@ -147,6 +147,7 @@ impl Ctx {
             // The text output showed the request already when it matched on its own.
             self.write(|o| o.exchange(&ex, !req_matched));
         }
+        crate::http::pool::recycle(ex);
     }
 
     fn orphan(&mut self, resp: Response, client: SocketAddr, server: SocketAddr) {
