@@ -43,10 +43,7 @@ impl Netns {
     pub fn new(prefix: &str) -> Result<Netns> {
         let name = unique(prefix);
         run("ip", &["netns", "add", &name])?;
-        let ns = Netns {
-            name,
-            procs: Vec::new(),
-        };
+        let ns = Netns { name, procs: Vec::new() };
         ns.sh("ip link set lo up")?;
         Ok(ns)
     }
@@ -58,9 +55,7 @@ impl Netns {
     /// A `Command` that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path()))
-            .arg("--")
-            .arg(program);
+        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
         c
     }
 
@@ -137,10 +132,7 @@ impl Netns {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "nothing listens on port {port} in netns {} after 10 s",
-            self.name
-        )
+        bail!("nothing listens on port {port} in netns {} after 10 s", self.name)
     }
 }
 
@@ -152,17 +144,12 @@ impl Drop for Netns {
         }
         // Processes that forked away from the ones we started (nginx workers) still hold
         // the namespace; kill everything in it before deleting.
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -171,19 +158,11 @@ impl Drop for Netns {
 pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<(String, String)> {
     let ia = unique("va");
     let ib = unique("vb");
-    run(
-        "ip",
-        &[
-            "link", "add", &ia, "netns", &a.name, "type", "veth", "peer", "name", &ib, "netns",
-            &b.name,
-        ],
-    )?;
+    run("ip", &["link", "add", &ia, "netns", &a.name, "type", "veth", "peer", "name", &ib, "netns", &b.name])?;
     for (ns, ifc, addr) in [(a, &ia, a_addr), (b, &ib, b_addr)] {
         let fam = if addr.contains(':') { "-6" } else { "-4" };
         let nodad = if addr.contains(':') { " nodad" } else { "" };
-        ns.sh(&format!(
-            "ip {fam} addr add {addr} dev {ifc}{nodad} && ip link set {ifc} up"
-        ))?;
+        ns.sh(&format!("ip {fam} addr add {addr} dev {ifc}{nodad} && ip link set {ifc} up"))?;
     }
     Ok((ia, ib))
 }
