@@ -14,7 +14,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------
 PKGS=(iptables nftables iproute2 tcpdump tshark ngrep nginx-light haproxy wrk curl
-      bpftool libpcap-dev python3 util-linux procps psmisc)
+      bpftool libpcap-dev python3 util-linux procps psmisc time)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,11 +4,15 @@
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules; each module
 //! owns one concern.
 
+pub mod capture;
 pub mod config;
 pub mod ebpf;
 pub mod http;
 pub mod init;
 pub mod iptables;
+pub mod reassembly;
 pub mod rules;
 pub mod shadow;
+pub mod sniff;
+pub mod tls;
 pub mod validation;

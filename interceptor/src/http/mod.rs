@@ -1,5 +1,8 @@
 //! HTTP/1.1 as seen on the wire: the messages and exchanges the sniffer reports.
 
+pub mod decode;
 pub mod message;
+pub mod pool;
+pub mod stream;
 
 pub use message::{Body, Exchange, Request, Response};

@@ -1,0 +1,1074 @@
+//! HTTP/1.1 message parsing over one reassembled direction of a connection.
+//!
+//! A `Parser` is an explicit state machine fed with in-order bytes, gaps and the end of
+//! the stream. It finds message heads (httparse), frames bodies per RFC 9112 section 6
+//! (Content-Length, chunked with trailers, close-delimited, no body for HEAD, 1xx, 204 and
+//! 304), stops at Upgrade and CONNECT, and after a gap or garbage resynchronises at the
+//! next line that looks like a message start. Heads are bounded; bodies are kept up to a
+//! limit and counted beyond it, so hostile input cannot grow memory.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use super::decode::{Coding, Collector};
+use super::message::{Body, Request, Response};
+use super::pool;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Client to server: requests.
+    Request,
+    /// Server to client: responses.
+    Response,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest head (start line + headers) accepted.
+    pub max_head: usize,
+    /// Decoded body bytes kept per message.
+    pub max_body: usize,
+    /// Decoded body bytes counted before decoding stops.
+    pub max_decoded: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 64 * 1024,
+            max_body: 64 * 1024,
+            max_decoded: 64 << 20,
+        }
+    }
+}
+
+/// What the parser found.
+#[derive(Debug)]
+pub enum Parsed {
+    Request(Request),
+    Response(Response),
+    /// After this the direction carries another protocol (Upgrade accepted, CONNECT).
+    Tunnel,
+    /// The parser lost its place (gap inside a head, garbage, unframeable message) and
+    /// skips to the next message start; pairing across this point is unreliable.
+    Lost,
+}
+
+/// What the response side needs to know about the request it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    Head,
+    Connect,
+    Other,
+}
+
+impl Asked {
+    pub fn of(method: &str) -> Asked {
+        match method {
+            "HEAD" => Asked::Head,
+            "CONNECT" => Asked::Connect,
+            _ => Asked::Other,
+        }
+    }
+}
+
+/// How a message body is delimited (RFC 9112 section 6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// Why a message cannot be framed; the rest of the direction is not trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadFraming {
+    /// Content-Length not a number, or several different ones.
+    ContentLength,
+    /// A request whose Transfer-Encoding does not end in chunked.
+    TransferEncoding,
+}
+
+fn transfer_chunked(headers: &[(String, String)]) -> Option<bool> {
+    let mut last = None;
+    for (n, v) in headers {
+        if n == "transfer-encoding" {
+            for coding in v.split(',') {
+                let c = coding.trim();
+                if !c.is_empty() {
+                    last = Some(c.eq_ignore_ascii_case("chunked"));
+                }
+            }
+        }
+    }
+    last
+}
+
+fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, BadFraming> {
+    let mut found: Option<u64> = None;
+    for (n, v) in headers {
+        if n != "content-length" {
+            continue;
+        }
+        // A list of identical values is allowed (RFC 9110 8.6); anything else is not.
+        for part in v.split(',') {
+            let p = part.trim();
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadFraming::ContentLength);
+            }
+            let n: u64 = p.parse().map_err(|_| BadFraming::ContentLength)?;
+            match found {
+                Some(f) if f != n => return Err(BadFraming::ContentLength),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Request body framing. Transfer-Encoding overrides Content-Length (RFC 9112 6.3 item 3).
+pub fn request_framing(headers: &[(String, String)]) -> Result<Framing, BadFraming> {
+    match transfer_chunked(headers) {
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Err(BadFraming::TransferEncoding),
+        None => Ok(match content_length(headers)? {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }),
+    }
+}
+
+/// Response body framing, given the request it answers.
+pub fn response_framing(
+    status: u16,
+    asked: Asked,
+    headers: &[(String, String)],
+) -> Result<Framing, BadFraming> {
+    if asked == Asked::Head || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(Framing::None);
+    }
+    if asked == Asked::Connect && (200..300).contains(&status) {
+        return Ok(Framing::None);
+    }
+    match transfer_chunked(headers) {
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Ok(Framing::Close),
+        None => Ok(match content_length(headers)? {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }),
+    }
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    Data(u64),
+    /// The CRLF after chunk data.
+    DataEnd,
+    /// Trailer fields after the last chunk, up to an empty line.
+    Trailer,
+}
+
+enum State {
+    /// Between messages.
+    Idle,
+    /// Part of a head is in `buf`.
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    /// Not HTTP any more.
+    Tunnel,
+    /// Skipping to the next line that starts a message.
+    Resync,
+}
+
+/// A message whose head is parsed and whose body is being read.
+enum Head {
+    Request(Request),
+    Response(Response),
+}
+
+struct Current {
+    head: Head,
+    body: Collector,
+    /// Trailer fields arrive after the body and join the headers.
+    trailers: Vec<(String, String)>,
+}
+
+pub struct Parser {
+    role: Role,
+    state: State,
+    limits: Limits,
+    /// Partial head, chunk-size line or trailer section.
+    buf: Vec<u8>,
+    cur: Option<Current>,
+    /// Timestamp of the first byte of the message being read.
+    msg_ts: SystemTime,
+    /// The previous byte delivered ended a line (a message may start at the next one).
+    at_line_start: bool,
+    /// Final responses completed during the current `feed`: the caller pops one pending
+    /// request per response after the call, so the next head answers `pending[answered]`.
+    answered: usize,
+    /// A request with `Upgrade` went out: a 101 switches both directions to tunnel.
+    pub upgrade_requested: bool,
+}
+
+/// Most header fields in one head; more is treated as hostile.
+pub const MAX_HEADERS: usize = 100;
+
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+impl Parser {
+    pub fn new(role: Role, limits: Limits) -> Parser {
+        Parser {
+            role,
+            state: State::Idle,
+            limits,
+            buf: Vec::new(),
+            cur: None,
+            msg_ts: SystemTime::UNIX_EPOCH,
+            at_line_start: true,
+            answered: 0,
+            upgrade_requested: false,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self.state, State::Tunnel)
+    }
+
+    /// Switches to tunnel mode (the other direction saw the Upgrade/CONNECT accepted).
+    pub fn tunnel(&mut self) {
+        self.state = State::Tunnel;
+        self.buf = Vec::new();
+        self.cur = None;
+    }
+
+    /// Bytes held by this parser (for memory accounting in tests).
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Feeds in-order bytes. `pending` lists the requests still waiting for a response,
+    /// oldest first (responses need to know if they answer HEAD or CONNECT).
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        ts: SystemTime,
+        pending: &VecDeque<Asked>,
+        out: &mut Vec<Parsed>,
+    ) {
+        self.answered = 0;
+        while !data.is_empty() {
+            let used = match self.state {
+                State::Tunnel => data.len(),
+                State::Idle => {
+                    // Blank lines between messages are allowed (RFC 9112 2.2).
+                    let skip = data
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
+                    if skip > 0 {
+                        skip
+                    } else {
+                        self.msg_ts = ts;
+                        self.state = State::Head;
+                        0
+                    }
+                }
+                State::Head => self.head(data, pending, out),
+                State::Length(rem) => {
+                    let n = (rem.min(data.len() as u64)) as usize;
+                    if let Some(c) = self.cur.as_mut() {
+                        c.body.push(&data[..n]);
+                    }
+                    if rem - n as u64 == 0 {
+                        self.complete(out, false);
+                    } else {
+                        self.state = State::Length(rem - n as u64);
+                    }
+                    n
+                }
+                State::Close => {
+                    if let Some(c) = self.cur.as_mut() {
+                        c.body.push(data);
+                    }
+                    data.len()
+                }
+                State::Chunked(_) => self.chunked(data, out),
+                State::Resync => self.resync(data),
+            };
+            if used > 0 {
+                self.at_line_start = data[used - 1] == b'\n';
+            }
+            data = &data[used..];
+        }
+    }
+
+    /// `len` bytes of this direction were lost.
+    pub fn gap(&mut self, len: u64, out: &mut Vec<Parsed>) {
+        match self.state {
+            State::Tunnel | State::Resync => {}
+            State::Idle => self.lose(out),
+            State::Length(rem) if len < rem => {
+                if let Some(c) = self.cur.as_mut() {
+                    c.body.skip(len);
+                }
+                self.state = State::Length(rem - len);
+            }
+            State::Length(rem) if len == rem => {
+                if let Some(c) = self.cur.as_mut() {
+                    c.body.skip(len);
+                }
+                self.complete(out, false);
+            }
+            State::Chunked(Chunk::Data(rem)) if len < rem => {
+                if let Some(c) = self.cur.as_mut() {
+                    c.body.skip(len);
+                }
+                self.state = State::Chunked(Chunk::Data(rem - len));
+            }
+            State::Close => {
+                if let Some(c) = self.cur.as_mut() {
+                    c.body.skip(len);
+                }
+            }
+            _ => {
+                if self.cur.is_some() {
+                    self.complete(out, true);
+                }
+                self.lose(out);
+            }
+        }
+        self.at_line_start = false;
+    }
+
+    /// The direction ended: a close-delimited body completes, anything else was cut.
+    pub fn end(&mut self, out: &mut Vec<Parsed>) {
+        match self.state {
+            State::Close => self.complete(out, false),
+            State::Length(_) | State::Chunked(_) => self.complete(out, true),
+            _ => {}
+        }
+        self.buf = Vec::new();
+        self.state = State::Tunnel;
+    }
+
+    fn lose(&mut self, out: &mut Vec<Parsed>) {
+        // The caller drops its pending requests on `Lost`: answer nothing from them.
+        self.answered = usize::MAX / 2;
+        self.buf = Vec::new();
+        self.cur = None;
+        self.state = State::Resync;
+        out.push(Parsed::Lost);
+    }
+
+    /// Finds the end of the head in `buf ++ data`; returns bytes of `data` consumed.
+    fn head(&mut self, data: &[u8], pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) -> usize {
+        let scan_from = self.buf.len().saturating_sub(3);
+        let had = self.buf.len();
+        // Fast path: the whole head is in this segment, parse it in place.
+        let end = if had == 0 {
+            head_end(data, 0)
+        } else {
+            let room = self.limits.max_head.saturating_sub(had);
+            let take = data.len().min(room);
+            self.buf.extend_from_slice(&data[..take]);
+            head_end(&self.buf, scan_from)
+        };
+        match end {
+            Some(end) => {
+                let (head, used) = if had == 0 {
+                    (&data[..end], end)
+                } else {
+                    (&self.buf[..end], end - had)
+                };
+                let parsed = self.parse_head(head);
+                self.buf = Vec::new();
+                match parsed {
+                    Ok(h) => self.start_body(h, pending, out),
+                    Err(()) => self.lose(out),
+                }
+                used
+            }
+            None if had == 0 => {
+                if data.len() > self.limits.max_head || self.early_garbage(data) {
+                    self.lose(out);
+                } else {
+                    self.buf.extend_from_slice(data);
+                }
+                data.len()
+            }
+            None => {
+                if self.buf.len() >= self.limits.max_head || self.early_garbage(&self.buf) {
+                    self.lose(out);
+                }
+                data.len()
+            }
+        }
+    }
+
+    /// A partial head whose first line already cannot start a message.
+    fn early_garbage(&self, b: &[u8]) -> bool {
+        let line = match memchr::memchr(b'\n', b) {
+            Some(i) => &b[..i],
+            None => return false,
+        };
+        !self.looks_like_start(line)
+    }
+
+    fn looks_like_start(&self, b: &[u8]) -> bool {
+        match self.role {
+            Role::Response => {
+                b.starts_with(b"HTTP/1.") || (b.len() < 7 && b"HTTP/1.".starts_with(b))
+            }
+            Role::Request => {
+                METHODS
+                    .iter()
+                    .any(|m| b.starts_with(m) || (b.len() < m.len() && m.starts_with(b)))
+                    || (b.len() > 1
+                        && b.iter().take_while(|c| c.is_ascii_uppercase()).count() > 0
+                        && b.contains(&b' '))
+            }
+        }
+    }
+
+    fn parse_head(&self, head: &[u8]) -> Result<Head, ()> {
+        match self.role {
+            Role::Request => {
+                // Uninitialised header slots: initialising 100 of them per message costs
+                // more than parsing a typical head.
+                let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(head, &mut storage) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return Err(()),
+                }
+                let headers = collect_headers(req.headers);
+                Ok(Head::Request(Request {
+                    method: req.method.unwrap_or_default().to_string(),
+                    target: req.path.unwrap_or_default().to_string(),
+                    version: version(req.version),
+                    headers,
+                    body: Body::default(),
+                    ts: self.msg_ts,
+                }))
+            }
+            Role::Response => {
+                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut storage);
+                match resp.parse(head) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return Err(()),
+                }
+                let headers = collect_headers(resp.headers);
+                Ok(Head::Response(Response {
+                    status: resp.code.unwrap_or_default(),
+                    reason: resp.reason.unwrap_or_default().to_string(),
+                    version: version(resp.version),
+                    headers,
+                    body: Body::default(),
+                    ts: self.msg_ts,
+                }))
+            }
+        }
+    }
+
+    fn start_body(&mut self, head: Head, pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) {
+        let (framing, tunnel_after) = match &head {
+            Head::Request(r) => {
+                if r.header("upgrade").is_some() {
+                    self.upgrade_requested = true;
+                }
+                (request_framing(&r.headers), r.method == "CONNECT")
+            }
+            Head::Response(r) => {
+                // Responses completed earlier in this feed answered the first requests.
+                let asked = pending.get(self.answered).copied().unwrap_or(Asked::Other);
+                let tunnel =
+                    r.status == 101 || (asked == Asked::Connect && (200..300).contains(&r.status));
+                (response_framing(r.status, asked, &r.headers), tunnel)
+            }
+        };
+        let coding = match &head {
+            Head::Request(r) => Coding::from_header(r.header("content-encoding")),
+            Head::Response(r) => Coding::from_header(r.header("content-encoding")),
+        };
+        let body = Collector::new(coding, self.limits.max_body, self.limits.max_decoded);
+        self.cur = Some(Current {
+            head,
+            body,
+            trailers: Vec::new(),
+        });
+        match framing {
+            Ok(Framing::None) => self.complete(out, false),
+            Ok(Framing::Length(n)) => self.state = State::Length(n),
+            Ok(Framing::Chunked) => self.state = State::Chunked(Chunk::Size),
+            Ok(Framing::Close) => self.state = State::Close,
+            Err(_) => {
+                // Report the head we saw, then distrust the rest of the direction.
+                self.complete(out, true);
+                self.lose(out);
+                return;
+            }
+        }
+        if tunnel_after {
+            if matches!(self.state, State::Idle) {
+                out.push(Parsed::Tunnel);
+                self.state = State::Tunnel;
+            } else {
+                // Body first (rare: a 101 with a body is not allowed, but be safe).
+                self.state = State::Tunnel;
+                self.complete_into_tunnel(out);
+            }
+        }
+    }
+
+    fn complete_into_tunnel(&mut self, out: &mut Vec<Parsed>) {
+        self.complete(out, false);
+        out.push(Parsed::Tunnel);
+        self.state = State::Tunnel;
+    }
+
+    /// Emits the current message; `cut` says its body ended early.
+    fn complete(&mut self, out: &mut Vec<Parsed>, cut: bool) {
+        self.state = State::Idle;
+        let Some(c) = self.cur.take() else { return };
+        let body = c.body.finish(cut);
+        match c.head {
+            Head::Request(mut r) => {
+                r.body = body;
+                r.headers.extend(c.trailers);
+                out.push(Parsed::Request(r));
+            }
+            Head::Response(mut r) => {
+                if !(100..200).contains(&r.status) || r.status == 101 {
+                    self.answered += 1;
+                }
+                r.body = body;
+                r.headers.extend(c.trailers);
+                out.push(Parsed::Response(r));
+            }
+        }
+    }
+
+    fn chunked(&mut self, data: &[u8], out: &mut Vec<Parsed>) -> usize {
+        let State::Chunked(chunk) = &mut self.state else {
+            return data.len();
+        };
+        match chunk {
+            Chunk::Data(rem) => {
+                let n = (*rem).min(data.len() as u64) as usize;
+                *rem -= n as u64;
+                if *rem == 0 {
+                    *chunk = Chunk::DataEnd;
+                }
+                if let Some(c) = self.cur.as_mut() {
+                    c.body.push(&data[..n]);
+                }
+                n
+            }
+            Chunk::DataEnd => {
+                // Expect CRLF (tolerate a bare LF).
+                match data[0] {
+                    b'\r' => 1,
+                    b'\n' => {
+                        *chunk = Chunk::Size;
+                        1
+                    }
+                    _ => {
+                        self.complete(out, true);
+                        self.lose(out);
+                        0
+                    }
+                }
+            }
+            Chunk::Size | Chunk::Trailer => {
+                let is_size = matches!(chunk, Chunk::Size);
+                let line_limit = if is_size { 1024 } else { self.limits.max_head };
+                let (line_done, used) = match memchr::memchr(b'\n', data) {
+                    Some(i) => (true, i + 1),
+                    None => (false, data.len()),
+                };
+                if self.buf.len() + used > line_limit {
+                    self.complete(out, true);
+                    self.lose(out);
+                    return used;
+                }
+                self.buf.extend_from_slice(&data[..used]);
+                if !line_done {
+                    return used;
+                }
+                if is_size {
+                    match parse_chunk_size(&self.buf) {
+                        Some(0) => {
+                            self.buf.clear();
+                            self.state = State::Chunked(Chunk::Trailer);
+                        }
+                        Some(n) => {
+                            self.buf.clear();
+                            self.state = State::Chunked(Chunk::Data(n));
+                        }
+                        None => {
+                            self.buf = Vec::new();
+                            self.complete(out, true);
+                            self.lose(out);
+                        }
+                    }
+                } else {
+                    // Trailer section: ends with an empty line.
+                    let n = self.buf.len();
+                    let blank_line = self.buf == b"\r\n" || self.buf == b"\n";
+                    let ends =
+                        blank_line || self.buf.ends_with(b"\n\r\n") || self.buf.ends_with(b"\n\n");
+                    if ends {
+                        if !blank_line {
+                            let trailers = parse_trailers(&self.buf[..n]);
+                            if let Some(c) = self.cur.as_mut() {
+                                c.trailers = trailers;
+                            }
+                        }
+                        self.buf = Vec::new();
+                        self.complete(out, false);
+                    }
+                }
+                used
+            }
+        }
+    }
+
+    /// Skips to the next line that starts a message.
+    fn resync(&mut self, data: &[u8]) -> usize {
+        let mut at = if self.at_line_start { Some(0) } else { None };
+        let mut search = 0;
+        loop {
+            if let Some(i) = at {
+                let rest = &data[i..];
+                let full = match self.role {
+                    Role::Response => rest.starts_with(b"HTTP/1."),
+                    Role::Request => METHODS.iter().any(|m| rest.starts_with(m)),
+                };
+                if full {
+                    self.state = State::Idle;
+                    return i;
+                }
+            }
+            match memchr::memchr(b'\n', &data[search..]) {
+                Some(j) => {
+                    at = Some(search + j + 1);
+                    search = search + j + 1;
+                    if search >= data.len() {
+                        return data.len();
+                    }
+                }
+                None => return data.len(),
+            }
+        }
+    }
+}
+
+/// Index just past the blank line ending a head, scanning from `from`.
+fn head_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = memchr::memchr(b'\n', &b[at..]) {
+        let nl = at + i;
+        match b.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if b.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => {}
+        }
+        at = nl + 1;
+    }
+    None
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for &b in line {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        n = n.checked_mul(16)?.checked_add(u64::from(d))?;
+        digits += 1;
+    }
+    let rest = &line[digits..];
+    let rest_ok = matches!(rest.first(), Some(b';' | b'\r' | b'\n' | b' ' | b'\t'));
+    (digits > 0 && rest_ok).then_some(n)
+}
+
+fn parse_trailers(b: &[u8]) -> Vec<(String, String)> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(b, &mut storage) {
+        Ok(httparse::Status::Complete((_, hs))) => collect_headers(hs),
+        _ => Vec::new(),
+    }
+}
+
+fn collect_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    let mut out = pool::header_vec(hs.len());
+    for h in hs {
+        let mut name = pool::string_from(h.name);
+        name.make_ascii_lowercase();
+        let value = match std::str::from_utf8(h.value) {
+            Ok(v) => pool::string_from(v),
+            Err(_) => String::from_utf8_lossy(h.value).into_owned(),
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+fn version(v: Option<u8>) -> String {
+    match v {
+        Some(0) => "HTTP/1.0".to_string(),
+        _ => "HTTP/1.1".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(role: Role, pieces: &[&[u8]], pending: &[Asked]) -> Vec<Parsed> {
+        let mut p = Parser::new(
+            role,
+            Limits {
+                max_body: 32,
+                ..Limits::default()
+            },
+        );
+        let pending: VecDeque<Asked> = pending.iter().copied().collect();
+        let mut out = Vec::new();
+        for piece in pieces {
+            p.feed(piece, SystemTime::UNIX_EPOCH, &pending, &mut out);
+        }
+        p.end(&mut out);
+        out
+    }
+
+    fn summary(out: &[Parsed]) -> Vec<String> {
+        out.iter()
+            .map(|m| match m {
+                Parsed::Request(r) => format!(
+                    "{} {} {}{}",
+                    r.method,
+                    r.target,
+                    String::from_utf8_lossy(&r.body.data),
+                    if r.body.truncated { " (cut)" } else { "" }
+                ),
+                Parsed::Response(r) => format!(
+                    "{} {}/{}{}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body.data),
+                    r.body.len,
+                    if r.body.truncated { " (cut)" } else { "" }
+                ),
+                Parsed::Tunnel => "tunnel".into(),
+                Parsed::Lost => "lost".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_requests_split_anywhere() {
+        let wire = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\n\r\n";
+        for split in 1..wire.len() {
+            let out = run(Role::Request, &[&wire[..split], &wire[split..]], &[]);
+            assert_eq!(
+                summary(&out),
+                vec!["GET /a ", "POST /b hello", "GET /c "],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_with_trailers_and_extensions() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        for split in 1..wire.len() {
+            let out = run(
+                Role::Response,
+                &[&wire[..split], &wire[split..]],
+                &[Asked::Other, Asked::Other],
+            );
+            assert_eq!(
+                summary(&out),
+                vec!["200 hello world/11", "204 /0"],
+                "split at {split}"
+            );
+            let Parsed::Response(r) = &out[0] else {
+                panic!()
+            };
+            assert_eq!(r.header("x-checksum"), Some("abc"));
+        }
+    }
+
+    #[test]
+    fn no_body_cases_head_1xx_204_304() {
+        let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let out = run(
+            Role::Response,
+            &[wire],
+            &[Asked::Head, Asked::Other, Asked::Other],
+        );
+        assert_eq!(
+            summary(&out),
+            vec!["100 /0", "200 /0", "304 /0", "200 ok/2"]
+        );
+    }
+
+    #[test]
+    fn close_delimited_body_and_cut_length() {
+        let out = run(
+            Role::Response,
+            &[b"HTTP/1.0 200 OK\r\n\r\nuntil ", b"close"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["200 until close/11"]);
+        let out = run(
+            Role::Response,
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["200 abc/3 (cut)"]);
+    }
+
+    #[test]
+    fn upgrade_and_connect_stop_decoding() {
+        let out = run(
+            Role::Response,
+            &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello GET / HTTP/1.1\r\n\r\n"],
+            &[Asked::Other],
+        );
+        assert_eq!(summary(&out), vec!["101 /0", "tunnel"]);
+        let out = run(
+            Role::Request,
+            &[b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03\x01GET / HTTP/1.1\r\n\r\n"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["CONNECT a:443 ", "tunnel"]);
+        let out = run(
+            Role::Response,
+            &[b"HTTP/1.1 200 OK\r\n\r\nraw tunnel bytes"],
+            &[Asked::Connect],
+        );
+        assert_eq!(summary(&out), vec!["200 /0", "tunnel"]);
+    }
+
+    #[test]
+    fn conflicting_framing_per_rfc9112() {
+        // TE chunked overrides Content-Length.
+        let out = run(
+            Role::Request,
+            &[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["POST / ab"]);
+        // A request TE that is not chunked cannot be framed: reported, then resync.
+        let out = run(
+            Role::Request,
+            &[b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxxxx\r\nGET /next HTTP/1.1\r\n\r\n"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["POST /  (cut)", "lost", "GET /next "]);
+        // Different Content-Lengths: same.
+        let out = run(
+            Role::Request,
+            &[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["POST /  (cut)", "lost"]);
+        // Identical repeated values are fine.
+        let out = run(
+            Role::Request,
+            &[b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["POST / abc"]);
+    }
+
+    #[test]
+    fn gap_in_body_is_skipped_and_gap_in_head_resyncs() {
+        let mut p = Parser::new(Role::Request, Limits::default());
+        let pend = VecDeque::new();
+        let mut out = Vec::new();
+        let t = SystemTime::UNIX_EPOCH;
+        p.feed(
+            b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab",
+            t,
+            &pend,
+            &mut out,
+        );
+        p.gap(5, &mut out);
+        p.feed(b"xyzGET /y HTT", t, &pend, &mut out);
+        p.gap(3, &mut out);
+        p.feed(
+            b"junk\r\nmore junk\nGET /z HTTP/1.1\r\n\r\n",
+            t,
+            &pend,
+            &mut out,
+        );
+        assert_eq!(
+            summary(&out),
+            vec!["POST /x abxyz (cut)", "lost", "GET /z "]
+        );
+    }
+
+    #[test]
+    fn midstream_start_resyncs_at_next_message() {
+        let out = run(
+            Role::Response,
+            &[b"dy of something\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"],
+            &[],
+        );
+        assert_eq!(summary(&out), vec!["lost", "200 x/1"]);
+    }
+
+    #[test]
+    fn body_kept_up_to_limit_but_counted() {
+        let mut wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+        wire.extend(std::iter::repeat(b'a').take(1000));
+        let out = run(Role::Response, &[&wire], &[]);
+        let Parsed::Response(r) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (r.body.data.len(), r.body.len, r.body.truncated),
+            (32, 1000, true)
+        );
+    }
+
+    #[test]
+    fn hostile_input_stays_bounded() {
+        let limits = Limits::default();
+        // A head that never ends.
+        let mut p = Parser::new(Role::Request, limits.clone());
+        let pend = VecDeque::new();
+        let mut out = Vec::new();
+        p.feed(
+            b"GET / HTTP/1.1\r\n",
+            SystemTime::UNIX_EPOCH,
+            &pend,
+            &mut out,
+        );
+        for _ in 0..100_000 {
+            p.feed(
+                b"X-A: aaaaaaaaaaaaaaaa\r\n",
+                SystemTime::UNIX_EPOCH,
+                &pend,
+                &mut out,
+            );
+            assert!(p.buffered() <= 2 * limits.max_head);
+        }
+        assert!(matches!(out[0], Parsed::Lost));
+        // Endless chunks.
+        let mut p = Parser::new(Role::Response, limits.clone());
+        let mut out = Vec::new();
+        p.feed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            SystemTime::UNIX_EPOCH,
+            &pend,
+            &mut out,
+        );
+        for _ in 0..100_000 {
+            p.feed(
+                b"10\r\n0123456789abcdef\r\n",
+                SystemTime::UNIX_EPOCH,
+                &pend,
+                &mut out,
+            );
+        }
+        assert!(out.is_empty() && p.buffered() < 4096);
+        p.end(&mut out);
+        let Parsed::Response(r) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (r.body.len, r.body.data.len()),
+            (1_600_000, limits.max_body)
+        );
+        // Oversized chunk sizes and overflow.
+        let out = run(
+            Role::Response,
+            &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n"],
+            &[],
+        );
+        assert!(matches!(out.last(), Some(Parsed::Lost)));
+        // Too many headers.
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..500 {
+            many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let out = run(Role::Request, &[&many], &[]);
+        assert!(matches!(out[0], Parsed::Lost));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A small deterministic generator over an alphabet rich in HTTP syntax.
+        let alphabet: &[&[u8]] = &[
+            b"GET ",
+            b"HTTP/1.1 ",
+            b"200 ",
+            b"\r\n",
+            b"\n",
+            b"Content-Length: ",
+            b"Transfer-Encoding: chunked",
+            b"0",
+            b"5",
+            b"ff",
+            b";",
+            b":",
+            b" ",
+            b"a",
+            b"\x00",
+            b"\xff",
+            b"HEAD ",
+            b"101 ",
+        ];
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            for _ in 0..40 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                input.extend_from_slice(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            for role in [Role::Request, Role::Response] {
+                let cut = (x as usize) % input.len();
+                let _ = run(
+                    role,
+                    &[&input[..cut], &input[cut..]],
+                    &[Asked::Head, Asked::Connect],
+                );
+            }
+        }
+    }
+}

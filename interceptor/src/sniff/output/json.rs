@@ -1,0 +1,485 @@
+//! `--json`: one object per line, written by hand into a reused buffer because this is the
+//! hot path of an offline run (tens of thousands of exchanges per second).
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use super::{epoch_micros, tunnel_kind, utc, Output, Summary, TlsFlow};
+use crate::http::{Body, Exchange, Request, Response};
+
+pub struct Json<W: Write> {
+    w: W,
+    buf: Vec<u8>,
+    /// Cached RFC 3339 prefix for the current second.
+    ts_cache: (i64, String),
+}
+
+impl<W: Write> Json<W> {
+    pub fn new(w: W) -> Json<W> {
+        Json {
+            w,
+            buf: Vec::with_capacity(64 * 1024),
+            ts_cache: (i64::MIN, String::new()),
+        }
+    }
+
+    fn ts(&mut self, t: SystemTime) {
+        let (secs, us) = epoch_micros(t);
+        if self.ts_cache.0 != secs {
+            let (y, mo, d, h, mi, s, _) = utc(t);
+            self.ts_cache = (secs, format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}"));
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(self.ts_cache.1.as_bytes());
+        let mut frac = *b".000000Z\"";
+        let mut v = us;
+        for d in frac[1..7].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.buf.extend_from_slice(&frac);
+    }
+
+    fn end_line(&mut self) -> io::Result<()> {
+        self.buf.extend_from_slice(b"}\n");
+        if self.buf.len() >= 48 * 1024 {
+            self.w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn key(&mut self, k: &str) {
+        if !matches!(self.buf.last(), Some(b'{') | None) {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(k.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn addr(&mut self, a: SocketAddr) {
+        self.buf.push(b'"');
+        push_addr(&mut self.buf, a);
+        self.buf.push(b'"');
+    }
+
+    fn headers(&mut self, hs: &[(String, String)]) {
+        self.buf.push(b'[');
+        for (i, (n, v)) in hs.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.buf.push(b'[');
+            escape(&mut self.buf, n.as_bytes());
+            self.buf.push(b',');
+            escape(&mut self.buf, v.as_bytes());
+            self.buf.push(b']');
+        }
+        self.buf.push(b']');
+    }
+
+    fn body(&mut self, b: &Body) {
+        self.key("body_len");
+        push_u64(&mut self.buf, b.len);
+        self.key("body");
+        match text_prefix(&b.data, b.truncated) {
+            Some(text) => escape(&mut self.buf, text),
+            None => {
+                self.buf.push(b'"');
+                base64(&mut self.buf, &b.data);
+                self.buf.push(b'"');
+                self.key("body_encoding");
+                self.buf.extend_from_slice(b"\"base64\"");
+            }
+        }
+        if b.truncated {
+            self.key("body_truncated");
+            self.buf.extend_from_slice(b"true");
+        }
+    }
+
+    fn request_obj(&mut self, r: &Request) {
+        self.buf.push(b'{');
+        self.key("method");
+        escape(&mut self.buf, r.method.as_bytes());
+        self.key("target");
+        escape(&mut self.buf, r.target.as_bytes());
+        self.key("version");
+        escape(&mut self.buf, r.version.as_bytes());
+        self.key("headers");
+        self.headers(&r.headers);
+        self.body(&r.body);
+        self.buf.push(b'}');
+    }
+
+    fn response_obj(&mut self, r: &Response) {
+        self.buf.push(b'{');
+        self.key("status");
+        push_u64(&mut self.buf, u64::from(r.status));
+        self.key("reason");
+        escape(&mut self.buf, r.reason.as_bytes());
+        self.key("version");
+        escape(&mut self.buf, r.version.as_bytes());
+        self.key("headers");
+        self.headers(&r.headers);
+        self.body(&r.body);
+        self.buf.push(b'}');
+    }
+}
+
+/// The body as UTF-8 text if it is text; a body cut mid-character keeps the whole
+/// characters before the cut.
+fn text_prefix(data: &[u8], truncated: bool) -> Option<&[u8]> {
+    match std::str::from_utf8(data) {
+        Ok(_) => Some(data),
+        Err(e) if truncated && e.error_len().is_none() => Some(&data[..e.valid_up_to()]),
+        Err(_) => None,
+    }
+    .filter(|t| memchr::memchr(0, t).is_none())
+}
+
+/// Bytes that need escaping in a JSON string: controls, DEL, quote, backslash.
+const fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
+}
+
+/// Bit 7 of each byte of the result is set where the byte of `w` needs escaping; the
+/// lowest set bit is exact (higher ones may be false positives from borrows). SWAR, one
+/// word at a time, since escaping bodies and headers dominates a `--json` run.
+#[inline]
+fn escape_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space
+        | zero_in(w ^ (ONES * b'"' as u64))
+        | zero_in(w ^ (ONES * b'\\' as u64))
+        | zero_in(w ^ (ONES * 0x7f))
+}
+
+/// One bit per byte of `chunk` (16 bytes) that needs escaping.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn sse2_escape_mask(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::*;
+    debug_assert!(chunk.len() >= 16);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and reads the
+    // 16 bytes of `chunk`, which the caller guarantees exist.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+        // Unsigned v <= 0x1f  <=>  min(v, 0x1f) == v.
+        let ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let bslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+        _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(ctl, quote),
+            _mm_or_si128(bslash, del),
+        )) as u32
+    }
+}
+
+/// JSON string escaping; `b` must be UTF-8 (header values were made so when parsed).
+pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    loop {
+        // Skip to the next byte that needs escaping: 16 bytes at a time with SSE2 (always
+        // present on x86_64), then 8 at a time.
+        #[cfg(target_arch = "x86_64")]
+        while i + 16 <= b.len() {
+            let m = sse2_escape_mask(&b[i..i + 16]);
+            if m != 0 {
+                i += m.trailing_zeros() as usize;
+                break;
+            }
+            i += 16;
+        }
+        while i + 8 <= b.len() {
+            let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+            let m = escape_mask(w);
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        if i + 8 > b.len() {
+            while i < b.len() && !needs_escape(b[i]) {
+                i += 1;
+            }
+        }
+        if i >= b.len() {
+            break;
+        }
+        let c = b[i];
+        out.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 15)]);
+            }
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Appends `ip:port` (`[ip]:port` for IPv6) without going through `fmt`.
+pub fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(a.port()));
+}
+
+pub fn base64(out: &mut Vec<u8>, b: &[u8]) {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(T[(n >> 18) as usize & 63]);
+        out.push(T[(n >> 12) as usize & 63]);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63]
+        } else {
+            b'='
+        });
+    }
+}
+
+impl<W: Write + Send> Output for Json<W> {
+    fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn exchange(&mut self, ex: &Exchange, _show_request: bool) -> io::Result<()> {
+        self.buf.extend_from_slice(b"{\"type\":\"exchange\"");
+        self.key("ts");
+        self.ts(ex.request.ts);
+        self.key("client");
+        self.addr(ex.client);
+        self.key("server");
+        self.addr(ex.server);
+        if let Some(i) = &ex.interface {
+            self.key("interface");
+            escape(&mut self.buf, i.as_bytes());
+        }
+        self.key("request");
+        self.request_obj(&ex.request);
+        self.key("response");
+        match &ex.response {
+            Some(r) => self.response_obj(r),
+            None => self.buf.extend_from_slice(b"null"),
+        }
+        self.key("latency_us");
+        match ex.latency_us() {
+            Some(l) => push_u64(&mut self.buf, l),
+            None => self.buf.extend_from_slice(b"null"),
+        }
+        if let Some(t) = tunnel_kind(ex) {
+            self.key("tunnel");
+            escape(&mut self.buf, t.as_bytes());
+        }
+        self.end_line()
+    }
+
+    fn orphan(
+        &mut self,
+        resp: &Response,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> io::Result<()> {
+        self.buf.extend_from_slice(b"{\"type\":\"response\"");
+        self.key("ts");
+        self.ts(resp.ts);
+        self.key("client");
+        self.addr(client);
+        self.key("server");
+        self.addr(server);
+        self.key("response");
+        self.response_obj(resp);
+        self.end_line()
+    }
+
+    fn tls(&mut self, t: &TlsFlow) -> io::Result<()> {
+        self.buf.extend_from_slice(b"{\"type\":\"tls\"");
+        self.key("ts");
+        self.ts(t.ts);
+        self.key("client");
+        self.addr(t.client);
+        self.key("server");
+        self.addr(t.server);
+        if let Some(i) = &t.interface {
+            self.key("interface");
+            escape(&mut self.buf, i.as_bytes());
+        }
+        self.key("handshake");
+        self.buf
+            .extend_from_slice(if t.hello.is_some() { b"true" } else { b"false" });
+        self.key("sni");
+        match t.hello.as_ref().and_then(|h| h.sni.as_ref()) {
+            Some(s) => escape(&mut self.buf, s.as_bytes()),
+            None => self.buf.extend_from_slice(b"null"),
+        }
+        for (k, list) in [
+            ("alpn", t.hello.as_ref().map(|h| &h.alpn)),
+            ("versions", t.hello.as_ref().map(|h| &h.versions)),
+        ] {
+            self.key(k);
+            self.buf.push(b'[');
+            for (i, v) in list.into_iter().flatten().enumerate() {
+                if i > 0 {
+                    self.buf.push(b',');
+                }
+                escape(&mut self.buf, v.as_bytes());
+            }
+            self.buf.push(b']');
+        }
+        self.end_line()
+    }
+
+    fn stats(&mut self, s: &Summary) -> io::Result<()> {
+        self.buf.extend_from_slice(b"{\"type\":\"stats\"");
+        let fields = [
+            ("packets", s.packets),
+            ("bytes", s.bytes),
+            ("tcp_segments", s.tcp_segments),
+            ("not_tcp", s.not_tcp),
+            ("undecodable", s.undecodable),
+            ("flows", s.flows),
+            ("max_concurrent_flows", s.max_concurrent_flows),
+            ("requests", s.requests),
+            ("exchanges", s.exchanges),
+            ("unanswered", s.unanswered),
+            ("orphan_responses", s.orphan_responses),
+            ("tls_flows", s.tls_flows),
+            ("resyncs", s.resyncs),
+            ("gaps", s.gaps),
+            ("gap_bytes", s.gap_bytes),
+            ("retransmitted", s.retransmitted),
+            ("out_of_order", s.out_of_order),
+            ("flows_evicted", s.flows_evicted),
+        ];
+        for (k, v) in fields {
+            self.key(k);
+            let _ = write!(self.buf, "{v}");
+        }
+        if let Some(k) = s.kernel {
+            for (name, v) in [
+                ("kernel_received", k.received),
+                ("kernel_dropped", k.dropped),
+                ("if_dropped", k.if_dropped),
+            ] {
+                self.key(name);
+                let _ = write!(self.buf, "{v}");
+            }
+        }
+        self.end_line()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        self.w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_base64() {
+        let mut o = Vec::new();
+        escape(&mut o, "a\"b\\c\n\u{1}é".as_bytes());
+        // Every byte value, inside and outside the word-at-a-time path.
+        for c in 0u8..128 {
+            for pos in [0usize, 3, 9, 15, 16, 23, 31, 39] {
+                let mut s = vec![b'x'; 41];
+                s[pos] = c;
+                let mut e = Vec::new();
+                escape(&mut e, &s);
+                let back: String = serde_json::from_slice(&e).unwrap();
+                assert_eq!(back.as_bytes(), &s[..], "byte {c} at {pos}");
+                assert_eq!(needs_escape(c), e.len() > s.len() + 2);
+            }
+        }
+        assert_eq!(
+            String::from_utf8(o.clone()).unwrap(),
+            r#""a\"b\\c\n\u0001é""#
+        );
+        let v: String = serde_json::from_slice(&o).unwrap();
+        assert_eq!(v, "a\"b\\c\n\u{1}é");
+        for (i, e) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"\xff\xfe\x00", "//4A"),
+        ] {
+            let mut o = Vec::new();
+            base64(&mut o, i);
+            assert_eq!(o, e.as_bytes());
+        }
+    }
+
+    #[test]
+    fn text_cut_mid_character_keeps_whole_characters() {
+        let s = "héllo".as_bytes();
+        assert_eq!(text_prefix(&s[..2], true), Some(&b"h"[..]));
+        assert_eq!(text_prefix(&s[..2], false), None);
+        assert_eq!(text_prefix(b"\x1f\x8b\x08\x00", false), None);
+        let mut o = Vec::new();
+        push_addr(&mut o, "10.0.0.1:8080".parse().unwrap());
+        push_addr(&mut o, "[fd00::1]:80".parse().unwrap());
+        push_u64(&mut o, 0);
+        assert_eq!(o, b"10.0.0.1:8080[fd00::1]:800");
+    }
+}
