@@ -8,6 +8,7 @@ pub mod report;
 pub mod volatile;
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::http::Exchange;
@@ -130,6 +131,81 @@ impl<W: Write> Shadow<W> {
     }
 }
 
+/// `sniff --shadow`'s output: finished exchanges go to the comparison; what else the sniffer
+/// reports (requests as they complete, orphan responses, TLS flows) is not about pairs.
+pub struct SniffOutput<W: Write> {
+    /// Taken by `stats`, which ends the comparison and writes its summary.
+    shadow: Option<Shadow<W>>,
+    /// Live captures show each pair as it is found rather than when the buffer fills.
+    live: bool,
+}
+
+impl<W: Write> SniffOutput<W> {
+    pub fn new(shadow: Shadow<W>, live: bool) -> SniffOutput<W> {
+        SniffOutput {
+            shadow: Some(shadow),
+            live,
+        }
+    }
+}
+
+impl<W: Write + Send> crate::sniff::output::Output for SniffOutput<W> {
+    fn request(
+        &mut self,
+        _: &crate::http::Request,
+        _: SocketAddr,
+        _: SocketAddr,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn exchange(&mut self, ex: &Exchange, _show_request: bool) -> io::Result<()> {
+        let Some(sh) = self.shadow.as_mut() else {
+            return Ok(());
+        };
+        sh.push(ex.clone())?;
+        if self.live {
+            sh.flush()?;
+        }
+        Ok(())
+    }
+
+    fn orphan(
+        &mut self,
+        _: &crate::http::Response,
+        _: SocketAddr,
+        _: SocketAddr,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn tls(&mut self, _: &crate::sniff::output::TlsFlow) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn stats(&mut self, _: &crate::sniff::output::Summary) -> io::Result<()> {
+        match self.shadow.take() {
+            Some(sh) => sh.finish().map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.shadow.as_mut() {
+            Some(sh) => sh.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn idle(&mut self, now: SystemTime) -> io::Result<()> {
+        let Some(sh) = self.shadow.as_mut() else {
+            return Ok(());
+        };
+        sh.tick(now)?;
+        sh.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +296,63 @@ mod tests {
         );
         assert_eq!(lines[3]["primaries_without_shadow"], 1);
         assert_eq!(lines[3]["shadows_without_primary"], 1);
+    }
+
+    /// A writer whose contents the test can read after the output took it.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn as_a_sniff_output() {
+        use crate::sniff::output::{Output, Summary};
+        let buf = Shared::default();
+        let cfg = pair::Config {
+            max_age: Duration::from_secs(5),
+            ..pair::Config::default()
+        };
+        let reporter = report::Reporter::new(buf.clone(), report::Style::Json);
+        let mut out = SniffOutput::new(Shadow::new(cfg, diff::Options::default(), reporter), true);
+        out.exchange(&exchange("catalog:80", "a", 1, 0, "[1]"), true)
+            .unwrap();
+        out.exchange(&exchange("catalog-shadow:80", "a", 2, 1, "[1]"), true)
+            .unwrap();
+        out.exchange(&exchange("catalog:80", "lonely", 3, 2, "[1]"), true)
+            .unwrap();
+        let lines = |b: &Shared| -> Vec<serde_json::Value> {
+            String::from_utf8(b.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        // Live: each pair is written as soon as it is found.
+        assert_eq!(lines(&buf).len(), 1);
+        assert_eq!(lines(&buf)[0]["verdict"], "same");
+        // Idle long enough: the lonely primary is reported without new traffic.
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        out.idle(later).unwrap();
+        assert_eq!(lines(&buf)[1]["type"], "shadow_unmatched");
+        assert_eq!(lines(&buf)[1]["reason"], "expired");
+        out.stats(&Summary::default()).unwrap();
+        let all = lines(&buf);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2]["type"], "shadow_summary");
+        assert_eq!(all[2]["primaries_without_shadow"], 1);
+        // After the summary, nothing more is written.
+        out.exchange(&exchange("catalog:80", "b", 4, 3, "[1]"), true)
+            .unwrap();
+        out.stats(&Summary::default()).unwrap();
+        assert_eq!(lines(&buf).len(), 3);
     }
 
     #[test]

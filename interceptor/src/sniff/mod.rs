@@ -28,6 +28,10 @@ Examples:
   The seeds' ngrep line, reassembled and paired (run on the node, as root or with CAP_NET_RAW):
     interceptor sniff -tW byline -d vethf6ac432b '' 'tcp port 3000'
 
+  Mirrored traffic: pair each shadow request (Host …-shadow) with its primary by
+  x-request-id and show how the two answers differ, with a summary on exit:
+    interceptor sniff --shadow -d vethf6ac432b '' 'tcp port 3000'
+
   Every HTTP exchange on all interfaces as JSON lines, for jq:
     interceptor sniff --json -d any '' 'tcp port 80' | jq 'select(.response.status >= 500)'
 
@@ -150,6 +154,10 @@ pub struct Args {
     /// Seconds after which a silent flow is closed.
     #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = 300)]
     pub idle_timeout: u64,
+
+    // Last: its options print under a heading of their own.
+    #[command(flatten)]
+    pub shadow: crate::shadow::ShadowArgs,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -194,6 +202,7 @@ impl Args {
         if self.count == Some(0) {
             bail!("-n 0: COUNT must be at least 1");
         }
+        self.shadow.settings().map_err(|e| anyhow!(e))?;
         if self.json && (self.layout != Layout::Byline || self.absolute || self.delta) {
             bail!("--json: -W, -t and -T shape the text output and cannot be combined with --json");
         }
@@ -253,7 +262,20 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    let out: Box<dyn output::Output> = if args.json {
+    let out: Box<dyn output::Output> = if args.shadow.shadow {
+        use crate::shadow::{report, Shadow, SniffOutput};
+        let (cfg, opts) = args.shadow.settings().map_err(|e| anyhow!(e))?;
+        let style = if args.json {
+            report::Style::Json
+        } else {
+            report::Style::text_for_stdout()
+        };
+        let writer = BufWriter::with_capacity(256 * 1024, io::stdout());
+        Box::new(SniffOutput::new(
+            Shadow::new(cfg, opts, report::Reporter::new(writer, style)),
+            live,
+        ))
+    } else if args.json {
         // The JSON writer buffers by itself and writes stdout in large blocks.
         Box::new(Json::new(io::stdout()))
     } else {
@@ -297,7 +319,13 @@ pub fn run(args: &Args) -> Result<()> {
             // After a signal, read on until the ring is empty: packets already captured
             // (up to one poll interval of them) are still reported.
             Next::Idle if stopping => break,
-            Next::Idle => continue,
+            Next::Idle => {
+                if let Err(e) = ctx.out.idle(SystemTime::now()) {
+                    ctx.error = Some(e);
+                    break;
+                }
+                continue;
+            }
             Next::End => break,
             Next::Gone(why) => {
                 gone = Some(why);

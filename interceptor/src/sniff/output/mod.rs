@@ -66,6 +66,11 @@ pub trait Output: Send {
     fn tls(&mut self, t: &TlsFlow) -> io::Result<()>;
     fn stats(&mut self, s: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// A live capture had nothing to read for a while (the shadow comparison reports, then,
+    /// exchanges whose partner is overdue).
+    fn idle(&mut self, _now: SystemTime) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Seconds and microseconds since the epoch (times before it clamp to zero).
