@@ -121,6 +121,9 @@ pub struct Unmatched {
     pub reason: Reason,
 }
 
+// A pair is twice an unmatched exchange; events live only between push and report, so
+// boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
     Pair(Pair),

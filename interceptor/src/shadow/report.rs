@@ -528,13 +528,7 @@ fn write_pair_text<W: Write>(
     // "  ~ " + where + "  " + primary + " │ " + shadow
     let col = width.saturating_sub(4 + ww + 2 + 3) / 2;
     let col = col.max(12);
-    writeln!(
-        o,
-        "    {}  {} │ {}",
-        fit("", ww),
-        fit("primary", col),
-        "shadow"
-    )?;
+    writeln!(o, "    {}  {} │ shadow", fit("", ww), fit("primary", col))?;
     for ((d, noise), w) in all.iter().zip(&wheres) {
         let (mark, code) = match (noise, d.kind) {
             (true, _) => ("·", DIM),
