@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The main job end to end, on its own: installs what is missing, builds, then in network
-# namespaces makes a "pod" with an app (uid 1000) and a sidecar proxy (HAProxy, uid 1337,
-# outbound :15001, inbound :15006), runs `interceptor init` inside it, and shows requests
-# going through the sidecar in both directions. Everything it makes is removed at the end.
+# namespaces:
+#  1. a "pod" with an app (uid 1000) and a sidecar proxy (HAProxy, uid 1337, outbound
+#     :15001, inbound :15006): `interceptor init` inside it, requests going through the
+#     sidecar in both directions, the sidecar's own traffic left alone, `cleanup`;
+#  2. the seeds' mirroring scenario (scripts/lab.sh): a webapp pod whose nginx sidecar
+#     mirrors to catalog v2 with Host catalog.istioinaction-shadow:80, `interceptor init` in
+#     it, and `interceptor sniff --shadow -d <webapp's veth> '' 'tcp port 3000'` on the node
+#     showing what v2 (which adds imageUrl) would have answered differently.
+# Everything it makes is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -81,3 +87,7 @@ in_pod setpriv --reuid=1337 --regid=1337 --clear-groups -- curl -sS -m 5 -D - -o
 echo "== interceptor cleanup"
 in_pod "$BIN" cleanup
 echo "   rules left in the pod's nat table: $(in_pod iptables -t nat -S | grep -c ISTIO || true)"
+
+echo
+echo "== the seeds' mirroring scenario: sniff --shadow on the node's veth to the webapp pod"
+INTERCEPTOR=$BIN LAB=icpt-demo bash scripts/lab.sh demo 5

@@ -61,6 +61,8 @@ start() {
   nohup nsenter --net="/run/netns/$ns" -- setpriv --reuid="$uid" --regid="$uid" --clear-groups -- \
     "$@" >"$LAB_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$LAB_DIR/$name.pid"
+  # `down` kills it; disowned, the shell neither waits for it nor reports its death.
+  disown $!
 }
 
 up() {
@@ -143,8 +145,10 @@ demo() {
   up
   trap down EXIT
   ( sleep 1; app "$n" >/dev/null ) &
+  local app_pid=$!
   sniff -n $((2 * n))
-  wait
+  # Only the app: a bare `wait` would also wait for the lab's servers, which never end.
+  wait "$app_pid"
 }
 
 down() {
