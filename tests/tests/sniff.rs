@@ -212,26 +212,50 @@ fn disturb(src: &Path, dst: &Path) -> Result<(usize, usize)> {
         x % 100
     };
     let (mut swapped, mut duplicated) = (0, 0);
-    let mut i = 0;
-    while i < recs.len() {
-        // Only packets travelling the same way can overtake each other on the wire.
-        let same_way = |a: &[u8], b: &[u8]| a.get(16 + 26..16 + 34) == b.get(16 + 26..16 + 34);
-        if i + 1 < recs.len() && same_way(recs[i], recs[i + 1]) && rnd() < 50 {
-            out.extend_from_slice(recs[i + 1]);
-            out.extend_from_slice(recs[i]);
-            swapped += 1;
-            i += 2;
+    // Only packets travelling the same way can overtake each other on the wire. Only
+    // segments that carry data are disturbed: reordered or repeated bare ACKs would leave
+    // the reassembler nothing to prove, and how many a capture has depends on timing.
+    let same_way = |a: &[u8], b: &[u8]| a.get(16 + 26..16 + 34) == b.get(16 + 26..16 + 34);
+    let mut moved = vec![false; recs.len()];
+    for i in 0..recs.len() {
+        if moved[i] {
             continue;
         }
+        if carries_data(recs[i]) && rnd() < 50 {
+            // The next data segment the same way, a few packets on, overtakes this one, as
+            // segments of one flight can on the wire; not past data going the other way,
+            // which it could not have been sent before.
+            let next = (i + 1..recs.len().min(i + 6))
+                .take_while(|&j| same_way(recs[i], recs[j]) || !carries_data(recs[j]))
+                .find(|&j| !moved[j] && carries_data(recs[j]));
+            if let Some(j) = next {
+                out.extend_from_slice(recs[j]);
+                moved[j] = true;
+                swapped += 1;
+            }
+        }
         out.extend_from_slice(recs[i]);
-        if rnd() < 15 {
+        if carries_data(recs[i]) && rnd() < 15 {
             out.extend_from_slice(recs[i]);
             duplicated += 1;
         }
-        i += 1;
     }
     std::fs::write(dst, out)?;
     Ok((swapped, duplicated))
+}
+
+/// Whether a pcap record (16-byte record header, Ethernet, IPv4, TCP) carries TCP payload.
+fn carries_data(rec: &[u8]) -> bool {
+    let ip = 16 + 14;
+    let (Some(&vihl), Some(len)) = (rec.get(ip), rec.get(ip + 2..ip + 4)) else {
+        return false;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let Some(&off) = rec.get(ip + ihl + 12) else {
+        return false;
+    };
+    total > ihl + usize::from(off >> 4) * 4
 }
 
 /// Runs the sniffer on a file; returns its JSON records.
