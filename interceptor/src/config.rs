@@ -823,11 +823,29 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// `init`'s flags as a user types them, checked into a [`Config`] with the given
+/// environment and no facts from this machine: the one way tests make a configuration.
+#[cfg(test)]
+pub(crate) fn config_from_flags(argv: &[&str], env: &CaptureEnv) -> Result<Config, ConfigError> {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        capture: CaptureArgs,
+    }
+    let mut full = vec!["init"];
+    full.extend_from_slice(argv);
+    let flags = Flags::try_parse_from(full).expect("clap parse");
+    Config::from_args(&flags.capture, env, &HostFacts::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The flags alone, for the tests that vary this machine's facts.
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
@@ -835,10 +853,7 @@ mod tests {
     }
 
     fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
-        let mut full = vec!["t"];
-        full.extend_from_slice(argv);
-        let t = T::try_parse_from(full).expect("clap parse");
-        Config::from_args(&t.a, &CaptureEnv::default(), &HostFacts::default())
+        config_from_flags(argv, &CaptureEnv::default())
     }
 
     fn err(argv: &[&str]) -> ConfigError {
@@ -1056,13 +1071,11 @@ mod tests {
 
     #[test]
     fn environment_variables() {
-        let t = T::try_parse_from(["t"]).unwrap();
-        let host = HostFacts::default();
         let env = CaptureEnv {
             owner_groups: Some("100,200".into()),
             ..Default::default()
         };
-        let c = Config::from_args(&t.a, &env, &host).unwrap();
+        let c = config_from_flags(&[], &env).unwrap();
         assert_eq!(
             c.owner_groups,
             OwnerGroups {
@@ -1074,7 +1087,7 @@ mod tests {
             owner_groups_exclude: Some("300".into()),
             ..Default::default()
         };
-        let c = Config::from_args(&t.a, &env, &host).unwrap();
+        let c = config_from_flags(&[], &env).unwrap();
         assert_eq!(
             c.owner_groups,
             OwnerGroups {
@@ -1087,7 +1100,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Config::from_args(&t.a, &env, &host)
+            config_from_flags(&[], &env)
                 .unwrap()
                 .loopback_cidr_v4
                 .to_string(),
@@ -1098,7 +1111,7 @@ mod tests {
                 ipv4_loopback_cidr: Some(bad_cidr.into()),
                 ..Default::default()
             };
-            let e = Config::from_args(&t.a, &env, &host).unwrap_err();
+            let e = config_from_flags(&[], &env).unwrap_err();
             assert_eq!(
                 (e.flag.as_str(), e.value.as_str()),
                 ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", bad_cidr)
@@ -1113,7 +1126,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Config::from_args(&t.a, &env, &host).unwrap_err().flag,
+            config_from_flags(&[], &env).unwrap_err().flag,
             "ISTIO_OUTBOUND_OWNER_GROUPS"
         );
     }

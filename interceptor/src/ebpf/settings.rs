@@ -335,22 +335,11 @@ pub fn parse_ids(flag: &str, value: &str) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CaptureArgs, CaptureEnv, HostFacts};
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: CaptureArgs,
-    }
+    use crate::config::{config_from_flags, CaptureEnv};
 
     /// `init`'s flags through the shared configuration into eBPF settings.
     fn from_flags(argv: &[&str]) -> Result<Settings> {
-        let mut full = vec!["t"];
-        full.extend_from_slice(argv);
-        let t = T::try_parse_from(full).expect("clap parse");
-        let cfg = Config::from_args(&t.a, &CaptureEnv::default(), &HostFacts::default())?;
-        Settings::from_config(&cfg)
+        Settings::from_config(&config_from_flags(argv, &CaptureEnv::default())?)
     }
 
     #[test]

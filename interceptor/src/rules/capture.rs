@@ -650,21 +650,11 @@ fn tproxy_marks(r: &mut RuleSet, cfg: &Config, mark: &str, lo4: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CaptureArgs, CaptureEnv, HostFacts};
+    use crate::config::{config_from_flags, CaptureEnv};
     use crate::rules::restore::Transaction;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: CaptureArgs,
-    }
 
     fn cfg_env(argv: &[&str], env: CaptureEnv) -> Config {
-        let mut full = vec!["t"];
-        full.extend_from_slice(argv);
-        let t = T::try_parse_from(full).expect("flags");
-        Config::from_args(&t.a, &env, &HostFacts::default()).expect("config")
+        config_from_flags(argv, &env).expect("config")
     }
 
     fn cfg(argv: &[&str]) -> Config {
