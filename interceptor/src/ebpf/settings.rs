@@ -304,22 +304,6 @@ pub fn parse_ports(flag: &str, value: &str) -> Result<Vec<u16>> {
     Ok(ports)
 }
 
-/// Parses a comma-separated CIDR list (`-i`, `-x`); a bare address is a /32 or /128.
-pub fn parse_cidrs(flag: &str, value: &str) -> Result<Vec<IpNet>> {
-    let mut nets = Vec::new();
-    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let net = match item.parse::<IpNet>() {
-            Ok(n) => n.trunc(),
-            Err(_) => match item.parse::<IpAddr>() {
-                Ok(a) => IpNet::from(a),
-                Err(_) => bail!("{flag}: `{item}` is not a CIDR or address in `{value}`"),
-            },
-        };
-        nets.push(net);
-    }
-    Ok(nets)
-}
-
 /// Parses a comma-separated uid or gid list (`-u`, `-g`).
 pub fn parse_ids(flag: &str, value: &str) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
@@ -451,16 +435,6 @@ mod tests {
         assert!(err.contains("-o") && err.contains("`http`"), "{err}");
         assert!(parse_ports("-o", "70000").is_err());
         assert!(parse_ports("-o", "0").is_err());
-    }
-
-    #[test]
-    fn cidrs_parse_truncate_and_reject_garbage() {
-        let nets = parse_cidrs("-x", "10.1.2.3/16,192.168.0.1,fd00::1/64").unwrap();
-        assert_eq!(nets[0].to_string(), "10.1.0.0/16");
-        assert_eq!(nets[1].to_string(), "192.168.0.1/32");
-        assert_eq!(nets[2].to_string(), "fd00::/64");
-        let err = parse_cidrs("-i", "10.0.0.0/33").unwrap_err().to_string();
-        assert!(err.contains("-i") && err.contains("10.0.0.0/33"), "{err}");
     }
 
     #[test]
