@@ -131,7 +131,21 @@ impl Ctx {
         }
     }
 
-    fn exchange(&mut self, ex: Exchange) {
+    /// Reports a request of flow `id` with its response, or without one when it never came.
+    fn exchange(
+        &mut self,
+        id: &FlowId,
+        (client, server): (SocketAddr, SocketAddr),
+        request: Request,
+        response: Option<Response>,
+    ) {
+        let ex = Exchange {
+            client,
+            server,
+            interface: self.interface_of(id),
+            request,
+            response,
+        };
         if ex.response.is_some() {
             self.counts.exchanges += 1;
         } else {
@@ -247,14 +261,7 @@ impl HttpFlow {
                     if self.pending.len() > MAX_PENDING {
                         self.asked.pop_front();
                         if let Some(old) = self.pending.pop_front() {
-                            let interface = ctx.interface_of(id);
-                            ctx.exchange(Exchange {
-                                client,
-                                server,
-                                interface,
-                                request: old,
-                                response: None,
-                            });
+                            ctx.exchange(id, (client, server), old, None);
                         }
                     }
                 }
@@ -263,15 +270,8 @@ impl HttpFlow {
                         continue; // interim (100 Continue): the final response follows
                     }
                     self.asked.pop_front();
-                    let interface = ctx.interface_of(id);
                     match self.pending.pop_front() {
-                        Some(req) => ctx.exchange(Exchange {
-                            client,
-                            server,
-                            interface,
-                            request: req,
-                            response: Some(r),
-                        }),
+                        Some(req) => ctx.exchange(id, (client, server), req, Some(r)),
                         None => ctx.orphan(r, client, server),
                     }
                 }
@@ -302,14 +302,7 @@ impl HttpFlow {
     ) {
         self.asked.clear();
         while let Some(req) = self.pending.pop_front() {
-            let interface = ctx.interface_of(id);
-            ctx.exchange(Exchange {
-                client,
-                server,
-                interface,
-                request: req,
-                response: None,
-            });
+            ctx.exchange(id, (client, server), req, None);
         }
     }
 }

@@ -59,6 +59,30 @@ impl<W: Write> Json<W> {
         self.buf.extend_from_slice(b"\":");
     }
 
+    /// Opens a record: `{"type":…,"ts":…,"client":…,"server":…` and the interface when known.
+    fn head(
+        &mut self,
+        kind: &[u8],
+        ts: SystemTime,
+        client: SocketAddr,
+        server: SocketAddr,
+        interface: Option<&str>,
+    ) {
+        self.buf.extend_from_slice(b"{\"type\":\"");
+        self.buf.extend_from_slice(kind);
+        self.buf.push(b'"');
+        self.key("ts");
+        self.ts(ts);
+        self.key("client");
+        self.addr(client);
+        self.key("server");
+        self.addr(server);
+        if let Some(i) = interface {
+            self.key("interface");
+            escape(&mut self.buf, i.as_bytes());
+        }
+    }
+
     fn addr(&mut self, a: SocketAddr) {
         self.buf.push(b'"');
         push_addr(&mut self.buf, a);
@@ -300,17 +324,13 @@ impl<W: Write + Send> Output for Json<W> {
     }
 
     fn exchange(&mut self, ex: &Exchange, _show_request: bool) -> io::Result<()> {
-        self.buf.extend_from_slice(b"{\"type\":\"exchange\"");
-        self.key("ts");
-        self.ts(ex.request.ts);
-        self.key("client");
-        self.addr(ex.client);
-        self.key("server");
-        self.addr(ex.server);
-        if let Some(i) = &ex.interface {
-            self.key("interface");
-            escape(&mut self.buf, i.as_bytes());
-        }
+        self.head(
+            b"exchange",
+            ex.request.ts,
+            ex.client,
+            ex.server,
+            ex.interface.as_deref(),
+        );
         self.key("request");
         self.request_obj(&ex.request);
         self.key("response");
@@ -336,30 +356,14 @@ impl<W: Write + Send> Output for Json<W> {
         client: SocketAddr,
         server: SocketAddr,
     ) -> io::Result<()> {
-        self.buf.extend_from_slice(b"{\"type\":\"response\"");
-        self.key("ts");
-        self.ts(resp.ts);
-        self.key("client");
-        self.addr(client);
-        self.key("server");
-        self.addr(server);
+        self.head(b"response", resp.ts, client, server, None);
         self.key("response");
         self.response_obj(resp);
         self.end_line()
     }
 
     fn tls(&mut self, t: &TlsFlow) -> io::Result<()> {
-        self.buf.extend_from_slice(b"{\"type\":\"tls\"");
-        self.key("ts");
-        self.ts(t.ts);
-        self.key("client");
-        self.addr(t.client);
-        self.key("server");
-        self.addr(t.server);
-        if let Some(i) = &t.interface {
-            self.key("interface");
-            escape(&mut self.buf, i.as_bytes());
-        }
+        self.head(b"tls", t.ts, t.client, t.server, t.interface.as_deref());
         self.key("handshake");
         self.buf
             .extend_from_slice(if t.hello.is_some() { b"true" } else { b"false" });
