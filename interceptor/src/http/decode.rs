@@ -114,6 +114,13 @@ impl Collector {
         }
     }
 
+    /// Keeps the raw bytes in `buf` (emptied first) rather than in a new buffer.
+    pub fn with_buffer(mut self, mut buf: Vec<u8>) -> Collector {
+        buf.clear();
+        self.raw = buf;
+        self
+    }
+
     pub fn push(&mut self, b: &[u8]) {
         if b.is_empty() {
             return;

@@ -21,8 +21,7 @@ pub struct Request {
     pub target: String,
     /// "HTTP/1.1" or "HTTP/1.0".
     pub version: String,
-    /// Header names lower-cased, in wire order, repeated names kept.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Body,
     /// Timestamp of the packet that carried the first byte of the request.
     pub ts: SystemTime,
@@ -33,7 +32,7 @@ pub struct Response {
     pub status: u16,
     pub reason: String,
     pub version: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Body,
     /// Timestamp of the packet that carried the first byte of the response.
     pub ts: SystemTime,
@@ -51,15 +50,15 @@ pub struct Exchange {
 }
 
 impl Request {
-    /// The first value of header `name` (lower-case).
+    /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        self.headers.get(name)
     }
 }
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        self.headers.get(name)
     }
 }
 
@@ -74,9 +73,171 @@ impl Exchange {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// The header fields of one message in wire order, repeated names kept, names lower-cased.
+///
+/// All fields live in one string (name, then value, field after field) with their ends
+/// beside it: a head of a dozen fields costs two buffers rather than two dozen strings,
+/// and a recycled `Headers` costs none.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// For each field: where its name ends and where its value ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Appends a field; the name is stored lower-cased.
+    pub fn push(&mut self, name: &str, value: &str) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        // Lower-casing ASCII letters keeps the string UTF-8.
+        self.text[start..].make_ascii_lowercase();
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end as u32, self.text.len() as u32));
+    }
+
+    /// The fields as (name, value), in wire order.
+    pub fn iter(&self) -> HeaderIter<'_> {
+        HeaderIter {
+            headers: self,
+            next: 0,
+        }
+    }
+
+    /// The first value of field `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties the list, keeping its buffers for reuse.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    /// Appends every field of `other` (trailer fields join the head's).
+    pub fn append(&mut self, other: &Headers) {
+        for (n, v) in other {
+            self.push(n, v);
+        }
+    }
+
+    /// Bytes held, for the recycling pool's bounds.
+    pub fn capacity(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * 8
+    }
+
+    fn field(&self, i: usize) -> (&str, &str) {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1].1 as usize,
+        };
+        let (name_end, end) = self.ends[i];
+        (
+            &self.text[start..name_end as usize],
+            &self.text[name_end as usize..end as usize],
+        )
+    }
+}
+
+pub struct HeaderIter<'a> {
+    headers: &'a Headers,
+    next: usize,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.headers.ends.len() {
+            return None;
+        }
+        self.next += 1;
+        Some(self.headers.field(self.next - 1))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.headers.ends.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for HeaderIter<'_> {}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = HeaderIter<'a>;
+
+    fn into_iter(self) -> HeaderIter<'a> {
+        self.iter()
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(it: I) -> Headers {
+        let mut h = Headers::new();
+        for (n, v) in it {
+            h.push(n, v);
+        }
+        h
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for Headers {
+    fn from(fields: [(&str, &str); N]) -> Headers {
+        fields.into_iter().collect()
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_keep_order_repeats_and_lower_case_names() {
+        let mut h = Headers::from([("Host", "a"), ("Set-Cookie", "x=1"), ("set-cookie", "y=2")]);
+        h.push("X-É", "é");
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [
+                ("host", "a"),
+                ("set-cookie", "x=1"),
+                ("set-cookie", "y=2"),
+                ("x-É", "é")
+            ]
+        );
+        assert_eq!(
+            (h.get("SET-COOKIE"), h.get("x-é"), h.len()),
+            (Some("x=1"), None, 4)
+        );
+        let mut t = Headers::new();
+        t.push("", "");
+        t.push("Trailer", "v");
+        h.append(&t);
+        assert_eq!(h.iter().nth(5), Some(("trailer", "v")));
+        assert_eq!(h.iter().nth(4), Some(("", "")));
+        h.clear();
+        assert!(h.is_empty() && h.iter().next().is_none());
+    }
 }

@@ -1,68 +1,117 @@
-//! Recycling of the small strings that header fields are made of.
+//! Recycling of reported messages.
 //!
-//! An offline `--json` run builds and drops a few dozen header strings per exchange; with
-//! the allocator's cost per string comparable to parsing the field, handing the strings of
-//! a reported exchange back to the parser that builds the next one saves a large share of
-//! the run. The pool is per thread and bounded in count and in string size.
+//! An offline `--json` run builds and drops tens of thousands of messages a second, each
+//! with a few strings, a header list and a body buffer; the allocator's cost for those is
+//! comparable to parsing them. Handing the buffers of a reported exchange back to the
+//! parser that builds the next message avoids it. The pool is per thread (the thread that
+//! parses) and bounded in count and in the size of what it keeps.
 
 use std::cell::RefCell;
+use std::time::SystemTime;
 
-use super::message::Exchange;
+use super::message::{Body, Exchange, Headers, Request, Response};
 
-const MAX_STRINGS: usize = 8192;
-const MAX_VECS: usize = 512;
-/// Larger strings are freed rather than kept.
-const MAX_KEPT_CAPACITY: usize = 1024;
+/// Messages kept per kind.
+const MAX_KEPT: usize = 256;
+/// Messages holding more than this (headers and body) are freed rather than kept.
+const MAX_KEPT_BYTES: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Pool {
-    strings: Vec<String>,
-    vecs: Vec<Vec<(String, String)>>,
+    requests: Vec<Request>,
+    responses: Vec<Response>,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// A string holding `s`, reusing a recycled buffer when there is one.
-pub fn string_from(s: &str) -> String {
-    let mut out = POOL
-        .with(|p| p.borrow_mut().strings.pop())
-        .unwrap_or_default();
-    out.push_str(s);
-    out
+/// An empty request stamped `ts`, reusing recycled buffers when there are some.
+pub fn request(ts: SystemTime) -> Request {
+    let mut r = POOL
+        .with(|p| p.borrow_mut().requests.pop())
+        .unwrap_or_else(|| Request {
+            method: String::new(),
+            target: String::new(),
+            version: String::new(),
+            headers: Headers::new(),
+            body: Body::default(),
+            ts,
+        });
+    r.ts = ts;
+    r
 }
 
-/// An empty header list with room for `n` fields.
-pub fn header_vec(n: usize) -> Vec<(String, String)> {
-    let mut v = POOL.with(|p| p.borrow_mut().vecs.pop()).unwrap_or_default();
-    v.reserve(n);
-    v
+/// An empty response stamped `ts`, reusing recycled buffers when there are some.
+pub fn response(ts: SystemTime) -> Response {
+    let mut r = POOL
+        .with(|p| p.borrow_mut().responses.pop())
+        .unwrap_or_else(|| Response {
+            status: 0,
+            reason: String::new(),
+            version: String::new(),
+            headers: Headers::new(),
+            body: Body::default(),
+            ts,
+        });
+    r.ts = ts;
+    r
 }
 
-fn give_headers(p: &mut Pool, mut hs: Vec<(String, String)>) {
-    for (mut n, mut v) in hs.drain(..) {
-        for s in [&mut n, &mut v] {
-            if p.strings.len() < MAX_STRINGS && s.capacity() <= MAX_KEPT_CAPACITY {
-                s.clear();
-                p.strings.push(std::mem::take(s));
-            }
-        }
+fn clear_body(b: &mut Body) {
+    b.data.clear();
+    b.len = 0;
+    b.truncated = false;
+}
+
+fn small(headers: &Headers, body: &Body, strings: usize) -> bool {
+    headers.capacity() + body.data.capacity() + strings <= MAX_KEPT_BYTES
+}
+
+/// Takes back a request that has been reported.
+pub fn recycle_request(mut r: Request) {
+    let strings = r.method.capacity() + r.target.capacity() + r.version.capacity();
+    if !small(&r.headers, &r.body, strings) {
+        return;
     }
-    if p.vecs.len() < MAX_VECS && hs.capacity() <= 256 {
-        p.vecs.push(hs);
-    }
-}
-
-/// Takes back the header strings of an exchange that has been reported.
-pub fn recycle(ex: Exchange) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        give_headers(&mut p, ex.request.headers);
-        if let Some(r) = ex.response {
-            give_headers(&mut p, r.headers);
+        if p.requests.len() < MAX_KEPT {
+            r.method.clear();
+            r.target.clear();
+            r.version.clear();
+            r.headers.clear();
+            clear_body(&mut r.body);
+            p.requests.push(r);
         }
     });
+}
+
+/// Takes back a response that has been reported.
+pub fn recycle_response(mut r: Response) {
+    let strings = r.reason.capacity() + r.version.capacity();
+    if !small(&r.headers, &r.body, strings) {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.responses.len() < MAX_KEPT {
+            r.status = 0;
+            r.reason.clear();
+            r.version.clear();
+            r.headers.clear();
+            clear_body(&mut r.body);
+            p.responses.push(r);
+        }
+    });
+}
+
+/// Takes back the messages of an exchange that has been reported.
+pub fn recycle(ex: Exchange) {
+    recycle_request(ex.request);
+    if let Some(r) = ex.response {
+        recycle_response(r);
+    }
 }
 
 #[cfg(test)]
@@ -70,22 +119,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strings_are_reused_and_the_pool_is_bounded() {
-        let a = string_from("content-type");
-        let ptr = a.as_ptr();
-        POOL.with(|p| give_headers(&mut p.borrow_mut(), vec![(a, String::with_capacity(4096))]));
-        let b = string_from("host");
-        assert_eq!((b.as_str(), b.as_ptr()), ("host", ptr));
-        // The oversized value was not kept.
-        assert!(POOL.with(|p| p.borrow().strings.is_empty()));
-        for _ in 0..MAX_STRINGS * 2 {
-            POOL.with(|p| {
-                give_headers(
-                    &mut p.borrow_mut(),
-                    vec![(String::from("x"), String::from("y"))],
-                )
-            });
-        }
-        assert!(POOL.with(|p| p.borrow().strings.len()) <= MAX_STRINGS);
+    fn messages_are_reused_empty_and_the_pool_is_bounded() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut a = request(t0);
+        a.method.push_str("GET");
+        a.headers.push("Host", "a");
+        a.body.data.extend_from_slice(b"body");
+        a.body.len = 4;
+        let ptr = a.body.data.as_ptr();
+        recycle_request(a);
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let b = request(t1);
+        assert_eq!((b.body.data.as_ptr(), b.ts), (ptr, t1));
+        assert!(b.method.is_empty() && b.headers.is_empty() && b.body == Body::default());
+        // An oversized message is not kept.
+        let mut big = response(t0);
+        big.body.data.reserve(MAX_KEPT_BYTES + 1);
+        recycle_response(big);
+        assert!(POOL.with(|p| p.borrow().responses.is_empty()));
+        let many: Vec<Request> = (0..MAX_KEPT * 2).map(|_| request(t0)).collect();
+        many.into_iter().for_each(recycle_request);
+        assert_eq!(POOL.with(|p| p.borrow().requests.len()), MAX_KEPT);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::decode::{Coding, Collector};
-use super::message::{Body, Request, Response};
+use super::message::{Headers, Request, Response};
 use super::pool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub enum BadFraming {
     TransferEncoding,
 }
 
-fn transfer_chunked(headers: &[(String, String)]) -> Option<bool> {
+fn transfer_chunked(headers: &Headers) -> Option<bool> {
     let mut last = None;
     for (n, v) in headers {
         if n == "transfer-encoding" {
@@ -106,7 +106,7 @@ fn transfer_chunked(headers: &[(String, String)]) -> Option<bool> {
     last
 }
 
-fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, BadFraming> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, BadFraming> {
     let mut found: Option<u64> = None;
     for (n, v) in headers {
         if n != "content-length" {
@@ -129,7 +129,7 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, BadFramin
 }
 
 /// Request body framing. Transfer-Encoding overrides Content-Length (RFC 9112 6.3 item 3).
-pub fn request_framing(headers: &[(String, String)]) -> Result<Framing, BadFraming> {
+pub fn request_framing(headers: &Headers) -> Result<Framing, BadFraming> {
     match transfer_chunked(headers) {
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Err(BadFraming::TransferEncoding),
@@ -144,7 +144,7 @@ pub fn request_framing(headers: &[(String, String)]) -> Result<Framing, BadFrami
 pub fn response_framing(
     status: u16,
     asked: Asked,
-    headers: &[(String, String)],
+    headers: &Headers,
 ) -> Result<Framing, BadFraming> {
     if asked == Asked::Head || (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Framing::None);
@@ -198,7 +198,7 @@ struct Current {
     head: Head,
     body: Collector,
     /// Trailer fields arrive after the body and join the headers.
-    trailers: Vec<(String, String)>,
+    trailers: Headers,
 }
 
 pub struct Parser {
@@ -465,37 +465,33 @@ impl Parser {
                     Ok(httparse::Status::Complete(_)) => {}
                     _ => return Err(()),
                 }
-                let headers = collect_headers(req.headers);
-                Ok(Head::Request(Request {
-                    method: req.method.unwrap_or_default().to_string(),
-                    target: req.path.unwrap_or_default().to_string(),
-                    version: version(req.version),
-                    headers,
-                    body: Body::default(),
-                    ts: self.msg_ts,
-                }))
+                let mut r = pool::request(self.msg_ts);
+                r.method.push_str(req.method.unwrap_or_default());
+                r.target.push_str(req.path.unwrap_or_default());
+                r.version.push_str(version(req.version));
+                collect_headers(req.headers, &mut r.headers);
+                Ok(Head::Request(r))
             }
             Role::Response => {
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut storage);
-                match resp.parse(head) {
+                let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let config = httparse::ParserConfig::default();
+                match config.parse_response_with_uninit_headers(&mut resp, head, &mut storage) {
                     Ok(httparse::Status::Complete(_)) => {}
                     _ => return Err(()),
                 }
-                let headers = collect_headers(resp.headers);
-                Ok(Head::Response(Response {
-                    status: resp.code.unwrap_or_default(),
-                    reason: resp.reason.unwrap_or_default().to_string(),
-                    version: version(resp.version),
-                    headers,
-                    body: Body::default(),
-                    ts: self.msg_ts,
-                }))
+                let mut r = pool::response(self.msg_ts);
+                r.status = resp.code.unwrap_or_default();
+                r.reason.push_str(resp.reason.unwrap_or_default());
+                r.version.push_str(version(resp.version));
+                collect_headers(resp.headers, &mut r.headers);
+                Ok(Head::Response(r))
             }
         }
     }
 
-    fn start_body(&mut self, head: Head, pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) {
+    fn start_body(&mut self, mut head: Head, pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) {
         let (framing, tunnel_after) = match &head {
             Head::Request(r) => {
                 if r.header("upgrade").is_some() {
@@ -515,11 +511,17 @@ impl Parser {
             Head::Request(r) => Coding::from_header(r.header("content-encoding")),
             Head::Response(r) => Coding::from_header(r.header("content-encoding")),
         };
-        let body = Collector::new(coding, self.limits.max_body, self.limits.max_decoded);
+        // The body goes into the (recycled) buffer of the message it belongs to.
+        let buffer = match &mut head {
+            Head::Request(r) => std::mem::take(&mut r.body.data),
+            Head::Response(r) => std::mem::take(&mut r.body.data),
+        };
+        let body = Collector::new(coding, self.limits.max_body, self.limits.max_decoded)
+            .with_buffer(buffer);
         self.cur = Some(Current {
             head,
             body,
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         });
         match framing {
             Ok(Framing::None) => self.complete(out, false),
@@ -559,7 +561,7 @@ impl Parser {
         match c.head {
             Head::Request(mut r) => {
                 r.body = body;
-                r.headers.extend(c.trailers);
+                r.headers.append(&c.trailers);
                 out.push(Parsed::Request(r));
             }
             Head::Response(mut r) => {
@@ -567,7 +569,7 @@ impl Parser {
                     self.answered += 1;
                 }
                 r.body = body;
-                r.headers.extend(c.trailers);
+                r.headers.append(&c.trailers);
                 out.push(Parsed::Response(r));
             }
         }
@@ -721,32 +723,29 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     (digits > 0 && rest_ok).then_some(n)
 }
 
-fn parse_trailers(b: &[u8]) -> Vec<(String, String)> {
+fn parse_trailers(b: &[u8]) -> Headers {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(b, &mut storage) {
-        Ok(httparse::Status::Complete((_, hs))) => collect_headers(hs),
-        _ => Vec::new(),
-    }
-}
-
-fn collect_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    let mut out = pool::header_vec(hs.len());
-    for h in hs {
-        let mut name = pool::string_from(h.name);
-        name.make_ascii_lowercase();
-        let value = match std::str::from_utf8(h.value) {
-            Ok(v) => pool::string_from(v),
-            Err(_) => String::from_utf8_lossy(h.value).into_owned(),
-        };
-        out.push((name, value));
+    let mut out = Headers::new();
+    if let Ok(httparse::Status::Complete((_, hs))) = httparse::parse_headers(b, &mut storage) {
+        collect_headers(hs, &mut out);
     }
     out
 }
 
-fn version(v: Option<u8>) -> String {
+/// Values that are not UTF-8 (obs-text) are kept with replacement characters.
+fn collect_headers(hs: &[httparse::Header<'_>], out: &mut Headers) {
+    for h in hs {
+        match std::str::from_utf8(h.value) {
+            Ok(v) => out.push(h.name, v),
+            Err(_) => out.push(h.name, &String::from_utf8_lossy(h.value)),
+        }
+    }
+}
+
+fn version(v: Option<u8>) -> &'static str {
     match v {
-        Some(0) => "HTTP/1.0".to_string(),
-        _ => "HTTP/1.1".to_string(),
+        Some(0) => "HTTP/1.0",
+        _ => "HTTP/1.1",
     }
 }
 

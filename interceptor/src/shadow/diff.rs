@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::volatile;
-use crate::http::{Body, Exchange};
+use crate::http::{Body, Exchange, Headers};
 
 /// Headers that differ between a primary and its shadow by design: set per request by the
 /// proxy or the tracer, or describing the connection rather than the message (bodies are
@@ -297,10 +297,10 @@ fn split_port(host: &str) -> (&str, &str) {
 
 /// The value of header `name` as one string, repeated headers joined as `, `; borrowed when
 /// the header appears once (the usual case: no allocation).
-fn joined<'a>(headers: &'a [(String, String)], name: &str) -> Option<Cow<'a, str>> {
+fn joined<'a>(headers: &'a Headers, name: &str) -> Option<Cow<'a, str>> {
     let mut it = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
     let (_, first) = it.next()?;
-    let mut out = Cow::Borrowed(first.as_str());
+    let mut out = Cow::Borrowed(first);
     for (_, v) in it {
         let o = out.to_mut();
         o.push_str(", ");
@@ -310,20 +310,17 @@ fn joined<'a>(headers: &'a [(String, String)], name: &str) -> Option<Cow<'a, str
 }
 
 /// Distinct header names, in first-seen order.
-fn names(headers: &[(String, String)]) -> impl Iterator<Item = &str> {
+fn names(headers: &Headers) -> impl Iterator<Item = &str> {
     headers.iter().enumerate().filter_map(move |(i, (n, _))| {
-        let first = !headers[..i].iter().any(|(m, _)| m.eq_ignore_ascii_case(n));
-        first.then_some(n.as_str())
+        let first = !headers
+            .iter()
+            .take(i)
+            .any(|(m, _)| m.eq_ignore_ascii_case(n));
+        first.then_some(n)
     })
 }
 
-fn headers(
-    c: &mut Comparison,
-    request: bool,
-    p: &[(String, String)],
-    sh: &[(String, String)],
-    opts: &Options,
-) {
+fn headers(c: &mut Comparison, request: bool, p: &Headers, sh: &Headers, opts: &Options) {
     let loc = |name: &str| Location::Header {
         request,
         name: name.to_ascii_lowercase(),
@@ -375,7 +372,7 @@ fn headers(
     }
 }
 
-fn is_json_type(headers: &[(String, String)]) -> bool {
+fn is_json_type(headers: &Headers) -> bool {
     headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type") && {
             let v = v.to_ascii_lowercase();
@@ -389,7 +386,7 @@ fn body(
     request: bool,
     p: &Body,
     sh: &Body,
-    p_headers: &[(String, String)],
+    p_headers: &Headers,
     opts: &Options,
 ) {
     if p.data == sh.data && p.len == sh.len {
@@ -878,10 +875,8 @@ mod tests {
         }
     }
 
-    fn hdrs(h: &[(&str, &str)]) -> Vec<(String, String)> {
-        h.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+    fn hdrs(h: &[(&str, &str)]) -> Headers {
+        h.iter().copied().collect()
     }
 
     fn ex(
@@ -892,7 +887,7 @@ mod tests {
         resp_body: &str,
     ) -> Exchange {
         let mut rh = hdrs(&[("host", host)]);
-        rh.extend(hdrs(req_h));
+        rh.append(&hdrs(req_h));
         Exchange {
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:3000".parse().unwrap(),

@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn exchange(host: &str, id: &str, port: u16, ms: u64, body: &str) -> Exchange {
-        use crate::http::{Body, Request, Response};
+        use crate::http::{Body, Headers, Request, Response};
         let t =
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms);
         Exchange {
@@ -229,10 +229,7 @@ mod tests {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![
-                    ("host".into(), host.into()),
-                    ("x-request-id".into(), id.into()),
-                ],
+                headers: Headers::from([("host", host), ("x-request-id", id)]),
                 body: Body::default(),
                 ts: t,
             },
@@ -240,7 +237,7 @@ mod tests {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![("content-type".into(), "application/json".into())],
+                headers: Headers::from([("content-type", "application/json")]),
                 body: Body {
                     data: body.as_bytes().to_vec(),
                     len: body.len() as u64,

@@ -399,16 +399,16 @@ fn unindex<K: Hash + Eq + Clone>(map: &mut HashMap<K, VecDeque<u64>>, key: &K, s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Body, Request, Response};
+    use crate::http::{Body, Headers, Request, Response};
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms)
     }
 
     fn ex(host: &str, id: Option<&str>, client_port: u16, ms: u64) -> Exchange {
-        let mut headers = vec![("host".to_string(), host.to_string())];
+        let mut headers = Headers::from([("host", host)]);
         if let Some(id) = id {
-            headers.push(("x-request-id".into(), id.into()));
+            headers.push("x-request-id", id);
         }
         Exchange {
             client: format!("10.0.0.1:{client_port}").parse().unwrap(),
@@ -426,7 +426,7 @@ mod tests {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![],
+                headers: Headers::new(),
                 body: Body::default(),
                 ts: at(ms + 1),
             }),
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(role_of(&primary(None, 1, 0)), Role::Primary);
         assert_eq!(role_of(&shadow(None, 1, 0)), Role::Shadow);
         let mut e = primary(None, 1, 0);
-        e.request.headers = vec![(":authority".into(), "reviews-shadow:9080".into())];
+        e.request.headers = Headers::from([(":authority", "reviews-shadow:9080")]);
         assert_eq!(role_of(&e), Role::Shadow);
         e.request.headers.clear();
         e.request.target = "http://reviews-shadow:9080/x".into();

@@ -555,7 +555,7 @@ mod tests {
     use super::super::diff::{compare, Options};
     use super::super::pair::{Reason, Role};
     use super::*;
-    use crate::http::{Body, Request, Response};
+    use crate::http::{Body, Headers, Request, Response};
     use std::time::{Duration, SystemTime};
 
     fn ex(host: &str, server: &str, latency_ms: u64, body: &str) -> Exchange {
@@ -568,10 +568,7 @@ mod tests {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![
-                    ("host".into(), host.into()),
-                    ("x-request-id".into(), "rid-1".into()),
-                ],
+                headers: Headers::from([("host", host), ("x-request-id", "rid-1")]),
                 body: Body::default(),
                 ts: t0,
             },
@@ -579,7 +576,7 @@ mod tests {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
-                headers: vec![("content-type".into(), "application/json".into())],
+                headers: Headers::from([("content-type", "application/json")]),
                 body: Body {
                     data: body.as_bytes().to_vec(),
                     len: body.len() as u64,

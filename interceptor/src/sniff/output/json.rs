@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::{epoch_micros, tunnel_kind, utc, Output, Summary, TlsFlow};
-use crate::http::{Body, Exchange, Request, Response};
+use crate::http::{Body, Exchange, Headers, Request, Response};
 
 pub struct Json<W: Write> {
     w: W,
@@ -89,7 +89,7 @@ impl<W: Write> Json<W> {
         self.buf.push(b'"');
     }
 
-    fn headers(&mut self, hs: &[(String, String)]) {
+    fn headers(&mut self, hs: &Headers) {
         self.buf.push(b'[');
         for (i, (n, v)) in hs.iter().enumerate() {
             if i > 0 {

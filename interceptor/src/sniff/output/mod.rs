@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::http::{Exchange, Request, Response};
+use crate::http::{Exchange, Headers, Request, Response};
 use crate::tls::ClientHello;
 
 /// A flow found to carry TLS.
@@ -125,7 +125,7 @@ pub fn tunnel_kind(ex: &Exchange) -> Option<String> {
 }
 
 /// Renders a message head and body as it went over the wire (for MATCH and display).
-pub fn wire_text(start: &str, headers: &[(String, String)], body: &[u8], out: &mut Vec<u8>) {
+pub fn wire_text(start: &str, headers: &Headers, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(start.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (n, v) in headers {

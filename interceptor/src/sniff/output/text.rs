@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use super::{request_line, status_line, tunnel_kind, utc, wire_text, Output, Summary, TlsFlow};
-use crate::http::{Body, Exchange, Request, Response};
+use crate::http::{Body, Exchange, Headers, Request, Response};
 
 /// `-W`: how a message is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,12 +83,7 @@ impl<W: Write> Text<W> {
         Ok(())
     }
 
-    fn message(
-        &mut self,
-        start: &str,
-        headers: &[(String, String)],
-        body: &Body,
-    ) -> io::Result<()> {
+    fn message(&mut self, start: &str, headers: &Headers, body: &Body) -> io::Result<()> {
         match self.layout {
             Layout::Byline => {
                 writeln!(self.w, "{start}")?;
