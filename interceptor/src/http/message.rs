@@ -45,8 +45,10 @@ pub struct Exchange {
     pub server: SocketAddr,
     /// The interface it was captured on, when known (capturing on `any`).
     pub interface: Option<String>,
-    pub request: Request,
-    pub response: Option<Response>,
+    // Boxed: messages are handed from parser to pairing to output, and moving a pointer
+    // costs less than moving a few hundred bytes each time.
+    pub request: Box<Request>,
+    pub response: Option<Box<Response>>,
 }
 
 impl Request {

@@ -18,8 +18,8 @@ const MAX_KEPT_BYTES: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Pool {
-    requests: Vec<Request>,
-    responses: Vec<Response>,
+    requests: Vec<Box<Request>>,
+    responses: Vec<Box<Response>>,
 }
 
 thread_local! {
@@ -27,32 +27,36 @@ thread_local! {
 }
 
 /// An empty request stamped `ts`, reusing recycled buffers when there are some.
-pub fn request(ts: SystemTime) -> Request {
+pub fn request(ts: SystemTime) -> Box<Request> {
     let mut r = POOL
         .with(|p| p.borrow_mut().requests.pop())
-        .unwrap_or_else(|| Request {
-            method: String::new(),
-            target: String::new(),
-            version: String::new(),
-            headers: Headers::new(),
-            body: Body::default(),
-            ts,
+        .unwrap_or_else(|| {
+            Box::new(Request {
+                method: String::new(),
+                target: String::new(),
+                version: String::new(),
+                headers: Headers::new(),
+                body: Body::default(),
+                ts,
+            })
         });
     r.ts = ts;
     r
 }
 
 /// An empty response stamped `ts`, reusing recycled buffers when there are some.
-pub fn response(ts: SystemTime) -> Response {
+pub fn response(ts: SystemTime) -> Box<Response> {
     let mut r = POOL
         .with(|p| p.borrow_mut().responses.pop())
-        .unwrap_or_else(|| Response {
-            status: 0,
-            reason: String::new(),
-            version: String::new(),
-            headers: Headers::new(),
-            body: Body::default(),
-            ts,
+        .unwrap_or_else(|| {
+            Box::new(Response {
+                status: 0,
+                reason: String::new(),
+                version: String::new(),
+                headers: Headers::new(),
+                body: Body::default(),
+                ts,
+            })
         });
     r.ts = ts;
     r
@@ -69,7 +73,7 @@ fn small(headers: &Headers, body: &Body, strings: usize) -> bool {
 }
 
 /// Takes back a request that has been reported.
-pub fn recycle_request(mut r: Request) {
+pub fn recycle_request(mut r: Box<Request>) {
     let strings = r.method.capacity() + r.target.capacity() + r.version.capacity();
     if !small(&r.headers, &r.body, strings) {
         return;
@@ -88,7 +92,7 @@ pub fn recycle_request(mut r: Request) {
 }
 
 /// Takes back a response that has been reported.
-pub fn recycle_response(mut r: Response) {
+pub fn recycle_response(mut r: Box<Response>) {
     let strings = r.reason.capacity() + r.version.capacity();
     if !small(&r.headers, &r.body, strings) {
         return;
@@ -137,7 +141,7 @@ mod tests {
         big.body.data.reserve(MAX_KEPT_BYTES + 1);
         recycle_response(big);
         assert!(POOL.with(|p| p.borrow().responses.is_empty()));
-        let many: Vec<Request> = (0..MAX_KEPT * 2).map(|_| request(t0)).collect();
+        let many: Vec<Box<Request>> = (0..MAX_KEPT * 2).map(|_| request(t0)).collect();
         many.into_iter().for_each(recycle_request);
         assert_eq!(POOL.with(|p| p.borrow().requests.len()), MAX_KEPT);
     }

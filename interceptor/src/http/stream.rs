@@ -45,8 +45,8 @@ impl Default for Limits {
 /// What the parser found.
 #[derive(Debug)]
 pub enum Parsed {
-    Request(Request),
-    Response(Response),
+    Request(Box<Request>),
+    Response(Box<Response>),
     /// After this the direction carries another protocol (Upgrade accepted, CONNECT).
     Tunnel,
     /// The parser lost its place (gap inside a head, garbage, unframeable message) and
@@ -190,8 +190,8 @@ enum State {
 
 /// A message whose head is parsed and whose body is being read.
 enum Head {
-    Request(Request),
-    Response(Response),
+    Request(Box<Request>),
+    Response(Box<Response>),
 }
 
 struct Current {

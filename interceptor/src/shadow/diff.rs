@@ -892,22 +892,22 @@ mod tests {
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:3000".parse().unwrap(),
             interface: None,
-            request: Request {
+            request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
                 headers: rh,
                 body: Body::default(),
                 ts: SystemTime::UNIX_EPOCH,
-            },
-            response: Some(Response {
+            }),
+            response: Some(Box::new(Response {
                 status,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
                 headers: hdrs(resp_h),
                 body: body(resp_body),
                 ts: SystemTime::UNIX_EPOCH,
-            }),
+            })),
         }
     }
 

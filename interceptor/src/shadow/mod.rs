@@ -225,15 +225,15 @@ mod tests {
             client: format!("10.123.1.2:{port}").parse().unwrap(),
             server: "10.123.2.2:3000".parse().unwrap(),
             interface: None,
-            request: Request {
+            request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
                 headers: Headers::from([("host", host), ("x-request-id", id)]),
                 body: Body::default(),
                 ts: t,
-            },
-            response: Some(Response {
+            }),
+            response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
@@ -244,7 +244,7 @@ mod tests {
                     truncated: false,
                 },
                 ts: t + Duration::from_millis(1),
-            }),
+            })),
         }
     }
 

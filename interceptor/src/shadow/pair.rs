@@ -414,22 +414,22 @@ mod tests {
             client: format!("10.0.0.1:{client_port}").parse().unwrap(),
             server: "10.0.0.2:3000".parse().unwrap(),
             interface: None,
-            request: Request {
+            request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
                 headers,
                 body: Body::default(),
                 ts: at(ms),
-            },
-            response: Some(Response {
+            }),
+            response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
                 headers: Headers::new(),
                 body: Body::default(),
                 ts: at(ms + 1),
-            }),
+            })),
         }
     }
 

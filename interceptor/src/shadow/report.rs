@@ -564,15 +564,15 @@ mod tests {
             client: "10.123.1.2:40000".parse().unwrap(),
             server: server.parse().unwrap(),
             interface: None,
-            request: Request {
+            request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
                 version: "HTTP/1.1".into(),
                 headers: Headers::from([("host", host), ("x-request-id", "rid-1")]),
                 body: Body::default(),
                 ts: t0,
-            },
-            response: Some(Response {
+            }),
+            response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
                 version: "HTTP/1.1".into(),
@@ -583,7 +583,7 @@ mod tests {
                     truncated: false,
                 },
                 ts: t0 + Duration::from_millis(latency_ms),
-            }),
+            })),
         }
     }
 

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::output::{request_line, status_line, wire_text, Output, TlsFlow};
+use super::writer::{Record, Writer};
 use crate::http::stream::{Asked, Limits, Parsed, Parser, Role};
-use crate::http::{Exchange, Request, Response};
+use crate::http::{pool, Exchange, Request, Response};
 use crate::reassembly::{CloseReason, Dir, FlowId, Handler};
 use crate::tls::{self, Hello};
 
@@ -20,7 +21,8 @@ const SNIFF_BYTES: usize = 8;
 /// Everything the flows share: limits, the output, MATCH, counters.
 pub struct Ctx {
     pub limits: Limits,
-    pub out: Box<dyn Output>,
+    /// The output, on its own thread.
+    pub out: Writer,
     /// MATCH; None when it matches everything.
     pub matcher: Option<regex::bytes::Regex>,
     /// Stop reporting after this many records (`-n`).
@@ -32,8 +34,6 @@ pub struct Ctx {
     pub resolve_ifindex: bool,
     ifnames: HashMap<u32, Option<String>>,
     pub counts: Counts,
-    /// First write error (a closed pipe): the run stops.
-    pub error: Option<std::io::Error>,
     scratch: Vec<Parsed>,
     text: Vec<u8>,
 }
@@ -49,10 +49,16 @@ pub struct Counts {
 }
 
 impl Ctx {
-    pub fn new(limits: Limits, out: Box<dyn Output>, matcher: Option<regex::bytes::Regex>) -> Ctx {
+    /// `live`: the capture is live, so output is handed over and flushed promptly.
+    pub fn new(
+        limits: Limits,
+        out: Box<dyn Output>,
+        matcher: Option<regex::bytes::Regex>,
+        live: bool,
+    ) -> Ctx {
         Ctx {
             limits,
-            out,
+            out: Writer::spawn(out, live),
             matcher,
             max_records: None,
             records: 0,
@@ -60,15 +66,14 @@ impl Ctx {
             resolve_ifindex: false,
             ifnames: HashMap::new(),
             counts: Counts::default(),
-            error: None,
             scratch: Vec::new(),
             text: Vec::new(),
         }
     }
 
-    /// True once `-n COUNT` records were written or output failed.
+    /// True once `-n COUNT` records were reported or output failed.
     pub fn finished(&self) -> bool {
-        self.error.is_some() || self.max_records.is_some_and(|m| self.records >= m)
+        self.out.failed() || self.max_records.is_some_and(|m| self.records >= m)
     }
 
     fn interface_of(&mut self, id: &FlowId) -> Option<String> {
@@ -110,25 +115,27 @@ impl Ctx {
         m.is_match(&self.text)
     }
 
-    fn write(&mut self, f: impl FnOnce(&mut dyn Output) -> std::io::Result<()>) {
-        if self.finished() {
-            return;
-        }
-        self.records += 1;
-        if let Err(e) = f(self.out.as_mut()) {
-            self.error = Some(e);
+    /// Hands a record to the output, unless the run is finished.
+    fn report(&mut self, r: Record) {
+        if !self.finished() {
+            self.records += 1;
+            self.out.push(r);
         }
     }
 
     fn request_done(&mut self, r: &Request, client: SocketAddr, server: SocketAddr) {
         self.counts.requests += 1;
-        if self.finished() || !self.matches_request(r) {
+        if !self.out.shows_requests() || self.finished() || !self.matches_request(r) {
             return;
         }
         // Shown now by the text output; not a record of its own (the exchange is).
-        if let Err(e) = self.out.request(r, client, server) {
-            self.error = Some(e);
-        }
+        let mut request = pool::request(r.ts);
+        (*request).clone_from(r);
+        self.out.push(Record::Request {
+            request,
+            client,
+            server,
+        });
     }
 
     /// Reports a request of flow `id` with its response, or without one when it never came.
@@ -136,8 +143,8 @@ impl Ctx {
         &mut self,
         id: &FlowId,
         (client, server): (SocketAddr, SocketAddr),
-        request: Request,
-        response: Option<Response>,
+        request: Box<Request>,
+        response: Option<Box<Response>>,
     ) {
         let ex = Exchange {
             client,
@@ -157,17 +164,27 @@ impl Ctx {
                 .response
                 .as_ref()
                 .is_some_and(|r| self.matches_response(r));
-        if matched {
+        if matched && !self.finished() {
             // The text output showed the request already when it matched on its own.
-            self.write(|o| o.exchange(&ex, !req_matched));
+            self.report(Record::Exchange {
+                exchange: ex,
+                show_request: !req_matched,
+            });
+        } else {
+            pool::recycle(ex);
         }
-        crate::http::pool::recycle(ex);
     }
 
-    fn orphan(&mut self, resp: Response, client: SocketAddr, server: SocketAddr) {
+    fn orphan(&mut self, response: Box<Response>, client: SocketAddr, server: SocketAddr) {
         self.counts.orphan_responses += 1;
-        if self.matches_response(&resp) {
-            self.write(|o| o.orphan(&resp, client, server));
+        if self.matches_response(&response) && !self.finished() {
+            self.report(Record::Orphan {
+                response,
+                client,
+                server,
+            });
+        } else {
+            pool::recycle_response(response);
         }
     }
 
@@ -183,7 +200,7 @@ impl Ctx {
                 return;
             }
         }
-        self.write(|o| o.tls(&t));
+        self.report(Record::Tls(t));
     }
 }
 
@@ -200,7 +217,7 @@ enum Carries {
 
 pub struct HttpFlow {
     dirs: [Carries; 2],
-    pending: VecDeque<Request>,
+    pending: VecDeque<Box<Request>>,
     asked: VecDeque<Asked>,
     done: bool,
 }
@@ -474,6 +491,7 @@ mod tests {
             },
             Box::new(Json::new(std::io::sink())),
             None,
+            false,
         );
         let mut seqs = [0u32; 16];
         let mut t = SystemTime::UNIX_EPOCH;

@@ -6,6 +6,7 @@
 
 pub mod flow;
 pub mod output;
+pub mod writer;
 
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -294,7 +295,7 @@ pub fn run(args: &Args) -> Result<()> {
         ..Limits::default()
     };
     let packet_matcher = matcher.clone();
-    let mut ctx = Ctx::new(limits, out, matcher);
+    let mut ctx = Ctx::new(limits, out, matcher, live);
     ctx.max_records = args.count;
     match args.device.as_deref() {
         Some("any") | None => ctx.resolve_ifindex = live,
@@ -320,10 +321,7 @@ pub fn run(args: &Args) -> Result<()> {
             // (up to one poll interval of them) are still reported.
             Next::Idle if stopping => break,
             Next::Idle => {
-                if let Err(e) = ctx.out.idle(SystemTime::now()) {
-                    ctx.error = Some(e);
-                    break;
-                }
+                ctx.out.idle(SystemTime::now());
                 continue;
             }
             Next::End => break,
@@ -350,6 +348,9 @@ pub fn run(args: &Args) -> Result<()> {
                     }
                 }
                 table.segment(&mut ctx, &seg, frame.ts);
+                if live {
+                    ctx.out.tick();
+                }
             }
             Err(Skip::NotTcp | Skip::Fragment) => sum.not_tcp += 1,
             Err(Skip::Truncated | Skip::Malformed) => sum.undecodable += 1,
@@ -385,13 +386,7 @@ pub fn run(args: &Args) -> Result<()> {
         if_dropped: k.if_dropped,
     });
 
-    if ctx.error.is_none() {
-        let r = ctx.out.stats(&sum).and_then(|_| ctx.out.flush());
-        if let Err(e) = r {
-            ctx.error = Some(e);
-        }
-    }
-    if let Some(e) = ctx.error.take() {
+    if let Err(e) = ctx.out.finish(&sum) {
         // A reader that went away (`| head`) is a normal end, not a failure.
         if e.kind() != io::ErrorKind::BrokenPipe {
             return Err(anyhow!("writing output: {e}"));

@@ -71,6 +71,11 @@ pub trait Output: Send {
     fn idle(&mut self, _now: SystemTime) -> io::Result<()> {
         Ok(())
     }
+    /// True when `request` shows something: the sniffer then hands over a copy of each
+    /// request as soon as it is complete.
+    fn shows_requests(&self) -> bool {
+        false
+    }
 }
 
 /// Seconds and microseconds since the epoch (times before it clamp to zero).

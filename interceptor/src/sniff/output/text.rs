@@ -144,6 +144,10 @@ impl<W: Write + Send> Output for Text<W> {
         self.message(&request_line(req), &req.headers, &req.body)
     }
 
+    fn shows_requests(&self) -> bool {
+        true
+    }
+
     fn exchange(&mut self, ex: &Exchange, show_request: bool) -> io::Result<()> {
         if show_request {
             self.request(&ex.request, ex.client, ex.server)?;

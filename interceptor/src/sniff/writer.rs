@@ -1,0 +1,366 @@
+//! The output side of the sniffer, on a thread of its own.
+//!
+//! Formatting (JSON escaping, the text layout, the shadow comparison) costs about as much
+//! as capture, reassembly and parsing together, so it runs beside them. Records cross in
+//! batches, which keeps the channel's cost per record small, and the batches come back with
+//! their messages so the parser reuses their buffers (`http::pool`). The channel is bounded:
+//! a slow reader of stdout slows the capture loop instead of growing memory.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::output::{Output, Summary, TlsFlow};
+use crate::http::{pool, Exchange, Request, Response};
+
+/// Records per batch.
+const BATCH: usize = 256;
+/// Batches in flight; with `BATCH` this bounds what the output thread lags behind.
+const IN_FLIGHT: usize = 8;
+/// A live capture hands over what it has at least this often, so output keeps up with
+/// the traffic even when little of it is HTTP.
+const LIVE_LATENCY: Duration = Duration::from_millis(20);
+
+/// What the sniffer reports, in the order it found it.
+pub enum Record {
+    /// A complete request, for outputs that show requests before their response.
+    Request {
+        request: Box<Request>,
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+    Exchange {
+        exchange: Exchange,
+        show_request: bool,
+    },
+    Orphan {
+        response: Box<Response>,
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+    Tls(TlsFlow),
+    /// A live capture had nothing to read for a while.
+    Idle(SystemTime),
+}
+
+impl Record {
+    fn write_to(&self, out: &mut dyn Output) -> io::Result<()> {
+        match self {
+            Record::Request {
+                request,
+                client,
+                server,
+            } => out.request(request, *client, *server),
+            Record::Exchange {
+                exchange,
+                show_request,
+            } => out.exchange(exchange, *show_request),
+            Record::Orphan {
+                response,
+                client,
+                server,
+            } => out.orphan(response, *client, *server),
+            Record::Tls(t) => out.tls(t),
+            Record::Idle(now) => out.idle(*now),
+        }
+    }
+
+    /// Gives the record's messages back to this thread's pool.
+    fn recycle(self) {
+        match self {
+            Record::Request { request, .. } => pool::recycle_request(request),
+            Record::Exchange { exchange, .. } => pool::recycle(exchange),
+            Record::Orphan { response, .. } => pool::recycle_response(response),
+            Record::Tls(_) | Record::Idle(_) => {}
+        }
+    }
+}
+
+/// The capture side's handle on the output thread.
+pub struct Writer {
+    batch: Vec<Record>,
+    /// When the first record of `batch` was added (live captures only).
+    batch_started: Option<Instant>,
+    live: bool,
+    shows_requests: bool,
+    to_thread: Option<SyncSender<Vec<Record>>>,
+    back: Receiver<Vec<Record>>,
+    spare: Vec<Vec<Record>>,
+    failed: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Box<dyn Output>, Option<io::Error>)>>,
+}
+
+impl Writer {
+    /// Starts the output thread. A live capture's output is flushed after every batch, so
+    /// what is found shows up within `LIVE_LATENCY` (or the capture's poll interval).
+    pub fn spawn(out: Box<dyn Output>, live: bool) -> Writer {
+        let shows_requests = out.shows_requests();
+        let (to_thread, from_main) = mpsc::sync_channel(IN_FLIGHT);
+        let (to_main, back) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("sniff-output".into())
+            .spawn(move || write_batches(out, from_main, to_main, flag, live))
+            .ok();
+        Writer {
+            batch: Vec::with_capacity(BATCH),
+            batch_started: None,
+            live,
+            shows_requests,
+            to_thread: Some(to_thread),
+            back,
+            spare: Vec::new(),
+            failed,
+            thread,
+        }
+    }
+
+    /// The output shows each request as soon as it is complete (the text layout).
+    pub fn shows_requests(&self) -> bool {
+        self.shows_requests
+    }
+
+    /// Writing failed (the reader went away, the disk is full): the run should stop.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.thread.is_none()
+    }
+
+    pub fn push(&mut self, r: Record) {
+        if self.live && self.batch.is_empty() {
+            self.batch_started = Some(Instant::now());
+        }
+        self.batch.push(r);
+        if self.batch.len() >= BATCH {
+            self.send();
+        }
+    }
+
+    /// Live captures: hands over what is waiting once it has waited `LIVE_LATENCY`.
+    pub fn tick(&mut self) {
+        if self
+            .batch_started
+            .is_some_and(|t| t.elapsed() >= LIVE_LATENCY)
+        {
+            self.send();
+        }
+    }
+
+    /// Nothing was captured for a while: hands over what is waiting, and tells the output.
+    pub fn idle(&mut self, now: SystemTime) {
+        self.batch.push(Record::Idle(now));
+        self.send();
+    }
+
+    fn send(&mut self) {
+        self.batch_started = None;
+        if self.batch.is_empty() {
+            return;
+        }
+        // Batches the output thread is done with: their messages go back to the pool.
+        while let Ok(mut done) = self.back.try_recv() {
+            done.drain(..).for_each(Record::recycle);
+            self.spare.push(done);
+        }
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH));
+        let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.to_thread {
+            if tx.send(full).is_err() {
+                // The thread ended (it panicked); `finish` reports it.
+                self.to_thread = None;
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands over the last records, waits for them to be written, then writes the
+    /// summary record and flushes.
+    pub fn finish(mut self, summary: &Summary) -> io::Result<()> {
+        self.send();
+        self.to_thread = None;
+        let Some(thread) = self.thread.take() else {
+            return Err(io::Error::other("could not start the output thread"));
+        };
+        let (mut out, error) = thread
+            .join()
+            .map_err(|_| io::Error::other("the output thread panicked"))?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        out.stats(summary)?;
+        out.flush()
+    }
+}
+
+/// The output thread: writes each batch, then hands it back.
+fn write_batches(
+    mut out: Box<dyn Output>,
+    batches: Receiver<Vec<Record>>,
+    back: Sender<Vec<Record>>,
+    failed: Arc<AtomicBool>,
+    live: bool,
+) -> (Box<dyn Output>, Option<io::Error>) {
+    let mut error = None;
+    for batch in batches {
+        if error.is_none() {
+            let written = batch
+                .iter()
+                .try_for_each(|r| r.write_to(out.as_mut()))
+                .and_then(|()| if live { out.flush() } else { Ok(()) });
+            if let Err(e) = written {
+                // Keep taking batches (so the capture side never blocks), write no more.
+                failed.store(true, Ordering::Relaxed);
+                error = Some(e);
+            }
+        }
+        if back.send(batch).is_err() {
+            break;
+        }
+    }
+    (out, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sniff::output::json::Json;
+    use std::sync::Mutex;
+
+    /// Collects what reaches it, or fails after `fail_after` writes.
+    #[derive(Clone)]
+    struct Probe {
+        seen: Arc<Mutex<Vec<String>>>,
+        fail_after: usize,
+    }
+
+    impl Output for Probe {
+        fn request(&mut self, r: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+            self.note(format!("request {}", r.target))
+        }
+        fn exchange(&mut self, ex: &Exchange, _: bool) -> io::Result<()> {
+            self.note(format!("exchange {}", ex.request.target))
+        }
+        fn orphan(&mut self, r: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+            self.note(format!("orphan {}", r.status))
+        }
+        fn tls(&mut self, _: &TlsFlow) -> io::Result<()> {
+            self.note("tls".into())
+        }
+        fn stats(&mut self, s: &Summary) -> io::Result<()> {
+            self.note(format!("stats {}", s.exchanges))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn shows_requests(&self) -> bool {
+            true
+        }
+    }
+
+    impl Probe {
+        fn note(&mut self, s: String) -> io::Result<()> {
+            let mut seen = self.seen.lock().unwrap();
+            if seen.len() >= self.fail_after {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            seen.push(s);
+            Ok(())
+        }
+    }
+
+    fn exchange(target: &str) -> Exchange {
+        let mut request = pool::request(SystemTime::UNIX_EPOCH);
+        request.target.push_str(target);
+        Exchange {
+            client: "10.0.0.1:1000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            interface: None,
+            request,
+            response: None,
+        }
+    }
+
+    #[test]
+    fn records_arrive_in_order_across_batches_then_the_summary() {
+        let probe = Probe {
+            seen: Arc::default(),
+            fail_after: usize::MAX,
+        };
+        let mut w = Writer::spawn(Box::new(probe.clone()), false);
+        assert!(w.shows_requests());
+        let n = BATCH * 3 + 7;
+        for i in 0..n {
+            w.push(Record::Exchange {
+                exchange: exchange(&format!("/{i}")),
+                show_request: true,
+            });
+        }
+        w.finish(&Summary {
+            exchanges: n as u64,
+            ..Summary::default()
+        })
+        .unwrap();
+        let seen = probe.seen.lock().unwrap();
+        let want: Vec<String> = (0..n)
+            .map(|i| format!("exchange /{i}"))
+            .chain([format!("stats {n}")])
+            .collect();
+        assert_eq!(*seen, want);
+    }
+
+    #[test]
+    fn a_write_error_stops_the_run_and_is_returned() {
+        let probe = Probe {
+            seen: Arc::default(),
+            fail_after: 10,
+        };
+        let mut w = Writer::spawn(Box::new(probe.clone()), false);
+        let mut pushed = 0;
+        while !w.failed() {
+            w.push(Record::Exchange {
+                exchange: exchange("/x"),
+                show_request: true,
+            });
+            pushed += 1;
+            assert!(pushed < 1_000_000, "the failure never showed");
+        }
+        let e = w.finish(&Summary::default()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(probe.seen.lock().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn live_output_is_handed_over_without_waiting_for_a_full_batch() {
+        let probe = Probe {
+            seen: Arc::default(),
+            fail_after: usize::MAX,
+        };
+        let mut w = Writer::spawn(Box::new(probe.clone()), true);
+        w.push(Record::Orphan {
+            response: pool::response(SystemTime::UNIX_EPOCH),
+            client: "10.0.0.1:1000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+        });
+        // Within a few latency periods the record is written without any more pushes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probe.seen.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the record never reached the output"
+            );
+            std::thread::sleep(LIVE_LATENCY / 2);
+            w.tick();
+        }
+        assert_eq!(*probe.seen.lock().unwrap(), ["orphan 0"]);
+        let json = Writer::spawn(Box::new(Json::new(io::sink())), true);
+        assert!(!json.shows_requests());
+        json.finish(&Summary::default()).unwrap();
+    }
+}
