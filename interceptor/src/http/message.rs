@@ -85,6 +85,25 @@ pub struct Headers {
     text: String,
     /// For each field: where its name ends and where its value ends in `text`.
     ends: Vec<(u32, u32)>,
+    /// Which of `KNOWN` are present: the parser asks for these in every message, and most
+    /// messages lack most of them.
+    known: u8,
+}
+
+/// Field names looked up for every message (framing, content coding, upgrades).
+const KNOWN: [&str; 4] = [
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "upgrade",
+];
+
+/// The bit of `KNOWN` that `name` (any case) is, or 0.
+fn known_bit(name: &str) -> u8 {
+    KNOWN
+        .iter()
+        .position(|k| k.len() == name.len() && k.eq_ignore_ascii_case(name))
+        .map_or(0, |i| 1 << i)
 }
 
 impl Headers {
@@ -101,21 +120,41 @@ impl Headers {
         let name_end = self.text.len();
         self.text.push_str(value);
         self.ends.push((name_end as u32, self.text.len() as u32));
+        self.known |= known_bit(name);
     }
 
     /// The fields as (name, value), in wire order.
     pub fn iter(&self) -> HeaderIter<'_> {
         HeaderIter {
-            headers: self,
-            next: 0,
+            text: &self.text,
+            ends: self.ends.iter(),
+            start: 0,
         }
     }
 
     /// The first value of field `name` (any case).
     pub fn get(&self, name: &str) -> Option<&str> {
+        if self.surely_lacks(name) {
+            return None;
+        }
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
+    }
+
+    /// Every value of field `name` (any case), in wire order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let skip = self.surely_lacks(name);
+        self.iter()
+            .take(if skip { 0 } else { usize::MAX })
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// True when `name` is one of `KNOWN` and not present.
+    fn surely_lacks(&self, name: &str) -> bool {
+        let bit = known_bit(name);
+        bit != 0 && self.known & bit == 0
     }
 
     pub fn len(&self) -> usize {
@@ -130,6 +169,7 @@ impl Headers {
     pub fn clear(&mut self) {
         self.text.clear();
         self.ends.clear();
+        self.known = 0;
     }
 
     /// Appends every field of `other` (trailer fields join the head's).
@@ -144,38 +184,35 @@ impl Headers {
         self.text.capacity() + self.ends.capacity() * 8
     }
 
-    fn field(&self, i: usize) -> (&str, &str) {
-        let start = match i {
-            0 => 0,
-            _ => self.ends[i - 1].1 as usize,
-        };
-        let (name_end, end) = self.ends[i];
-        (
-            &self.text[start..name_end as usize],
-            &self.text[name_end as usize..end as usize],
-        )
+    /// All names and values back to back (for a quick scan of every byte, as JSON
+    /// escaping does).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 }
 
 pub struct HeaderIter<'a> {
-    headers: &'a Headers,
-    next: usize,
+    text: &'a str,
+    ends: std::slice::Iter<'a, (u32, u32)>,
+    start: usize,
 }
 
 impl<'a> Iterator for HeaderIter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.headers.ends.len() {
-            return None;
-        }
-        self.next += 1;
-        Some(self.headers.field(self.next - 1))
+        let &(name_end, end) = self.ends.next()?;
+        let (name_end, end) = (name_end as usize, end as usize);
+        let field = (
+            self.text.get(self.start..name_end).unwrap_or_default(),
+            self.text.get(name_end..end).unwrap_or_default(),
+        );
+        self.start = end;
+        Some(field)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.headers.ends.len() - self.next;
-        (n, Some(n))
+        self.ends.size_hint()
     }
 }
 

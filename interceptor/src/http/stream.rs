@@ -93,13 +93,11 @@ pub enum BadFraming {
 
 fn transfer_chunked(headers: &Headers) -> Option<bool> {
     let mut last = None;
-    for (n, v) in headers {
-        if n == "transfer-encoding" {
-            for coding in v.split(',') {
-                let c = coding.trim();
-                if !c.is_empty() {
-                    last = Some(c.eq_ignore_ascii_case("chunked"));
-                }
+    for v in headers.get_all("transfer-encoding") {
+        for coding in v.split(',') {
+            let c = coding.trim();
+            if !c.is_empty() {
+                last = Some(c.eq_ignore_ascii_case("chunked"));
             }
         }
     }
@@ -108,10 +106,7 @@ fn transfer_chunked(headers: &Headers) -> Option<bool> {
 
 fn content_length(headers: &Headers) -> Result<Option<u64>, BadFraming> {
     let mut found: Option<u64> = None;
-    for (n, v) in headers {
-        if n != "content-length" {
-            continue;
-        }
+    for v in headers.get_all("content-length") {
         // A list of identical values is allowed (RFC 9110 8.6); anything else is not.
         for part in v.split(',') {
             let p = part.trim();
