@@ -8,6 +8,13 @@ use std::time::SystemTime;
 use super::{epoch_micros, tunnel_kind, utc, Output, Summary, TlsFlow};
 use crate::http::{Body, Exchange, Headers, Request, Response};
 
+/// Appends `,"name":` with the name known at compile time (one copy of a constant).
+macro_rules! key {
+    ($buf:expr, $k:literal) => {
+        $buf.extend_from_slice(concat!(",\"", $k, "\":").as_bytes())
+    };
+}
+
 pub struct Json<W: Write> {
     w: W,
     buf: Vec<u8>,
@@ -50,11 +57,9 @@ impl<W: Write> Json<W> {
         Ok(())
     }
 
+    /// `,"name":` for a key that is not the first of its object.
     fn key(&mut self, k: &str) {
-        if !matches!(self.buf.last(), Some(b'{') | None) {
-            self.buf.push(b',');
-        }
-        self.buf.push(b'"');
+        self.buf.extend_from_slice(b",\"");
         self.buf.extend_from_slice(k.as_bytes());
         self.buf.extend_from_slice(b"\":");
     }
@@ -71,14 +76,14 @@ impl<W: Write> Json<W> {
         self.buf.extend_from_slice(b"{\"type\":\"");
         self.buf.extend_from_slice(kind);
         self.buf.push(b'"');
-        self.key("ts");
+        key!(self.buf, "ts");
         self.ts(ts);
-        self.key("client");
+        key!(self.buf, "client");
         self.addr(client);
-        self.key("server");
+        key!(self.buf, "server");
         self.addr(server);
         if let Some(i) = interface {
-            self.key("interface");
+            key!(self.buf, "interface");
             escape(&mut self.buf, i.as_bytes());
         }
     }
@@ -90,78 +95,74 @@ impl<W: Write> Json<W> {
     }
 
     fn headers(&mut self, hs: &Headers) {
+        // One scan of all names and values decides whether any needs escaping; almost
+        // never, and then each is copied as it is.
+        let plain = scan(hs.text().as_bytes(), 0, false) == hs.text().len();
+        self.buf.reserve(hs.text().len() + 8 * hs.len() + 2);
         self.buf.push(b'[');
         for (i, (n, v)) in hs.iter().enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            self.buf.push(b'[');
-            escape(&mut self.buf, n.as_bytes());
-            self.buf.push(b',');
-            escape(&mut self.buf, v.as_bytes());
-            self.buf.push(b']');
+            if plain {
+                self.buf.extend_from_slice(b"[\"");
+                self.buf.extend_from_slice(n.as_bytes());
+                self.buf.extend_from_slice(b"\",\"");
+                self.buf.extend_from_slice(v.as_bytes());
+                self.buf.extend_from_slice(b"\"]");
+            } else {
+                self.buf.push(b'[');
+                escape(&mut self.buf, n.as_bytes());
+                self.buf.push(b',');
+                escape(&mut self.buf, v.as_bytes());
+                self.buf.push(b']');
+            }
         }
         self.buf.push(b']');
     }
 
     fn body(&mut self, b: &Body) {
-        self.key("body_len");
+        key!(self.buf, "body_len");
         push_u64(&mut self.buf, b.len);
-        self.key("body");
-        match text_prefix(&b.data, b.truncated) {
-            Some(text) => escape(&mut self.buf, text),
-            None => {
-                self.buf.push(b'"');
-                base64(&mut self.buf, &b.data);
-                self.buf.push(b'"');
-                self.key("body_encoding");
-                self.buf.extend_from_slice(b"\"base64\"");
-            }
+        key!(self.buf, "body");
+        if !text(&mut self.buf, &b.data, b.truncated) {
+            self.buf.push(b'"');
+            base64(&mut self.buf, &b.data);
+            self.buf.push(b'"');
+            key!(self.buf, "body_encoding");
+            self.buf.extend_from_slice(b"\"base64\"");
         }
         if b.truncated {
-            self.key("body_truncated");
+            key!(self.buf, "body_truncated");
             self.buf.extend_from_slice(b"true");
         }
     }
 
     fn request_obj(&mut self, r: &Request) {
-        self.buf.push(b'{');
-        self.key("method");
+        self.buf.extend_from_slice(b"{\"method\":");
         escape(&mut self.buf, r.method.as_bytes());
-        self.key("target");
+        key!(self.buf, "target");
         escape(&mut self.buf, r.target.as_bytes());
-        self.key("version");
+        key!(self.buf, "version");
         escape(&mut self.buf, r.version.as_bytes());
-        self.key("headers");
+        key!(self.buf, "headers");
         self.headers(&r.headers);
         self.body(&r.body);
         self.buf.push(b'}');
     }
 
     fn response_obj(&mut self, r: &Response) {
-        self.buf.push(b'{');
-        self.key("status");
+        self.buf.extend_from_slice(b"{\"status\":");
         push_u64(&mut self.buf, u64::from(r.status));
-        self.key("reason");
+        key!(self.buf, "reason");
         escape(&mut self.buf, r.reason.as_bytes());
-        self.key("version");
+        key!(self.buf, "version");
         escape(&mut self.buf, r.version.as_bytes());
-        self.key("headers");
+        key!(self.buf, "headers");
         self.headers(&r.headers);
         self.body(&r.body);
         self.buf.push(b'}');
     }
-}
-
-/// The body as UTF-8 text if it is text; a body cut mid-character keeps the whole
-/// characters before the cut.
-fn text_prefix(data: &[u8], truncated: bool) -> Option<&[u8]> {
-    match std::str::from_utf8(data) {
-        Ok(_) => Some(data),
-        Err(e) if truncated && e.error_len().is_none() => Some(&data[..e.valid_up_to()]),
-        Err(_) => None,
-    }
-    .filter(|t| memchr::memchr(0, t).is_none())
 }
 
 /// Bytes that need escaping in a JSON string: controls, DEL, quote, backslash.
@@ -169,25 +170,28 @@ const fn needs_escape(c: u8) -> bool {
     c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
 }
 
-/// Bit 7 of each byte of the result is set where the byte of `w` needs escaping; the
-/// lowest set bit is exact (higher ones may be false positives from borrows). SWAR, one
-/// word at a time, since escaping bodies and headers dominates a `--json` run.
+/// Bit 7 of each byte of the result is set where the byte of `w` needs escaping (or is
+/// not ASCII, with `high`); the lowest set bit is exact (higher ones may be false positives
+/// from borrows). SWAR, one word at a time.
 #[inline]
-fn escape_mask(w: u64) -> u64 {
+fn escape_mask(w: u64, high: bool) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let non_ascii = if high { w & HIGH } else { 0 };
     below_space
+        | non_ascii
         | zero_in(w ^ (ONES * b'"' as u64))
         | zero_in(w ^ (ONES * b'\\' as u64))
         | zero_in(w ^ (ONES * 0x7f))
 }
 
-/// One bit per byte of `chunk` (16 bytes) that needs escaping.
+/// One bit per byte of `chunk` (16 bytes) that needs escaping (or is not ASCII, with
+/// `high`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn sse2_escape_mask(chunk: &[u8]) -> u32 {
+fn sse2_escape_mask(chunk: &[u8], high: bool) -> u32 {
     use std::arch::x86_64::*;
     debug_assert!(chunk.len() >= 16);
     // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and reads the
@@ -199,10 +203,56 @@ fn sse2_escape_mask(chunk: &[u8]) -> u32 {
         let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
         let bslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
-        _mm_movemask_epi8(_mm_or_si128(
+        let special = _mm_movemask_epi8(_mm_or_si128(
             _mm_or_si128(ctl, quote),
             _mm_or_si128(bslash, del),
-        )) as u32
+        )) as u32;
+        // The sign bit of each byte is set exactly for bytes >= 0x80.
+        let non_ascii = if high { _mm_movemask_epi8(v) as u32 } else { 0 };
+        special | non_ascii
+    }
+}
+
+/// Index of the first byte of `b` from `i` on that needs escaping (or is not ASCII, with
+/// `high`); `b.len()` if none. 16 bytes at a time with SSE2 (always present on x86_64),
+/// then 8 at a time: escaping bodies and headers dominates a `--json` run.
+#[inline]
+fn scan(b: &[u8], mut i: usize, high: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    while i + 16 <= b.len() {
+        let m = sse2_escape_mask(&b[i..i + 16], high);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let m = escape_mask(w, high);
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && !(needs_escape(b[i]) || (high && b[i] >= 0x80)) {
+        i += 1;
+    }
+    i
+}
+
+fn push_escaped(out: &mut Vec<u8>, c: u8) {
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 15)]);
+        }
     }
 }
 
@@ -211,56 +261,57 @@ pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
     out.reserve(b.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    let mut i = 0;
     loop {
-        // Skip to the next byte that needs escaping: 16 bytes at a time with SSE2 (always
-        // present on x86_64), then 8 at a time.
-        #[cfg(target_arch = "x86_64")]
-        while i + 16 <= b.len() {
-            let m = sse2_escape_mask(&b[i..i + 16]);
-            if m != 0 {
-                i += m.trailing_zeros() as usize;
-                break;
-            }
-            i += 16;
+        let i = scan(b, start, false);
+        out.extend_from_slice(&b[start..i]);
+        if i >= b.len() {
+            break;
         }
-        while i + 8 <= b.len() {
-            let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-            let m = escape_mask(w);
-            if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        if i + 8 > b.len() {
-            while i < b.len() && !needs_escape(b[i]) {
-                i += 1;
-            }
-        }
+        push_escaped(out, b[i]);
+        start = i + 1;
+    }
+    out.push(b'"');
+}
+
+/// Writes a body as a JSON string if it is text: UTF-8 without NUL bytes. A body cut
+/// (`truncated`) mid-character keeps the whole characters before the cut. Returns false,
+/// having written nothing, for binary data. One pass: the scan that finds bytes to escape
+/// also stops at the first non-ASCII byte, and only then is the rest checked as UTF-8.
+fn text(out: &mut Vec<u8>, mut b: &[u8], truncated: bool) -> bool {
+    let mark = out.len();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut high = true;
+    loop {
+        let i = scan(b, start, high);
+        out.extend_from_slice(&b[start..i]);
         if i >= b.len() {
             break;
         }
         let c = b[i];
-        out.extend_from_slice(&b[start..i]);
-        match c {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(c >> 4)]);
-                out.push(HEX[usize::from(c & 15)]);
+        if c >= 0x80 {
+            match std::str::from_utf8(&b[i..]) {
+                Ok(_) => {}
+                Err(e) if truncated && e.error_len().is_none() => b = &b[..i + e.valid_up_to()],
+                Err(_) => {
+                    out.truncate(mark);
+                    return false;
+                }
             }
+            high = false;
+            start = i;
+            continue;
         }
-        i += 1;
-        start = i;
+        if c == 0 {
+            out.truncate(mark);
+            return false;
+        }
+        push_escaped(out, c);
+        start = i + 1;
     }
-    out.extend_from_slice(&b[start..]);
     out.push(b'"');
+    true
 }
 
 /// Appends `n` in decimal.
@@ -331,20 +382,20 @@ impl<W: Write + Send> Output for Json<W> {
             ex.server,
             ex.interface.as_deref(),
         );
-        self.key("request");
+        key!(self.buf, "request");
         self.request_obj(&ex.request);
-        self.key("response");
+        key!(self.buf, "response");
         match &ex.response {
             Some(r) => self.response_obj(r),
             None => self.buf.extend_from_slice(b"null"),
         }
-        self.key("latency_us");
+        key!(self.buf, "latency_us");
         match ex.latency_us() {
             Some(l) => push_u64(&mut self.buf, l),
             None => self.buf.extend_from_slice(b"null"),
         }
         if let Some(t) = tunnel_kind(ex) {
-            self.key("tunnel");
+            key!(self.buf, "tunnel");
             escape(&mut self.buf, t.as_bytes());
         }
         self.end_line()
@@ -357,17 +408,17 @@ impl<W: Write + Send> Output for Json<W> {
         server: SocketAddr,
     ) -> io::Result<()> {
         self.head(b"response", resp.ts, client, server, None);
-        self.key("response");
+        key!(self.buf, "response");
         self.response_obj(resp);
         self.end_line()
     }
 
     fn tls(&mut self, t: &TlsFlow) -> io::Result<()> {
         self.head(b"tls", t.ts, t.client, t.server, t.interface.as_deref());
-        self.key("handshake");
+        key!(self.buf, "handshake");
         self.buf
             .extend_from_slice(if t.hello.is_some() { b"true" } else { b"false" });
-        self.key("sni");
+        key!(self.buf, "sni");
         match t.hello.as_ref().and_then(|h| h.sni.as_ref()) {
             Some(s) => escape(&mut self.buf, s.as_bytes()),
             None => self.buf.extend_from_slice(b"null"),
@@ -453,6 +504,7 @@ mod tests {
                 let back: String = serde_json::from_slice(&e).unwrap();
                 assert_eq!(back.as_bytes(), &s[..], "byte {c} at {pos}");
                 assert_eq!(needs_escape(c), e.len() > s.len() + 2);
+                assert_eq!(scan(&s, 0, false), if needs_escape(c) { pos } else { 41 });
             }
         }
         assert_eq!(
@@ -474,12 +526,42 @@ mod tests {
         }
     }
 
+    /// `text` as a string, or None for binary.
+    fn text_of(b: &[u8], truncated: bool) -> Option<String> {
+        let mut o = b"prefix".to_vec();
+        if !text(&mut o, b, truncated) {
+            assert_eq!(o, b"prefix", "nothing is left behind for binary data");
+            return None;
+        }
+        Some(serde_json::from_slice(&o[6..]).unwrap())
+    }
+
     #[test]
     fn text_cut_mid_character_keeps_whole_characters() {
         let s = "héllo".as_bytes();
-        assert_eq!(text_prefix(&s[..2], true), Some(&b"h"[..]));
-        assert_eq!(text_prefix(&s[..2], false), None);
-        assert_eq!(text_prefix(b"\x1f\x8b\x08\x00", false), None);
+        assert_eq!(text_of(&s[..2], true).as_deref(), Some("h"));
+        assert_eq!(text_of(&s[..2], false), None);
+        assert_eq!(text_of(b"\x1f\x8b\x08\x00", false), None);
+        assert_eq!(
+            text_of("a\"é\n€".as_bytes(), false).as_deref(),
+            Some("a\"é\n€")
+        );
+        // Every byte value at positions inside and outside the vector and word paths:
+        // text exactly when std calls it UTF-8 and it has no NUL; the same text back.
+        for c in 0u8..=255 {
+            for pos in [0usize, 5, 15, 16, 20, 33, 40] {
+                let mut b = vec![b'y'; 41];
+                b[pos] = c;
+                let want = std::str::from_utf8(&b)
+                    .ok()
+                    .filter(|t| !t.contains('\0'))
+                    .map(str::to_string);
+                assert_eq!(text_of(&b, false), want, "byte {c} at {pos}");
+            }
+        }
+        let long = "é".repeat(40);
+        assert_eq!(text_of(&long.as_bytes()[..79], true), Some("é".repeat(39)));
+        assert_eq!(text_of(&long.as_bytes()[..79], false), None);
         let mut o = Vec::new();
         push_addr(&mut o, "10.0.0.1:8080".parse().unwrap());
         push_addr(&mut o, "[fd00::1]:80".parse().unwrap());
