@@ -11,7 +11,7 @@
 //! is closed in one pass.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -163,7 +163,7 @@ struct Flow<H> {
 }
 
 /// Canonical 4-tuple: the smaller endpoint first, so both directions find the same flow.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Key(SocketAddr, SocketAddr);
 
 impl Key {
@@ -176,31 +176,49 @@ impl Key {
     }
 }
 
-/// FNV-1a: the keys come from the capture, and SipHash's DoS resistance buys little for a
-/// table that is bounded and evicts; speed per packet matters more here.
-#[derive(Default)]
-pub struct Fnv(u64);
+/// One 64-bit word per endpoint (address folded, port), mixed: hashing happens for every
+/// packet, and `SocketAddr`'s own `Hash` feeds the hasher field by field.
+fn endpoint_word(s: &SocketAddr) -> u64 {
+    let ip = match s {
+        SocketAddr::V4(v4) => u64::from(u32::from(*v4.ip())),
+        SocketAddr::V6(v6) => {
+            let x = u128::from(*v6.ip());
+            (x as u64) ^ ((x >> 64) as u64).rotate_left(17)
+        }
+    };
+    ip.rotate_left(16) ^ u64::from(s.port())
+}
 
-impl Hasher for Fnv {
+impl Hash for Key {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        state.write_u64(endpoint_word(&self.0) ^ endpoint_word(&self.1).rotate_left(32));
+    }
+}
+
+/// Multiply-xorshift over the key's one word. The keys come from the capture, and
+/// SipHash's DoS resistance buys little for a table that is bounded and evicts; speed per
+/// packet matters more here.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        self.0
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf29ce484222325
-        } else {
-            self.0
-        };
+        // Not used by `Key`; kept correct for any other key type.
         for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x100000001b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
         }
-        self.0 = h;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
 }
 
 pub struct Table<H: Handler> {
-    flows: HashMap<Key, Flow<H>, BuildHasherDefault<Fnv>>,
+    flows: HashMap<Key, Flow<H>, BuildHasherDefault<KeyHasher>>,
     cfg: Config,
     pub stats: Stats,
     next_sweep: Option<SystemTime>,
@@ -346,8 +364,14 @@ impl<H: Handler> Table<H> {
 
     /// Ends every flow (end of the capture, or shutdown).
     pub fn finish(&mut self, ctx: &mut H::Ctx, ts: SystemTime) {
-        let keys: Vec<Key> = self.flows.keys().copied().collect();
-        for k in keys {
+        // In order of last activity, so the output does not depend on the hash.
+        let mut keys: Vec<(SystemTime, SocketAddr, SocketAddr, Key)> = self
+            .flows
+            .iter()
+            .map(|(k, f)| (f.last_seen, f.id.orig, f.id.resp, *k))
+            .collect();
+        keys.sort_unstable_by_key(|&(t, o, r, _)| (t, o, r));
+        for (_, _, _, k) in keys {
             self.remove(ctx, k, CloseReason::EndOfCapture, ts);
         }
     }

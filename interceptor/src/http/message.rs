@@ -100,10 +100,19 @@ const KNOWN: [&str; 4] = [
 
 /// The bit of `KNOWN` that `name` (any case) is, or 0.
 fn known_bit(name: &str) -> u8 {
-    KNOWN
-        .iter()
-        .position(|k| k.len() == name.len() && k.eq_ignore_ascii_case(name))
-        .map_or(0, |i| 1 << i)
+    // The lengths differ, so one comparison at most.
+    let i = match name.len() {
+        14 => 0,
+        17 => 1,
+        16 => 2,
+        7 => 3,
+        _ => return 0,
+    };
+    if KNOWN[i].eq_ignore_ascii_case(name) {
+        1 << i
+    } else {
+        0
+    }
 }
 
 impl Headers {

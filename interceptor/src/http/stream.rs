@@ -382,37 +382,43 @@ impl Parser {
     fn head(&mut self, data: &[u8], pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) -> usize {
         let scan_from = self.buf.len().saturating_sub(3);
         let had = self.buf.len();
-        // Fast path: the whole head is in this segment, parse it in place.
-        let end = if had == 0 {
-            head_end(data, 0)
-        } else {
-            let room = self.limits.max_head.saturating_sub(had);
-            let take = data.len().min(room);
-            self.buf.extend_from_slice(&data[..take]);
-            head_end(&self.buf, scan_from)
-        };
-        match end {
-            Some(end) => {
-                let (head, used) = if had == 0 {
-                    (&data[..end], end)
-                } else {
-                    (&self.buf[..end], end - had)
-                };
-                let parsed = self.parse_head(head);
-                self.buf = Vec::new();
-                match parsed {
-                    Ok(h) => self.start_body(h, pending, out),
-                    Err(()) => self.lose(out),
+        if had == 0 {
+            // Fast path: parse in place; usually the whole head is in this segment.
+            return match self.parse_head(data) {
+                Ok(Some((h, used))) => {
+                    self.start_body(h, pending, out);
+                    used
                 }
-                used
-            }
-            None if had == 0 => {
-                if data.len() > self.limits.max_head || self.early_garbage(data) {
-                    self.lose(out);
-                } else {
+                Ok(None) if data.len() <= self.limits.max_head && !self.early_garbage(data) => {
                     self.buf.extend_from_slice(data);
+                    data.len()
                 }
-                data.len()
+                Ok(None) => {
+                    self.lose(out);
+                    data.len()
+                }
+                Err(()) => {
+                    // Not a head: look for the next message start after its first line
+                    // (not at it, or the same bytes would be tried again).
+                    self.lose(out);
+                    self.at_line_start = false;
+                    0
+                }
+            };
+        }
+        let room = self.limits.max_head.saturating_sub(had);
+        let take = data.len().min(room);
+        self.buf.extend_from_slice(&data[..take]);
+        // Only a new blank line can complete the head: look for one before parsing again,
+        // so a head trickling in byte by byte costs linear time.
+        match head_end(&self.buf, scan_from) {
+            Some(end) => {
+                let buf = std::mem::take(&mut self.buf);
+                match self.parse_head(&buf[..end]) {
+                    Ok(Some((h, _))) => self.start_body(h, pending, out),
+                    Ok(None) | Err(()) => self.lose(out),
+                }
+                end - had
             }
             None => {
                 if self.buf.len() >= self.limits.max_head || self.early_garbage(&self.buf) {
@@ -448,7 +454,9 @@ impl Parser {
         }
     }
 
-    fn parse_head(&self, head: &[u8]) -> Result<Head, ()> {
+    /// Parses the head at the start of `b`: the message head and its length, None if `b`
+    /// ends before the head does, or an error if it is not a valid head.
+    fn parse_head(&self, b: &[u8]) -> Result<Option<(Head, usize)>, ()> {
         match self.role {
             Role::Request => {
                 // Uninitialised header slots: initialising 100 of them per message costs
@@ -456,32 +464,35 @@ impl Parser {
                 let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
                     MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut []);
-                match req.parse_with_uninit_headers(head, &mut storage) {
-                    Ok(httparse::Status::Complete(_)) => {}
-                    _ => return Err(()),
-                }
+                let len = match req.parse_with_uninit_headers(b, &mut storage) {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(()),
+                };
                 let mut r = pool::request(self.msg_ts);
                 r.method.push_str(req.method.unwrap_or_default());
                 r.target.push_str(req.path.unwrap_or_default());
                 r.version.push_str(version(req.version));
                 collect_headers(req.headers, &mut r.headers);
-                Ok(Head::Request(r))
+                Ok(Some((Head::Request(r), len)))
             }
             Role::Response => {
                 let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
                     MAX_HEADERS];
                 let mut resp = httparse::Response::new(&mut []);
                 let config = httparse::ParserConfig::default();
-                match config.parse_response_with_uninit_headers(&mut resp, head, &mut storage) {
-                    Ok(httparse::Status::Complete(_)) => {}
-                    _ => return Err(()),
-                }
+                let len =
+                    match config.parse_response_with_uninit_headers(&mut resp, b, &mut storage) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => return Ok(None),
+                        Err(_) => return Err(()),
+                    };
                 let mut r = pool::response(self.msg_ts);
                 r.status = resp.code.unwrap_or_default();
                 r.reason.push_str(resp.reason.unwrap_or_default());
                 r.version.push_str(version(resp.version));
                 collect_headers(resp.headers, &mut r.headers);
-                Ok(Head::Response(r))
+                Ok(Some((Head::Response(r), len)))
             }
         }
     }
@@ -941,6 +952,21 @@ mod tests {
             &[],
         );
         assert_eq!(summary(&out), vec!["lost", "200 x/1"]);
+    }
+
+    #[test]
+    fn invalid_head_that_starts_like_a_message_is_skipped_once() {
+        // The bad head begins with a method, so a resync at its own start would match it
+        // again; the parser must move past it, whether the head is parsed in place or
+        // from the buffer after arriving in pieces.
+        let wire = b"GET / HTTP/1.1\r\nbad header line\r\n\r\nGET /ok HTTP/1.1\r\n\r\n";
+        let out = run(Role::Request, &[wire], &[]);
+        assert_eq!(summary(&out), vec!["lost", "GET /ok "]);
+        let pieces: [&[u8]; 3] = [&wire[..3], &wire[3..35], &wire[35..]];
+        assert_eq!(
+            summary(&run(Role::Request, &pieces, &[])),
+            vec!["lost", "GET /ok "]
+        );
     }
 
     #[test]
