@@ -84,14 +84,17 @@ kill "$wrk" 2>/dev/null || true; wait "$wrk" 2>/dev/null || true
 grep -q '^0 packets dropped by kernel' "$work/tcpdump.err" || { echo "bench-sniff: tcpdump dropped packets:" >&2; cat "$work/tcpdump.err" >&2; exit 1; }
 size_mb=$(awk -v b="$(stat -c %s "$pcap")" 'BEGIN {printf "%.1f", b/1048576}')
 
-# Runs CMD RUNS times; prints "median_seconds peak_rss_kb".
+# Runs CMD RUNS times; prints "median_seconds peak_rss_kb". Wall time is taken around
+# GNU time in nanoseconds (its own %e has 10 ms steps, too coarse below a second).
 measure() {
   local runs=$1; shift
-  local times=() rss=0
+  local times=() rss=0 start end
   for _ in $(seq "$runs"); do
-    /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-    read -r t m < "$work/t"
-    times+=("$t"); [ "$m" -gt "$rss" ] && rss=$m
+    start=$(date +%s%N)
+    /usr/bin/time -f '%M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+    end=$(date +%s%N)
+    read -r m < "$work/t"
+    times+=("$(awk -v n=$((end - start)) 'BEGIN {printf "%.3f", n / 1e9}')"); [ "$m" -gt "$rss" ] && rss=$m
   done
   printf '%s %s\n' "$(printf '%s\n' "${times[@]}" | median)" "$rss"
 }

@@ -925,3 +925,50 @@ fn live_capture_stops_on_sigterm_and_when_the_interface_goes() {
     );
     assert!(err.contains("dropped by kernel"), "stderr: {err}");
 }
+
+#[test]
+fn live_output_shows_each_exchange_while_the_capture_runs() {
+    require_root!();
+    let mut p = Pair::new(68).unwrap();
+    p.python(8000).unwrap();
+    let ifc = p.client_if.clone();
+    // Text layout, as the seeds watch it: the exchange must appear on stdout within a
+    // moment, not when a buffer fills or the capture ends.
+    let mut child = live_sniffer(&p, &["-d", &ifc, "", "tcp port 8000"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    p.client
+        .sh(&format!(
+            "curl -sf http://{}:8000/shown-at-once -o /dev/null",
+            p.server_ip
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("HTTP/1.1 200") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => panic!(
+                "no response on stdout 5 s after the exchange; got: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("GET /shown-at-once HTTP/1.1"));
+    // The capture was still running all along.
+    assert!(child.try_wait().unwrap().is_none());
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_for(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
