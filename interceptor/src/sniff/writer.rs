@@ -265,6 +265,13 @@ mod tests {
     }
 
     impl Probe {
+        fn new(fail_after: usize) -> Probe {
+            Probe {
+                seen: Arc::default(),
+                fail_after,
+            }
+        }
+
         fn note(&mut self, s: String) -> io::Result<()> {
             let mut seen = self.seen.lock().unwrap();
             if seen.len() >= self.fail_after {
@@ -275,32 +282,29 @@ mod tests {
         }
     }
 
-    fn exchange(target: &str) -> Exchange {
+    fn exchange(target: &str) -> Record {
         let mut request = pool::request(SystemTime::UNIX_EPOCH);
         request.target.push_str(target);
-        Exchange {
-            client: "10.0.0.1:1000".parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
-            interface: None,
-            request,
-            response: None,
+        Record::Exchange {
+            exchange: Exchange {
+                client: "10.0.0.1:1000".parse().unwrap(),
+                server: "10.0.0.2:80".parse().unwrap(),
+                interface: None,
+                request,
+                response: None,
+            },
+            show_request: true,
         }
     }
 
     #[test]
     fn records_arrive_in_order_across_batches_then_the_summary() {
-        let probe = Probe {
-            seen: Arc::default(),
-            fail_after: usize::MAX,
-        };
+        let probe = Probe::new(usize::MAX);
         let mut w = Writer::spawn(Box::new(probe.clone()), false);
         assert!(w.shows_requests());
         let n = BATCH * 3 + 7;
         for i in 0..n {
-            w.push(Record::Exchange {
-                exchange: exchange(&format!("/{i}")),
-                show_request: true,
-            });
+            w.push(exchange(&format!("/{i}")));
         }
         w.finish(&Summary {
             exchanges: n as u64,
@@ -317,17 +321,11 @@ mod tests {
 
     #[test]
     fn a_write_error_stops_the_run_and_is_returned() {
-        let probe = Probe {
-            seen: Arc::default(),
-            fail_after: 10,
-        };
+        let probe = Probe::new(10);
         let mut w = Writer::spawn(Box::new(probe.clone()), false);
         let mut pushed = 0;
         while !w.failed() {
-            w.push(Record::Exchange {
-                exchange: exchange("/x"),
-                show_request: true,
-            });
+            w.push(exchange("/x"));
             pushed += 1;
             assert!(pushed < 1_000_000, "the failure never showed");
         }
@@ -338,10 +336,7 @@ mod tests {
 
     #[test]
     fn live_output_is_handed_over_without_waiting_for_a_full_batch() {
-        let probe = Probe {
-            seen: Arc::default(),
-            fail_after: usize::MAX,
-        };
+        let probe = Probe::new(usize::MAX);
         let mut w = Writer::spawn(Box::new(probe.clone()), true);
         w.push(Record::Orphan {
             response: pool::response(SystemTime::UNIX_EPOCH),
