@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let cfg = Config { max_flows: 3, max_buffered_bytes: 4096, max_buffered_segments: 8, ..Config::default() };
     let mut table: Table<HttpFlow> = Table::new(cfg);
-    let mut ctx = Ctx::new(Limits { max_body: 256, ..Limits::default() }, Box::new(Json::new(std::io::sink())), None);
+    let mut ctx = Ctx::new(Limits { max_body: 256, ..Limits::default() }, Box::new(Json::new(std::io::sink())), None, false);
     let mut rest = data;
     let mut t = SystemTime::UNIX_EPOCH;
     while rest.len() >= 8 {
