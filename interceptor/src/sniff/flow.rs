@@ -243,16 +243,7 @@ impl HttpFlow {
             tls::Sniffed::Handshake | tls::Sniffed::Records => {
                 // A ServerHello or records without a ClientHello: encrypted, handshake
                 // missed (or the client side was not captured).
-                let (client, server) = id.ends(dir.other());
-                let interface = ctx.interface_of(id);
-                ctx.tls(TlsFlow {
-                    ts,
-                    client,
-                    server,
-                    interface,
-                    hello: None,
-                });
-                self.done = true;
+                self.tls_found(ctx, id, dir.other(), ts, None);
             }
             tls::Sniffed::Unsure | tls::Sniffed::NotTls => {
                 let role = if first.starts_with(b"HTTP/") {
@@ -264,6 +255,28 @@ impl HttpFlow {
                     Carries::Http(Box::new(Parser::new(role, ctx.limits.clone())));
             }
         }
+    }
+
+    /// Reports the flow as TLS (`client_dir`: the direction the client sends in); nothing
+    /// more is decoded on it.
+    fn tls_found(
+        &mut self,
+        ctx: &mut Ctx,
+        id: &FlowId,
+        client_dir: Dir,
+        ts: SystemTime,
+        hello: Option<tls::ClientHello>,
+    ) {
+        let (client, server) = id.ends(client_dir);
+        let interface = ctx.interface_of(id);
+        ctx.tls(TlsFlow {
+            ts,
+            client,
+            server,
+            interface,
+            hello,
+        });
+        self.done = true;
     }
 
     fn handle(&mut self, ctx: &mut Ctx, id: &FlowId, dir: Dir, role: Role, out: &mut Vec<Parsed>) {
@@ -371,17 +384,8 @@ impl Handler for HttpFlow {
                     Hello::Complete(h) => Some(h),
                     Hello::Partial | Hello::Invalid => None,
                 };
-                let (client, server) = id.ends(dir);
-                let interface = ctx.interface_of(id);
-                ctx.tls(TlsFlow {
-                    ts,
-                    client,
-                    server,
-                    interface,
-                    hello,
-                });
                 self.dirs[dir.index()] = Carries::Ignored;
-                self.done = true;
+                self.tls_found(ctx, id, dir, ts, hello);
             }
             Carries::Unknown(_) | Carries::Ignored => {}
         }

@@ -143,12 +143,7 @@ impl<W: Write> Json<W> {
         escape(&mut self.buf, r.method.as_bytes());
         key!(self.buf, "target");
         escape(&mut self.buf, r.target.as_bytes());
-        key!(self.buf, "version");
-        escape(&mut self.buf, r.version.as_bytes());
-        key!(self.buf, "headers");
-        self.headers(&r.headers);
-        self.body(&r.body);
-        self.buf.push(b'}');
+        self.message_rest(&r.version, &r.headers, &r.body);
     }
 
     fn response_obj(&mut self, r: &Response) {
@@ -156,11 +151,16 @@ impl<W: Write> Json<W> {
         push_u64(&mut self.buf, u64::from(r.status));
         key!(self.buf, "reason");
         escape(&mut self.buf, r.reason.as_bytes());
+        self.message_rest(&r.version, &r.headers, &r.body);
+    }
+
+    /// What requests and responses end with: version, headers, body, and the `}`.
+    fn message_rest(&mut self, version: &str, headers: &Headers, body: &Body) {
         key!(self.buf, "version");
-        escape(&mut self.buf, r.version.as_bytes());
+        escape(&mut self.buf, version.as_bytes());
         key!(self.buf, "headers");
-        self.headers(&r.headers);
-        self.body(&r.body);
+        self.headers(headers);
+        self.body(body);
         self.buf.push(b'}');
     }
 }
