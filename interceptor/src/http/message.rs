@@ -80,7 +80,7 @@ impl Exchange {
 /// All fields live in one string (name, then value, field after field) with their ends
 /// beside it: a head of a dozen fields costs two buffers rather than two dozen strings,
 /// and a recycled `Headers` costs none.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Headers {
     text: String,
     /// For each field: where its name ends and where its value ends in `text`.
@@ -88,6 +88,10 @@ pub struct Headers {
     /// Which of `KNOWN` are present: the parser asks for these in every message, and most
     /// messages lack most of them.
     known: u8,
+    /// Which of `KNOWN` are present more than once.
+    repeated: u8,
+    /// For each of `KNOWN` that is present, the index of its first field.
+    first: [u32; KNOWN.len()],
 }
 
 /// Field names looked up for every message (framing, content coding, upgrades).
@@ -98,21 +102,38 @@ const KNOWN: [&str; 4] = [
     "upgrade",
 ];
 
-/// The bit of `KNOWN` that `name` (any case) is, or 0.
-fn known_bit(name: &str) -> u8 {
+/// The index in `KNOWN` of `name` (any case).
+fn known_index(name: &str) -> Option<usize> {
     // The lengths differ, so one comparison at most.
     let i = match name.len() {
         14 => 0,
         17 => 1,
         16 => 2,
         7 => 3,
-        _ => return 0,
+        _ => return None,
     };
-    if KNOWN[i].eq_ignore_ascii_case(name) {
-        1 << i
-    } else {
-        0
+    KNOWN[i].eq_ignore_ascii_case(name).then_some(i)
+}
+
+/// Lower-cases the ASCII letters of `s` eight bytes at a time: every name of every message
+/// goes through here, and a byte-wise loop over short names was a visible share of parsing.
+fn lower_ascii(s: &mut str) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // SAFETY: only bytes in b'A'..=b'Z' change, each to its lower-case letter. ASCII bytes
+    // never occur inside a multi-byte UTF-8 sequence, so `s` stays UTF-8.
+    let b = unsafe { s.as_bytes_mut() };
+    let mut words = b.chunks_exact_mut(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        // Per byte, without carries between bytes: high bit set when the low seven bits
+        // are >= 'A', and when they are > 'Z'; bytes >= 0x80 are left alone.
+        let low = x & (0x7f * ONES);
+        let ge_a = low + (0x80 - u64::from(b'A')) * ONES;
+        let gt_z = low + (0x80 - u64::from(b'Z') - 1) * ONES;
+        let upper = ge_a & !gt_z & !x & (0x80 * ONES);
+        w.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
     }
+    words.into_remainder().make_ascii_lowercase();
 }
 
 impl Headers {
@@ -124,46 +145,75 @@ impl Headers {
     pub fn push(&mut self, name: &str, value: &str) {
         let start = self.text.len();
         self.text.push_str(name);
-        // Lower-casing ASCII letters keeps the string UTF-8.
-        self.text[start..].make_ascii_lowercase();
+        lower_ascii(&mut self.text[start..]);
         let name_end = self.text.len();
         self.text.push_str(value);
+        if let Some(i) = known_index(name) {
+            let bit = 1 << i;
+            if self.known & bit == 0 {
+                self.first[i] = self.ends.len() as u32;
+            } else {
+                self.repeated |= bit;
+            }
+            self.known |= bit;
+        }
         self.ends.push((name_end as u32, self.text.len() as u32));
-        self.known |= known_bit(name);
+    }
+
+    /// Makes room for `fields` more fields of `bytes` bytes in all.
+    pub fn reserve(&mut self, fields: usize, bytes: usize) {
+        self.text.reserve(bytes);
+        self.ends.reserve(fields);
     }
 
     /// The fields as (name, value), in wire order.
     pub fn iter(&self) -> HeaderIter<'_> {
+        self.iter_from(0)
+    }
+
+    /// The fields from the `i`th on.
+    fn iter_from(&self, i: usize) -> HeaderIter<'_> {
+        let start = match i.checked_sub(1) {
+            Some(prev) => self.ends.get(prev).map_or(self.text.len(), |e| e.1 as usize),
+            None => 0,
+        };
         HeaderIter {
             text: &self.text,
-            ends: self.ends.iter(),
-            start: 0,
+            ends: self.ends.get(i..).unwrap_or_default().iter(),
+            start,
         }
     }
 
     /// The first value of field `name` (any case).
     pub fn get(&self, name: &str) -> Option<&str> {
-        if self.surely_lacks(name) {
+        let (from, most) = self.span(name);
+        if most == 0 {
             return None;
         }
-        self.iter()
+        self.iter_from(from)
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
 
     /// Every value of field `name` (any case), in wire order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        let skip = self.surely_lacks(name);
-        self.iter()
-            .take(if skip { 0 } else { usize::MAX })
+        let (from, most) = self.span(name);
+        self.iter_from(from)
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
+            .take(most)
     }
 
-    /// True when `name` is one of `KNOWN` and not present.
-    fn surely_lacks(&self, name: &str) -> bool {
-        let bit = known_bit(name);
-        bit != 0 && self.known & bit == 0
+    /// Where to look for field `name`, and how many fields of that name there can be: a
+    /// field of `KNOWN` is found without a search, and not looked for past its first
+    /// occurrence when it has no other.
+    fn span(&self, name: &str) -> (usize, usize) {
+        match known_index(name) {
+            Some(i) if self.known & (1 << i) == 0 => (0, 0),
+            Some(i) if self.repeated & (1 << i) == 0 => (self.first[i] as usize, 1),
+            Some(i) => (self.first[i] as usize, usize::MAX),
+            None => (0, usize::MAX),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -179,6 +229,7 @@ impl Headers {
         self.text.clear();
         self.ends.clear();
         self.known = 0;
+        self.repeated = 0;
     }
 
     /// Appends every field of `other` (trailer fields join the head's).
@@ -252,6 +303,16 @@ impl<const N: usize> From<[(&str, &str); N]> for Headers {
     }
 }
 
+// The fields alone decide equality: `known`, `repeated` and `first` follow from them (and
+// `first` keeps stale entries for absent fields).
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.text == other.text && self.ends == other.ends
+    }
+}
+
+impl Eq for Headers {}
+
 impl std::fmt::Debug for Headers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.iter()).finish()
@@ -287,5 +348,35 @@ mod tests {
         assert_eq!(h.iter().nth(4), Some(("", "")));
         h.clear();
         assert!(h.is_empty() && h.iter().next().is_none());
+    }
+
+    #[test]
+    fn lookups_of_framing_fields_find_first_and_repeated_values() {
+        let mut h = Headers::from([
+            ("Date", "x"),
+            ("Content-Length", "5"),
+            ("Server", "y"),
+            ("content-LENGTH", "6"),
+        ]);
+        assert_eq!(h.get("content-length"), Some("5"));
+        assert_eq!(h.get_all("Content-Length").collect::<Vec<_>>(), ["5", "6"]);
+        assert_eq!(h.get_all("upgrade").count(), 0);
+        assert_eq!(h.get("server"), Some("y"));
+        h.clear();
+        h.push("Upgrade", "websocket");
+        assert_eq!(h.get("content-length"), None);
+        assert_eq!(h.get_all("UPGRADE").collect::<Vec<_>>(), ["websocket"]);
+        // Equality ignores what a cleared list remembers of absent fields.
+        assert_eq!(h, Headers::from([("upgrade", "websocket")]));
+    }
+
+    #[test]
+    fn names_lower_case_every_ascii_letter_and_nothing_else() {
+        let all: String = (0u8..128).map(char::from).chain("ÀÉé€".chars()).collect();
+        for start in 0..9 {
+            let mut s = all[start..].to_string();
+            lower_ascii(&mut s);
+            assert_eq!(s, all[start..].to_ascii_lowercase());
+        }
     }
 }

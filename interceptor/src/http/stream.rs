@@ -473,7 +473,7 @@ impl Parser {
                 r.method.push_str(req.method.unwrap_or_default());
                 r.target.push_str(req.path.unwrap_or_default());
                 r.version.push_str(version(req.version));
-                collect_headers(req.headers, &mut r.headers);
+                collect_headers(&b[..len], req.headers, &mut r.headers);
                 Ok(Some((Head::Request(r), len)))
             }
             Role::Response => {
@@ -491,7 +491,7 @@ impl Parser {
                 r.status = resp.code.unwrap_or_default();
                 r.reason.push_str(resp.reason.unwrap_or_default());
                 r.version.push_str(version(resp.version));
-                collect_headers(resp.headers, &mut r.headers);
+                collect_headers(&b[..len], resp.headers, &mut r.headers);
                 Ok(Some((Head::Response(r), len)))
             }
         }
@@ -732,18 +732,30 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 fn parse_trailers(b: &[u8]) -> Headers {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut out = Headers::new();
-    if let Ok(httparse::Status::Complete((_, hs))) = httparse::parse_headers(b, &mut storage) {
-        collect_headers(hs, &mut out);
+    if let Ok(httparse::Status::Complete((n, hs))) = httparse::parse_headers(b, &mut storage) {
+        collect_headers(&b[..n], hs, &mut out);
     }
     out
 }
 
-/// Values that are not UTF-8 (obs-text) are kept with replacement characters.
-fn collect_headers(hs: &[httparse::Header<'_>], out: &mut Headers) {
+/// Copies the fields httparse found in `head` into `out`. Values that are not UTF-8
+/// (obs-text) are kept with replacement characters.
+fn collect_headers(head: &[u8], hs: &[httparse::Header<'_>], out: &mut Headers) {
+    // One UTF-8 check for the whole head rather than one per value: a value of a valid
+    // head, cut at ASCII delimiters, is valid by itself.
+    let Ok(text) = std::str::from_utf8(head) else {
+        for h in hs {
+            out.push(h.name, &String::from_utf8_lossy(h.value));
+        }
+        return;
+    };
+    out.reserve(hs.len(), head.len());
     for h in hs {
-        match std::str::from_utf8(h.value) {
-            Ok(v) => out.push(h.name, v),
-            Err(_) => out.push(h.name, &String::from_utf8_lossy(h.value)),
+        // Where the value lies in `head` (httparse's slices borrow from it).
+        let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        match text.get(at..at.wrapping_add(h.value.len())) {
+            Some(v) => out.push(h.name, v),
+            None => out.push(h.name, &String::from_utf8_lossy(h.value)),
         }
     }
 }
