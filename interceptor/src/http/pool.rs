@@ -11,8 +11,11 @@ use std::time::SystemTime;
 
 use super::message::{Body, Exchange, Headers, Request, Response};
 
-/// Messages kept per kind.
-const MAX_KEPT: usize = 256;
+/// Messages kept per kind: at least as many as the sniffer's output thread holds at once
+/// (`sniff::writer`: 256 records a batch, up to 8 batches in flight and one being filled).
+/// Batches come back several at a time; a smaller pool dropped most of them, and the
+/// parser then built most messages from new allocations after all.
+const MAX_KEPT: usize = 2560;
 /// Messages holding more than this (headers and body) are freed rather than kept.
 const MAX_KEPT_BYTES: usize = 64 * 1024;
 
