@@ -95,16 +95,20 @@ impl<W: Write> Json<W> {
     }
 
     fn headers(&mut self, hs: &Headers) {
-        // One scan of all names and values decides whether any needs escaping; almost
-        // never, and then each is copied as it is.
-        let plain = scan(hs.text().as_bytes(), 0, false) == hs.text().len();
-        self.buf.reserve(hs.text().len() + 8 * hs.len() + 2);
+        // Names and values lie back to back in `text`. One scan finds the next byte that
+        // needs escaping; the fields before it are copied as they are, and only a field
+        // holding one (an ETag's quotes, say) goes through `escape`.
+        let text = hs.text().as_bytes();
+        let mut special = scan(text, 0, false);
+        let mut end = 0;
+        self.buf.reserve(text.len() + 8 * hs.len() + 2);
         self.buf.push(b'[');
         for (i, (n, v)) in hs.iter().enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            if plain {
+            end += n.len() + v.len();
+            if special >= end {
                 self.buf.extend_from_slice(b"[\"");
                 self.buf.extend_from_slice(n.as_bytes());
                 self.buf.extend_from_slice(b"\",\"");
@@ -116,6 +120,7 @@ impl<W: Write> Json<W> {
                 self.buf.push(b',');
                 escape(&mut self.buf, v.as_bytes());
                 self.buf.push(b']');
+                special = scan(text, end, false);
             }
         }
         self.buf.push(b']');
@@ -523,6 +528,27 @@ mod tests {
             let mut o = Vec::new();
             base64(&mut o, i);
             assert_eq!(o, e.as_bytes());
+        }
+    }
+
+    #[test]
+    fn header_lists_escape_just_the_fields_that_need_it() {
+        let fields = [
+            ("Server", "nginx"),
+            ("ETag", "\"6740-186\""),
+            ("Date", "Sun"),
+            ("X-Tab", "a\tb"),
+            ("X-Back", "c\\"),
+            ("Via", "1.1 proxy"),
+        ];
+        for n in 0..=fields.len() {
+            let hs = Headers::from_iter(fields[..n].iter().copied());
+            let mut j = Json::new(Vec::new());
+            j.headers(&hs);
+            let back: Vec<(String, String)> = serde_json::from_slice(&j.buf).unwrap();
+            let want: Vec<(String, String)> =
+                hs.iter().map(|(a, b)| (a.into(), b.into())).collect();
+            assert_eq!(back, want);
         }
     }
 
