@@ -320,18 +320,8 @@ fn text(out: &mut Vec<u8>, mut b: &[u8], truncated: bool) -> bool {
 }
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `ip:port` (`[ip]:port` for IPv6) without going through `fmt`.
