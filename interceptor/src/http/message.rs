@@ -94,13 +94,23 @@ pub struct Headers {
     first: [u32; KNOWN.len()],
 }
 
-/// Field names looked up for every message (framing, content coding, upgrades).
+/// Field names looked up for every message (framing, content coding, upgrades), in the
+/// order of `Known`.
 const KNOWN: [&str; 4] = [
     "content-length",
     "transfer-encoding",
     "content-encoding",
     "upgrade",
 ];
+
+/// The fields of `KNOWN`, for lookups that need no name comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    ContentLength,
+    TransferEncoding,
+    ContentEncoding,
+    Upgrade,
+}
 
 /// The index in `KNOWN` of `name` (any case).
 fn known_index(name: &str) -> Option<usize> {
@@ -174,7 +184,10 @@ impl Headers {
     /// The fields from the `i`th on.
     fn iter_from(&self, i: usize) -> HeaderIter<'_> {
         let start = match i.checked_sub(1) {
-            Some(prev) => self.ends.get(prev).map_or(self.text.len(), |e| e.1 as usize),
+            Some(prev) => self
+                .ends
+                .get(prev)
+                .map_or(self.text.len(), |e| e.1 as usize),
             None => 0,
         };
         HeaderIter {
@@ -204,15 +217,35 @@ impl Headers {
             .take(most)
     }
 
-    /// Where to look for field `name`, and how many fields of that name there can be: a
-    /// field of `KNOWN` is found without a search, and not looked for past its first
-    /// occurrence when it has no other.
+    /// Every value of field `k`, in wire order.
+    pub fn known(&self, k: Known) -> impl Iterator<Item = &str> + '_ {
+        let i = k as usize;
+        let (from, most) = self.span_of(i);
+        // Names are stored lower-cased, like `KNOWN`.
+        self.iter_from(from)
+            .filter(move |(n, _)| *n == KNOWN[i])
+            .map(|(_, v)| v)
+            .take(most)
+    }
+
+    /// Where to look for field `name`, and how many fields of that name there can be.
     fn span(&self, name: &str) -> (usize, usize) {
         match known_index(name) {
-            Some(i) if self.known & (1 << i) == 0 => (0, 0),
-            Some(i) if self.repeated & (1 << i) == 0 => (self.first[i] as usize, 1),
-            Some(i) => (self.first[i] as usize, usize::MAX),
+            Some(i) => self.span_of(i),
             None => (0, usize::MAX),
+        }
+    }
+
+    /// `span` for the `i`th of `KNOWN`: found without a search, and not looked for past
+    /// its first occurrence when it has no other.
+    fn span_of(&self, i: usize) -> (usize, usize) {
+        let bit = 1 << i;
+        if self.known & bit == 0 {
+            (0, 0)
+        } else if self.repeated & bit == 0 {
+            (self.first[i] as usize, 1)
+        } else {
+            (self.first[i] as usize, usize::MAX)
         }
     }
 
@@ -362,10 +395,16 @@ mod tests {
         assert_eq!(h.get_all("Content-Length").collect::<Vec<_>>(), ["5", "6"]);
         assert_eq!(h.get_all("upgrade").count(), 0);
         assert_eq!(h.get("server"), Some("y"));
+        assert_eq!(
+            h.known(Known::ContentLength).collect::<Vec<_>>(),
+            ["5", "6"]
+        );
+        assert_eq!(h.known(Known::Upgrade).count(), 0);
         h.clear();
         h.push("Upgrade", "websocket");
         assert_eq!(h.get("content-length"), None);
         assert_eq!(h.get_all("UPGRADE").collect::<Vec<_>>(), ["websocket"]);
+        assert_eq!(h.known(Known::Upgrade).collect::<Vec<_>>(), ["websocket"]);
         // Equality ignores what a cleared list remembers of absent fields.
         assert_eq!(h, Headers::from([("upgrade", "websocket")]));
     }

@@ -5,4 +5,4 @@ pub mod message;
 pub mod pool;
 pub mod stream;
 
-pub use message::{Body, Exchange, Headers, Request, Response};
+pub use message::{Body, Exchange, Headers, Known, Request, Response};

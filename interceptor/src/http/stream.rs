@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::decode::{Coding, Collector};
-use super::message::{Headers, Request, Response};
+use super::message::{Headers, Known, Request, Response};
 use super::pool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub enum BadFraming {
 
 fn transfer_chunked(headers: &Headers) -> Option<bool> {
     let mut last = None;
-    for v in headers.get_all("transfer-encoding") {
+    for v in headers.known(Known::TransferEncoding) {
         for coding in v.split(',') {
             let c = coding.trim();
             if !c.is_empty() {
@@ -106,14 +106,10 @@ fn transfer_chunked(headers: &Headers) -> Option<bool> {
 
 fn content_length(headers: &Headers) -> Result<Option<u64>, BadFraming> {
     let mut found: Option<u64> = None;
-    for v in headers.get_all("content-length") {
+    for v in headers.known(Known::ContentLength) {
         // A list of identical values is allowed (RFC 9110 8.6); anything else is not.
-        for part in v.split(',') {
-            let p = part.trim();
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(BadFraming::ContentLength);
-            }
-            let n: u64 = p.parse().map_err(|_| BadFraming::ContentLength)?;
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = decimal(part.trim_ascii()).ok_or(BadFraming::ContentLength)?;
             match found {
                 Some(f) if f != n => return Err(BadFraming::ContentLength),
                 _ => found = Some(n),
@@ -121,6 +117,17 @@ fn content_length(headers: &Headers) -> Result<Option<u64>, BadFraming> {
         }
     }
     Ok(found)
+}
+
+/// A non-empty run of ASCII digits as a number, if it fits.
+fn decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let d = c.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// Request body framing. Transfer-Encoding overrides Content-Length (RFC 9112 6.3 item 3).
@@ -500,7 +507,7 @@ impl Parser {
     fn start_body(&mut self, mut head: Head, pending: &VecDeque<Asked>, out: &mut Vec<Parsed>) {
         let (framing, tunnel_after) = match &head {
             Head::Request(r) => {
-                if r.header("upgrade").is_some() {
+                if r.headers.known(Known::Upgrade).next().is_some() {
                     self.upgrade_requested = true;
                 }
                 (request_framing(&r.headers), r.method == "CONNECT")
@@ -514,8 +521,10 @@ impl Parser {
             }
         };
         let coding = match &head {
-            Head::Request(r) => Coding::from_header(r.header("content-encoding")),
-            Head::Response(r) => Coding::from_header(r.header("content-encoding")),
+            Head::Request(r) => Coding::from_header(r.headers.known(Known::ContentEncoding).next()),
+            Head::Response(r) => {
+                Coding::from_header(r.headers.known(Known::ContentEncoding).next())
+            }
         };
         // The body goes into the (recycled) buffer of the message it belongs to.
         let buffer = match &mut head {
@@ -927,6 +936,24 @@ mod tests {
             &[],
         );
         assert_eq!(summary(&out), vec!["POST / abc"]);
+    }
+
+    #[test]
+    fn content_length_values() {
+        let cl = |vals: &[&str]| {
+            let h: Headers = vals.iter().map(|v| ("Content-Length", *v)).collect();
+            content_length(&h)
+        };
+        let bad = Err(BadFraming::ContentLength);
+        assert_eq!(cl(&[]), Ok(None));
+        assert_eq!(cl(&["0"]), Ok(Some(0)));
+        assert_eq!(cl(&["502"]), Ok(Some(502)));
+        assert_eq!(cl(&[" 7 ,7\t", "7"]), Ok(Some(7)));
+        assert_eq!(cl(&["18446744073709551615"]), Ok(Some(u64::MAX)));
+        for v in ["", "+5", "-5", "5x", "0x10", "5,", "5,6", "18446744073709551616", "５"] {
+            assert_eq!(cl(&[v]), bad, "{v:?}");
+        }
+        assert_eq!(cl(&["5", "6"]), bad);
     }
 
     #[test]
