@@ -2,6 +2,7 @@
 //! the output writers and the shadow comparison (`shadow`) consume them.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::SystemTime;
 
 /// A message body after transfer decoding (chunked) and content decoding (gzip, deflate).
@@ -77,14 +78,14 @@ impl Exchange {
 
 /// The header fields of one message in wire order, repeated names kept, names lower-cased.
 ///
-/// All fields live in one string (name, then value, field after field) with their ends
-/// beside it: a head of a dozen fields costs two buffers rather than two dozen strings,
-/// and a recycled `Headers` costs none.
+/// All fields are cut from one string, with where each name and value lies beside it: a
+/// parsed head is copied in one piece (its separators stay between the fields), and a
+/// head of a dozen fields costs two buffers rather than two dozen strings. A recycled
+/// `Headers` costs none.
 #[derive(Clone, Default)]
 pub struct Headers {
     text: String,
-    /// For each field: where its name ends and where its value ends in `text`.
-    ends: Vec<(u32, u32)>,
+    fields: Vec<Field>,
     /// Which of `KNOWN` are present: the parser asks for these in every message, and most
     /// messages lack most of them.
     known: u8,
@@ -92,6 +93,13 @@ pub struct Headers {
     repeated: u8,
     /// For each of `KNOWN` that is present, the index of its first field.
     first: [u32; KNOWN.len()],
+}
+
+/// Where a field's name and value lie in `Headers::text`.
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 /// Field names looked up for every message (framing, content coding, upgrades), in the
@@ -125,25 +133,37 @@ fn known_index(name: &str) -> Option<usize> {
     KNOWN[i].eq_ignore_ascii_case(name).then_some(i)
 }
 
-/// Lower-cases the ASCII letters of `s` eight bytes at a time: every name of every message
-/// goes through here, and a byte-wise loop over short names was a visible share of parsing.
-fn lower_ascii(s: &mut str) {
+/// Lower-cases the ASCII letters of `s[start..end]` eight bytes at a time, leaving the
+/// bytes after `end` as they are: every name of every message goes through here, and a
+/// byte-wise loop over short names was a visible share of parsing.
+fn lower_ascii(s: &mut str, start: usize, end: usize) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     // SAFETY: only bytes in b'A'..=b'Z' change, each to its lower-case letter. ASCII bytes
     // never occur inside a multi-byte UTF-8 sequence, so `s` stays UTF-8.
     let b = unsafe { s.as_bytes_mut() };
-    let mut words = b.chunks_exact_mut(8);
-    for w in &mut words {
+    let mut i = start;
+    while i < end {
+        let Some(w) = b.get_mut(i..i + 8) else {
+            // The last bytes of the string: one at a time.
+            if let Some(c) = b.get_mut(i) {
+                c.make_ascii_lowercase();
+            }
+            i += 1;
+            continue;
+        };
         let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         // Per byte, without carries between bytes: high bit set when the low seven bits
         // are >= 'A', and when they are > 'Z'; bytes >= 0x80 are left alone.
         let low = x & (0x7f * ONES);
         let ge_a = low + (0x80 - u64::from(b'A')) * ONES;
         let gt_z = low + (0x80 - u64::from(b'Z') - 1) * ONES;
-        let upper = ge_a & !gt_z & !x & (0x80 * ONES);
+        let mut upper = ge_a & !gt_z & !x & (0x80 * ONES);
+        if end - i < 8 {
+            upper &= !(!0u64 << (8 * (end - i)));
+        }
         w.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
+        i += 8;
     }
-    words.into_remainder().make_ascii_lowercase();
 }
 
 impl Headers {
@@ -155,25 +175,47 @@ impl Headers {
     pub fn push(&mut self, name: &str, value: &str) {
         let start = self.text.len();
         self.text.push_str(name);
-        lower_ascii(&mut self.text[start..]);
-        let name_end = self.text.len();
         self.text.push_str(value);
-        if let Some(i) = known_index(name) {
+        let mid = start + name.len();
+        self.add(start..mid, mid..self.text.len());
+    }
+
+    /// Appends the fields of a parsed head: `head` is copied whole, and each field is
+    /// given as where its name and where its value lie in it. A range that is not in
+    /// `head` (or not on character boundaries) is skipped.
+    pub fn push_head<I>(&mut self, head: &str, fields: I)
+    where
+        I: IntoIterator<Item = (Range<usize>, Range<usize>)>,
+    {
+        let base = self.text.len();
+        self.text.push_str(head);
+        for (name, value) in fields {
+            if head.get(name.clone()).is_none() || head.get(value.clone()).is_none() {
+                continue;
+            }
+            self.add(
+                base + name.start..base + name.end,
+                base + value.start..base + value.end,
+            );
+        }
+    }
+
+    /// Records a field whose name and value are already in `text`; lower-cases the name.
+    fn add(&mut self, name: Range<usize>, value: Range<usize>) {
+        lower_ascii(&mut self.text, name.start, name.end);
+        if let Some(i) = self.text.get(name.clone()).and_then(known_index) {
             let bit = 1 << i;
             if self.known & bit == 0 {
-                self.first[i] = self.ends.len() as u32;
+                self.first[i] = self.fields.len() as u32;
             } else {
                 self.repeated |= bit;
             }
             self.known |= bit;
         }
-        self.ends.push((name_end as u32, self.text.len() as u32));
-    }
-
-    /// Makes room for `fields` more fields of `bytes` bytes in all.
-    pub fn reserve(&mut self, fields: usize, bytes: usize) {
-        self.text.reserve(bytes);
-        self.ends.reserve(fields);
+        self.fields.push(Field {
+            name: (name.start as u32, name.end as u32),
+            value: (value.start as u32, value.end as u32),
+        });
     }
 
     /// The fields as (name, value), in wire order.
@@ -183,17 +225,9 @@ impl Headers {
 
     /// The fields from the `i`th on.
     fn iter_from(&self, i: usize) -> HeaderIter<'_> {
-        let start = match i.checked_sub(1) {
-            Some(prev) => self
-                .ends
-                .get(prev)
-                .map_or(self.text.len(), |e| e.1 as usize),
-            None => 0,
-        };
         HeaderIter {
             text: &self.text,
-            ends: self.ends.get(i..).unwrap_or_default().iter(),
-            start,
+            fields: self.fields.get(i..).unwrap_or_default().iter(),
         }
     }
 
@@ -250,17 +284,17 @@ impl Headers {
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.fields.is_empty()
     }
 
     /// Empties the list, keeping its buffers for reuse.
     pub fn clear(&mut self) {
         self.text.clear();
-        self.ends.clear();
+        self.fields.clear();
         self.known = 0;
         self.repeated = 0;
     }
@@ -274,11 +308,12 @@ impl Headers {
 
     /// Bytes held, for the recycling pool's bounds.
     pub fn capacity(&self) -> usize {
-        self.text.capacity() + self.ends.capacity() * 8
+        self.text.capacity() + self.fields.capacity() * std::mem::size_of::<Field>()
     }
 
-    /// All names and values back to back (for a quick scan of every byte, as JSON
-    /// escaping does).
+    /// The string every name and value is cut from, in field order, with other bytes
+    /// between fields (the separators of a parsed head): one scan of it sees every byte
+    /// of the fields, as JSON escaping wants.
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -286,26 +321,20 @@ impl Headers {
 
 pub struct HeaderIter<'a> {
     text: &'a str,
-    ends: std::slice::Iter<'a, (u32, u32)>,
-    start: usize,
+    fields: std::slice::Iter<'a, Field>,
 }
 
 impl<'a> Iterator for HeaderIter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let &(name_end, end) = self.ends.next()?;
-        let (name_end, end) = (name_end as usize, end as usize);
-        let field = (
-            self.text.get(self.start..name_end).unwrap_or_default(),
-            self.text.get(name_end..end).unwrap_or_default(),
-        );
-        self.start = end;
-        Some(field)
+        let f = self.fields.next()?;
+        let part = |(a, b): (u32, u32)| self.text.get(a as usize..b as usize).unwrap_or_default();
+        Some((part(f.name), part(f.value)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.ends.size_hint()
+        self.fields.size_hint()
     }
 }
 
@@ -336,11 +365,12 @@ impl<const N: usize> From<[(&str, &str); N]> for Headers {
     }
 }
 
-// The fields alone decide equality: `known`, `repeated` and `first` follow from them (and
-// `first` keeps stale entries for absent fields).
+// The fields alone decide equality: not the bytes between them, and not `known`,
+// `repeated` and `first`, which follow from them (`first` keeps stale entries for absent
+// fields).
 impl PartialEq for Headers {
     fn eq(&self, other: &Headers) -> bool {
-        self.text == other.text && self.ends == other.ends
+        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
@@ -412,10 +442,52 @@ mod tests {
     #[test]
     fn names_lower_case_every_ascii_letter_and_nothing_else() {
         let all: String = (0u8..128).map(char::from).chain("ÀÉé€".chars()).collect();
+        let n = all.len();
         for start in 0..9 {
-            let mut s = all[start..].to_string();
-            lower_ascii(&mut s);
-            assert_eq!(s, all[start..].to_ascii_lowercase());
+            for end in (start..start + 20)
+                .chain(n - 12..=n)
+                .filter(|e| all.is_char_boundary(*e))
+            {
+                let mut s = all.clone();
+                lower_ascii(&mut s, start, end);
+                let want = [
+                    &all[..start],
+                    &all[start..end].to_ascii_lowercase(),
+                    &all[end..],
+                ]
+                .concat();
+                assert_eq!(s, want, "{start}..{end}");
+            }
         }
+    }
+
+    #[test]
+    fn a_parsed_head_keeps_its_fields_and_skips_bad_ranges() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\nX-Long-Name-Here: é\r\n\r\n";
+        let at = |s: &str| {
+            let i = head.find(s).unwrap();
+            i..i + s.len()
+        };
+        let mut h = Headers::new();
+        h.push("Via", "1");
+        h.push_head(
+            head,
+            [
+                (at("Host"), at("a")),
+                (at("X-Long-Name-Here"), at("é")),
+                (0..1000, 0..1),
+            ],
+        );
+        h.push("Trailer", "t");
+        assert_eq!(
+            h,
+            Headers::from([
+                ("via", "1"),
+                ("host", "a"),
+                ("x-long-name-here", "é"),
+                ("trailer", "t")
+            ])
+        );
+        assert!(h.text().contains("GET / HTTP/1.1"));
     }
 }

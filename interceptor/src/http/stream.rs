@@ -758,15 +758,16 @@ fn collect_headers(head: &[u8], hs: &[httparse::Header<'_>], out: &mut Headers) 
         }
         return;
     };
-    out.reserve(hs.len(), head.len());
-    for h in hs {
-        // Where the value lies in `head` (httparse's slices borrow from it).
-        let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
-        match text.get(at..at.wrapping_add(h.value.len())) {
-            Some(v) => out.push(h.name, v),
-            None => out.push(h.name, &String::from_utf8_lossy(h.value)),
-        }
-    }
+    // Where each name and value lies in `head` (httparse's slices borrow from it).
+    let base = head.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let i = (s.as_ptr() as usize).wrapping_sub(base);
+        i..i.wrapping_add(s.len())
+    };
+    out.push_head(
+        text,
+        hs.iter().map(|h| (at(h.name.as_bytes()), at(h.value))),
+    );
 }
 
 fn version(v: Option<u8>) -> &'static str {
@@ -950,7 +951,17 @@ mod tests {
         assert_eq!(cl(&["502"]), Ok(Some(502)));
         assert_eq!(cl(&[" 7 ,7\t", "7"]), Ok(Some(7)));
         assert_eq!(cl(&["18446744073709551615"]), Ok(Some(u64::MAX)));
-        for v in ["", "+5", "-5", "5x", "0x10", "5,", "5,6", "18446744073709551616", "５"] {
+        for v in [
+            "",
+            "+5",
+            "-5",
+            "5x",
+            "0x10",
+            "5,",
+            "5,6",
+            "18446744073709551616",
+            "５",
+        ] {
             assert_eq!(cl(&[v]), bad, "{v:?}");
         }
         assert_eq!(cl(&["5", "6"]), bad);

@@ -95,19 +95,20 @@ impl<W: Write> Json<W> {
     }
 
     fn headers(&mut self, hs: &Headers) {
-        // Names and values lie back to back in `text`. One scan finds the next byte that
-        // needs escaping; the fields before it are copied as they are, and only a field
-        // holding one (an ETag's quotes, say) goes through `escape`.
+        // Every name and value lies, in order, in `text`. One scan finds the next byte
+        // that needs escaping; the fields before it are copied as they are, and only a
+        // field holding one (an ETag's quotes, say) goes through `escape`. Line ends
+        // between the fields of a parsed head are not in any field: skipped.
         let text = hs.text().as_bytes();
-        let mut special = scan(text, 0, false);
-        let mut end = 0;
+        let base = text.as_ptr() as usize;
+        let mut special = scan_fields(text, 0);
         self.buf.reserve(text.len() + 8 * hs.len() + 2);
         self.buf.push(b'[');
         for (i, (n, v)) in hs.iter().enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            end += n.len() + v.len();
+            let end = (v.as_ptr() as usize + v.len()).wrapping_sub(base);
             if special >= end {
                 self.buf.extend_from_slice(b"[\"");
                 self.buf.extend_from_slice(n.as_bytes());
@@ -120,7 +121,7 @@ impl<W: Write> Json<W> {
                 self.buf.push(b',');
                 escape(&mut self.buf, v.as_bytes());
                 self.buf.push(b']');
-                special = scan(text, end, false);
+                special = scan_fields(text, end);
             }
         }
         self.buf.push(b']');
@@ -243,6 +244,19 @@ fn scan(b: &[u8], mut i: usize, high: bool) -> usize {
         i += 1;
     }
     i
+}
+
+/// `scan` over header text: CR and LF end header lines and are in no field, so they are
+/// passed over. (Every other byte that needs escaping is reported, even between fields:
+/// that only sends a field through `escape` when it had no need to.)
+fn scan_fields(b: &[u8], mut i: usize) -> usize {
+    loop {
+        i = scan(b, i, false);
+        match b.get(i) {
+            Some(b'\r' | b'\n') => i += 1,
+            _ => return i,
+        }
+    }
 }
 
 fn push_escaped(out: &mut Vec<u8>, c: u8) {
@@ -540,6 +554,36 @@ mod tests {
                 hs.iter().map(|(a, b)| (a.into(), b.into())).collect();
             assert_eq!(back, want);
         }
+        // A parsed head: separators (line ends, a tab after a colon) lie between fields.
+        let head =
+            "GET /\"q\" HTTP/1.1\r\nHost:\tx\r\nETag: \"e\"\r\nA: b\r\nC: d\\\r\nE: f\r\n\r\n";
+        let at = |s: &str| {
+            let i = head.find(s).unwrap();
+            i..i + s.len()
+        };
+        let mut hs = Headers::new();
+        hs.push_head(
+            head,
+            [
+                ("Host", "x"),
+                ("ETag", "\"e\""),
+                ("A", "b"),
+                ("C", "d\\"),
+                ("E", "f"),
+            ]
+            .map(|(n, v)| {
+                (
+                    at(&format!("{n}:")).start..at(&format!("{n}:")).end - 1,
+                    at(v),
+                )
+            }),
+        );
+        let mut j = Json::new(Vec::new());
+        j.headers(&hs);
+        assert_eq!(
+            String::from_utf8(j.buf).unwrap(),
+            r#"[["host","x"],["etag","\"e\""],["a","b"],["c","d\\"],["e","f"]]"#
+        );
     }
 
     /// `text` as a string, or None for binary.
