@@ -751,7 +751,7 @@ fn match_filter_text_layouts_and_pcap_output() {
         text.lines()
             .next()
             .unwrap()
-            .contains("[request] GET /alpha HTTP/1.1..host: "),
+            .contains("[request] GET /alpha HTTP/1.1..Host: "),
         "{text}"
     );
     // -O writes the packets that carry the match, readable by tshark.

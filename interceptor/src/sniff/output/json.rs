@@ -94,6 +94,7 @@ impl<W: Write> Json<W> {
         self.buf.push(b'"');
     }
 
+    /// `[[name, value], …]`, names lower-cased.
     fn headers(&mut self, hs: &Headers) {
         // Every name and value lies, in order, in `text`. One scan finds the next byte
         // that needs escaping; the fields before it are copied as they are, and only a
@@ -109,18 +110,26 @@ impl<W: Write> Json<W> {
                 self.buf.push(b',');
             }
             let end = (v.as_ptr() as usize + v.len()).wrapping_sub(base);
+            // Where the name is written: it is lower-cased there, once the value follows
+            // it (lowering escaped text is the same as escaping lowered text: escapes
+            // are in lower case).
+            let name_at = self.buf.len() + 1;
             if special >= end {
                 self.buf.extend_from_slice(b"[\"");
                 self.buf.extend_from_slice(n.as_bytes());
+                let name_end = self.buf.len();
                 self.buf.extend_from_slice(b"\",\"");
                 self.buf.extend_from_slice(v.as_bytes());
                 self.buf.extend_from_slice(b"\"]");
+                lower_ascii(&mut self.buf, name_at + 1, name_end);
             } else {
                 self.buf.push(b'[');
                 escape(&mut self.buf, n.as_bytes());
+                let name_end = self.buf.len();
                 self.buf.push(b',');
                 escape(&mut self.buf, v.as_bytes());
                 self.buf.push(b']');
+                lower_ascii(&mut self.buf, name_at, name_end);
                 special = scan_fields(text, end);
             }
         }
@@ -244,6 +253,36 @@ fn scan(b: &[u8], mut i: usize, high: bool) -> usize {
         i += 1;
     }
     i
+}
+
+/// Lower-cases the ASCII letters of `b[start..end]` eight bytes at a time, leaving the
+/// bytes after `end` as they are: every header name of every message goes through here,
+/// and a byte-wise loop over short names costs several times as much.
+fn lower_ascii(b: &mut [u8], start: usize, end: usize) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut i = start;
+    while i < end {
+        let Some(w) = b.get_mut(i..i + 8) else {
+            // The last bytes of the buffer: one at a time.
+            if let Some(c) = b.get_mut(i) {
+                c.make_ascii_lowercase();
+            }
+            i += 1;
+            continue;
+        };
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        // Per byte, without carries between bytes: high bit set when the low seven bits
+        // are >= 'A', and when they are > 'Z'; bytes >= 0x80 are left alone.
+        let low = x & (0x7f * ONES);
+        let ge_a = low + (0x80 - u64::from(b'A')) * ONES;
+        let gt_z = low + (0x80 - u64::from(b'Z') - 1) * ONES;
+        let mut upper = ge_a & !gt_z & !x & (0x80 * ONES);
+        if end - i < 8 {
+            upper &= !(!0u64 << (8 * (end - i)));
+        }
+        w.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
+        i += 8;
+    }
 }
 
 /// `scan` over header text: CR and LF end header lines and are in no field, so they are
@@ -536,6 +575,25 @@ mod tests {
     }
 
     #[test]
+    fn lower_case_every_ascii_letter_of_a_range_and_nothing_else() {
+        let all: Vec<u8> = (0u8..=255).collect();
+        let n = all.len();
+        for start in 0..9 {
+            for end in (start..start + 20).chain(n - 12..=n) {
+                let mut b = all.clone();
+                lower_ascii(&mut b, start, end);
+                let want = [
+                    &all[..start],
+                    &all[start..end].to_ascii_lowercase(),
+                    &all[end..],
+                ]
+                .concat();
+                assert_eq!(b, want, "{start}..{end}");
+            }
+        }
+    }
+
+    #[test]
     fn header_lists_escape_just_the_fields_that_need_it() {
         let fields = [
             ("Server", "nginx"),
@@ -543,6 +601,7 @@ mod tests {
             ("Date", "Sun"),
             ("X-Tab", "a\tb"),
             ("X-Back", "c\\"),
+            ("X-\"Odd\"-NAME", "v"),
             ("Via", "1.1 proxy"),
         ];
         for n in 0..=fields.len() {
@@ -550,8 +609,10 @@ mod tests {
             let mut j = Json::new(Vec::new());
             j.headers(&hs);
             let back: Vec<(String, String)> = serde_json::from_slice(&j.buf).unwrap();
-            let want: Vec<(String, String)> =
-                hs.iter().map(|(a, b)| (a.into(), b.into())).collect();
+            let want: Vec<(String, String)> = hs
+                .iter()
+                .map(|(a, b)| (a.to_ascii_lowercase(), b.into()))
+                .collect();
             assert_eq!(back, want);
         }
         // A parsed head: separators (line ends, a tab after a colon) lie between fields.
