@@ -10,6 +10,7 @@
 //! The flow table itself is bounded: idle flows time out and, when full, the oldest tenth
 //! is closed in one pass.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
@@ -270,41 +271,39 @@ impl<H: Handler> Table<H> {
                 }
             }
         }
-        if !self.flows.contains_key(&key) {
-            // Only a SYN or data opens a flow: the last ACK of a closed connection, or a
-            // RST/FIN for one we never saw, must not leave a flow behind.
-            if rst || !(syn || !seg.payload.is_empty() || seg.missing > 0) {
-                return;
-            }
-            if self.flows.len() >= self.cfg.max_flows {
-                self.evict_oldest(ctx, ts);
-            }
-            // A SYN-ACK first means we missed the SYN: the destination opened the flow.
-            let (orig, resp) = if syn && seg.has(flags::ACK) {
-                (seg.dst, seg.src)
-            } else {
-                (seg.src, seg.dst)
-            };
-            let id = FlowId {
-                orig,
-                resp,
-                ifindex: seg.ifindex,
-            };
-            let handler = H::open(ctx, &id);
-            self.flows.insert(
-                key,
-                Flow {
+        // Only a SYN or data opens a flow: the last ACK of a closed connection, or a RST/FIN
+        // for one we never saw, must not leave a flow behind.
+        let opens = !rst && (syn || !seg.payload.is_empty() || seg.missing > 0);
+        if opens && self.flows.len() >= self.cfg.max_flows && !self.flows.contains_key(&key) {
+            self.evict_oldest(ctx, ts);
+        }
+        // One lookup for the packets of known flows (nearly all of them).
+        let open_flows = self.flows.len() as u64;
+        let flow = match self.flows.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if !opens => return,
+            Entry::Vacant(v) => {
+                // A SYN-ACK first means we missed the SYN: the destination opened the flow.
+                let (orig, resp) = if syn && seg.has(flags::ACK) {
+                    (seg.dst, seg.src)
+                } else {
+                    (seg.src, seg.dst)
+                };
+                let id = FlowId {
+                    orig,
+                    resp,
+                    ifindex: seg.ifindex,
+                };
+                let handler = H::open(ctx, &id);
+                self.stats.flows += 1;
+                self.stats.max_concurrent = self.stats.max_concurrent.max(open_flows + 1);
+                v.insert(Flow {
                     id,
                     halves: [Half::new(), Half::new()],
                     handler,
                     last_seen: ts,
-                },
-            );
-            self.stats.flows += 1;
-            self.stats.max_concurrent = self.stats.max_concurrent.max(self.flows.len() as u64);
-        }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
+                })
+            }
         };
         flow.last_seen = ts;
         let dir = if flow.id.orig == seg.src {
