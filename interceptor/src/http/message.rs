@@ -149,16 +149,17 @@ impl Headers {
     }
 
     /// Appends the fields of a parsed head: `head` is copied whole, and each field is
-    /// given as where its name and where its value lie in it. A range past the end of
-    /// `head` is skipped.
+    /// given as where its name and where its value lie in it. A range that is not in
+    /// `head` (or not on character boundaries) is skipped.
     pub fn push_head<I>(&mut self, head: &str, fields: I)
     where
         I: IntoIterator<Item = (Range<usize>, Range<usize>)>,
     {
         let base = self.text.len();
         self.text.push_str(head);
+        let inside = |r: &Range<usize>| r.start <= r.end && r.end <= head.len();
         for (name, value) in fields {
-            if name.end > head.len() || value.end > head.len() {
+            if !inside(&name) || !inside(&value) {
                 continue;
             }
             self.add(
@@ -168,9 +169,16 @@ impl Headers {
         }
     }
 
-    /// Records a field whose name and value are already in `text`.
+    /// Records a field whose name and value are in `text`; skips it if either range is
+    /// not a slice of `text`, so that every field `iter` yields is one.
     fn add(&mut self, name: Range<usize>, value: Range<usize>) {
-        if let Some(i) = self.text.get(name.clone()).and_then(known_index) {
+        let Some(name_text) = self.text.get(name.clone()) else {
+            return;
+        };
+        if self.text.get(value.clone()).is_none() {
+            return;
+        }
+        if let Some(i) = known_index(name_text) {
             let bit = 1 << i;
             if self.known & bit == 0 {
                 self.first[i] = self.fields.len() as u32;
@@ -281,7 +289,8 @@ impl Headers {
 
     /// The string every name and value is cut from, in field order, with other bytes
     /// between fields (the separators of a parsed head): one scan of it sees every byte
-    /// of the fields, as JSON escaping wants.
+    /// of the fields, as JSON escaping wants. Each name and value `iter` yields is a
+    /// slice of it.
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -423,6 +432,8 @@ mod tests {
                 (at("X-Long-Name-Here"), at("é")),
                 (0..1000, 0..1),
                 (0..1, 0..1000),
+                (at("Host"), at("é").start..at("é").start + 1),
+                (2..1, 0..1),
             ],
         );
         h.push("Trailer", "t");

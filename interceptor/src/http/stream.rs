@@ -196,6 +196,15 @@ enum Head {
     Response(Box<Response>),
 }
 
+impl Head {
+    fn headers(&self) -> &Headers {
+        match self {
+            Head::Request(r) => &r.headers,
+            Head::Response(r) => &r.headers,
+        }
+    }
+}
+
 struct Current {
     head: Head,
     body: Collector,
@@ -520,12 +529,7 @@ impl Parser {
                 (response_framing(r.status, asked, &r.headers), tunnel)
             }
         };
-        let coding = match &head {
-            Head::Request(r) => Coding::from_header(r.headers.known(Known::ContentEncoding).next()),
-            Head::Response(r) => {
-                Coding::from_header(r.headers.known(Known::ContentEncoding).next())
-            }
-        };
+        let coding = Coding::from_header(head.headers().known(Known::ContentEncoding).next());
         // The body goes into the (recycled) buffer of the message it belongs to.
         let buffer = match &mut head {
             Head::Request(r) => std::mem::take(&mut r.body.data),
