@@ -68,3 +68,83 @@ fn an_unknown_mode_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nftables"));
 }
+
+/// A capture file cut off inside a packet record: the exchanges before the cut are still
+/// written, with the closing stats line, and then the run fails naming the damage (as
+/// tcpdump reports a truncated dump after printing what it read).
+#[test]
+fn a_capture_file_cut_short_still_reports_what_came_before() {
+    use interceptor::capture::packet::build::ethernet_tcp;
+    use interceptor::capture::packet::flags::{ACK, PSH, SYN};
+    use std::net::SocketAddr;
+
+    let client: SocketAddr = "10.1.0.1:40000".parse().unwrap();
+    let server: SocketAddr = "10.1.0.2:80".parse().unwrap();
+    let req = b"GET /items HTTP/1.1\r\nHost: catalog\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let frames = [
+        ethernet_tcp(client, server, 100, 0, SYN, b""),
+        ethernet_tcp(server, client, 500, 101, SYN | ACK, b""),
+        ethernet_tcp(client, server, 101, 501, ACK, b""),
+        ethernet_tcp(client, server, 101, 501, ACK | PSH, req),
+        ethernet_tcp(server, client, 501, 101 + req.len() as u32, ACK | PSH, resp),
+        ethernet_tcp(
+            client,
+            server,
+            101 + req.len() as u32,
+            501 + resp.len() as u32,
+            ACK | PSH,
+            req,
+        ),
+    ];
+    let mut pcap = Vec::new();
+    for v in [0xa1b2c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+        pcap.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [
+            1_700_000_000u32,
+            i as u32 * 1000,
+            f.len() as u32,
+            f.len() as u32,
+        ] {
+            pcap.extend_from_slice(&v.to_le_bytes());
+        }
+        pcap.extend_from_slice(f);
+    }
+    // Cut inside the last record.
+    pcap.truncate(pcap.len() - 10);
+    let dir = std::env::temp_dir().join(format!("interceptor-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cut.pcap");
+    std::fs::write(&file, &pcap).unwrap();
+
+    let out = interceptor(&[
+        "sniff",
+        "-I",
+        file.to_str().unwrap(),
+        "--json",
+        "",
+        "tcp port 80",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("pcap: truncated packet at the end"),
+        "stderr: {stderr}"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let exchange = &lines[0];
+    assert_eq!(exchange["type"], "exchange");
+    assert_eq!(exchange["request"]["target"], "/items");
+    assert_eq!(exchange["response"]["status"], 200);
+    assert_eq!(exchange["response"]["body"], "ok");
+    let stats = lines.last().unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["packets"], 5);
+}

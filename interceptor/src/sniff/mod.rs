@@ -310,12 +310,22 @@ pub fn run(args: &Args) -> Result<()> {
     let mut sum = Summary::default();
     let mut last_ts = SystemTime::UNIX_EPOCH;
     let mut gone = None;
+    // A capture file damaged part way: what came before it is still decoded and written,
+    // then the run fails with the reason.
+    let mut damaged = None;
     loop {
         if ctx.finished() {
             break;
         }
         let stopping = STOP.load(Ordering::Relaxed);
-        let frame = match source.next()? {
+        let next = match source.next() {
+            Ok(next) => next,
+            Err(e) => {
+                damaged = Some(e);
+                break;
+            }
+        };
+        let frame = match next {
             Next::Frame(f) => f,
             // After a signal, read on until the ring is empty: packets already captured
             // (up to one poll interval of them) are still reported.
@@ -399,7 +409,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let _ = writeln!(err, "{}", summary_line(&sum));
     }
-    Ok(())
+    match damaged {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The line printed on stderr at the end, in the spirit of tcpdump's.
