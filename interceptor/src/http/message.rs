@@ -206,14 +206,6 @@ impl Headers {
         }
     }
 
-    /// The fields as (name, value) bytes, in wire order: `iter` without making each a
-    /// `str` again (for writers that copy bytes).
-    pub fn iter_bytes(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
-        let text = self.text.as_bytes();
-        let part = move |(a, b): (u32, u32)| text.get(a as usize..b as usize).unwrap_or_default();
-        self.fields.iter().map(move |f| (part(f.name), part(f.value)))
-    }
-
     /// The first value of field `name` (any case).
     pub fn get(&self, name: &str) -> Option<&str> {
         let (from, most) = self.span(name);
