@@ -122,7 +122,7 @@ pub enum Known {
 }
 
 /// The index in `KNOWN` of `name` (any case).
-fn known_index(name: &str) -> Option<usize> {
+fn known_index(name: &[u8]) -> Option<usize> {
     // The lengths differ, so one comparison at most.
     let i = match name.len() {
         14 => 0,
@@ -131,7 +131,7 @@ fn known_index(name: &str) -> Option<usize> {
         7 => 3,
         _ => return None,
     };
-    KNOWN[i].eq_ignore_ascii_case(name).then_some(i)
+    KNOWN[i].as_bytes().eq_ignore_ascii_case(name).then_some(i)
 }
 
 impl Headers {
@@ -149,36 +149,57 @@ impl Headers {
     }
 
     /// Appends the fields of a parsed head: `head` is copied whole, and each field is
-    /// given as where its name and where its value lie in it. A range that is not in
-    /// `head` (or not on character boundaries) is skipped.
-    pub fn push_head<I>(&mut self, head: &str, fields: I)
+    /// given as where its name and where its value lie in it. A range that is not a slice
+    /// of `head` (out of it, reversed, or not on character boundaries) is skipped. A head
+    /// that is not UTF-8 is refused whole, with nothing added.
+    pub fn push_head<I>(&mut self, head: &[u8], fields: I) -> Result<(), std::str::Utf8Error>
     where
         I: IntoIterator<Item = (Range<usize>, Range<usize>)>,
     {
+        // Nearly every head is ASCII: one OR over its bytes (vectorised) shows it, and
+        // then every index is a character boundary.
+        let ascii = head.iter().fold(0u8, |a, &b| a | b) < 0x80;
+        let text = if ascii {
+            // SAFETY: ASCII is UTF-8.
+            unsafe { std::str::from_utf8_unchecked(head) }
+        } else {
+            std::str::from_utf8(head)?
+        };
         let base = self.text.len();
-        self.text.push_str(head);
-        let inside = |r: &Range<usize>| r.start <= r.end && r.end <= head.len();
+        self.text.push_str(text);
+        // Checked against `head` alone: what is already in `text` ends on a boundary.
+        let slice = |r: &Range<usize>| {
+            r.start <= r.end
+                && r.end <= head.len()
+                && (ascii || (text.is_char_boundary(r.start) && text.is_char_boundary(r.end)))
+        };
         for (name, value) in fields {
-            if !inside(&name) || !inside(&value) {
+            if !slice(&name) || !slice(&value) {
                 continue;
             }
-            self.add(
+            self.record(
+                known_index(&head[name.clone()]),
                 base + name.start..base + name.end,
                 base + value.start..base + value.end,
             );
         }
+        Ok(())
     }
 
     /// Records a field whose name and value are in `text`; skips it if either range is
     /// not a slice of `text`, so that every field `iter` yields is one.
     fn add(&mut self, name: Range<usize>, value: Range<usize>) {
-        let Some(name_text) = self.text.get(name.clone()) else {
-            return;
+        let known = match (self.text.get(name.clone()), self.text.get(value.clone())) {
+            (Some(n), Some(_)) => known_index(n.as_bytes()),
+            _ => return,
         };
-        if self.text.get(value.clone()).is_none() {
-            return;
-        }
-        if let Some(i) = known_index(name_text) {
+        self.record(known, name, value);
+    }
+
+    /// Records a field already checked to be a slice of `text`; `known` is its index in
+    /// `KNOWN`, if it is one of them.
+    fn record(&mut self, known: Option<usize>, name: Range<usize>, value: Range<usize>) {
+        if let Some(i) = known {
             let bit = 1 << i;
             if self.known & bit == 0 {
                 self.first[i] = self.fields.len() as u32;
@@ -240,7 +261,7 @@ impl Headers {
 
     /// Where to look for field `name`, and how many fields of that name there can be.
     fn span(&self, name: &str) -> (usize, usize) {
-        match known_index(name) {
+        match known_index(name.as_bytes()) {
             Some(i) => self.span_of(i),
             None => (0, usize::MAX),
         }
@@ -425,8 +446,8 @@ mod tests {
         };
         let mut h = Headers::new();
         h.push("Via", "1");
-        h.push_head(
-            head,
+        let pushed = h.push_head(
+            head.as_bytes(),
             [
                 (at("Host"), at("a")),
                 (at("X-Long-Name-Here"), at("é")),
@@ -436,6 +457,7 @@ mod tests {
                 (2..1, 0..1),
             ],
         );
+        assert!(pushed.is_ok());
         h.push("Trailer", "t");
         assert_eq!(
             h,
@@ -447,5 +469,27 @@ mod tests {
             ])
         );
         assert!(h.text().contains("GET / HTTP/1.1"));
+
+        // An ASCII head: only the bounds are checked.
+        let head = "HTTP/1.1 200 OK\r\nServer: s\r\n\r\n";
+        let mut h = Headers::new();
+        let pushed = h.push_head(
+            head.as_bytes(),
+            [
+                (17..23, 25..26),
+                (17..23, 25..99),
+                (23..17, 25..26),
+                (40..41, 0..1),
+            ],
+        );
+        assert!(pushed.is_ok());
+        assert_eq!(h, Headers::from([("Server", "s")]));
+
+        // A head that is not UTF-8 adds nothing.
+        let mut h = Headers::new();
+        assert!(h
+            .push_head(b"HTTP/1.1 200 OK\r\nX: \xff\r\n\r\n", [(17..18, 20..21)])
+            .is_err());
+        assert!(h.is_empty() && h.text().is_empty());
     }
 }

@@ -754,24 +754,20 @@ fn parse_trailers(b: &[u8]) -> Headers {
 /// Copies the fields httparse found in `head` into `out`. Values that are not UTF-8
 /// (obs-text) are kept with replacement characters.
 fn collect_headers(head: &[u8], hs: &[httparse::Header<'_>], out: &mut Headers) {
-    // One UTF-8 check for the whole head rather than one per value: a value of a valid
-    // head, cut at ASCII delimiters, is valid by itself.
-    let Ok(text) = std::str::from_utf8(head) else {
-        for h in hs {
-            out.push(h.name, &String::from_utf8_lossy(h.value));
-        }
-        return;
-    };
-    // Where each name and value lies in `head` (httparse's slices borrow from it).
+    // Where each name and value lies in `head` (httparse's slices borrow from it). The head
+    // is checked as UTF-8 once, whole: a value of a valid head, cut at ASCII delimiters, is
+    // valid by itself.
     let base = head.as_ptr() as usize;
     let at = |s: &[u8]| {
         let i = (s.as_ptr() as usize).wrapping_sub(base);
         i..i.wrapping_add(s.len())
     };
-    out.push_head(
-        text,
-        hs.iter().map(|h| (at(h.name.as_bytes()), at(h.value))),
-    );
+    let fields = hs.iter().map(|h| (at(h.name.as_bytes()), at(h.value)));
+    if out.push_head(head, fields).is_err() {
+        for h in hs {
+            out.push(h.name, &String::from_utf8_lossy(h.value));
+        }
+    }
 }
 
 fn version(v: Option<u8>) -> &'static str {

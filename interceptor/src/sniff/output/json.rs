@@ -624,7 +624,7 @@ mod tests {
         };
         let mut hs = Headers::new();
         hs.push_head(
-            head,
+            head.as_bytes(),
             [
                 ("Host", "x"),
                 ("ETag", "\"e\""),
@@ -638,7 +638,8 @@ mod tests {
                     at(v),
                 )
             }),
-        );
+        )
+        .unwrap();
         let mut j = Json::new(Vec::new());
         j.headers(&hs);
         assert_eq!(
