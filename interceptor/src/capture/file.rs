@@ -19,8 +19,10 @@ pub struct Mapped {
     len: usize,
 }
 
-// SAFETY: the mapping is read-only and owned; nothing mutates it.
+// SAFETY: the mapping is read-only and owned; nothing mutates it, so it can be moved to
+// and read from any thread.
 unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
 
 /// Largest file mapped with `MAP_POPULATE`.
 const POPULATE_MAX: usize = 256 << 20;

@@ -5,13 +5,15 @@
 //! tcpdump filter syntax to classic BPF and attaches it in the kernel, reports kernel drops
 //! and handles `any`; redoing that would be a second, less tested copy of the same. Files
 //! are mapped and walked by `file` (pcap and pcapng), with the same libpcap filters run in
-//! user space.
+//! user space, on a thread of their own that reads ahead.
 
 pub mod file;
 pub mod packet;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -38,12 +40,83 @@ enum Handle {
     File(FileSource),
 }
 
+/// Offline: a thread walks the mapped file ahead of the reader and runs the filter, and
+/// hands over the packets that pass as places in the map, a batch at a time. Filtering is
+/// libpcap's BPF interpreter, a fair share of an offline run; apart, it overlaps with
+/// reassembly and HTTP parsing.
 struct FileSource {
-    map: file::Mapped,
-    reader: file::Reader,
+    map: Arc<file::Mapped>,
+    ahead: Receiver<Ahead>,
+    batch: std::vec::IntoIter<Kept>,
+}
+
+/// What the read-ahead thread sends: packets that passed, or why the file cannot be read on.
+enum Ahead {
+    Kept(Vec<Kept>),
+    Failed(String),
+}
+
+/// A packet that passed the filter: where it lies in the map, and its header.
+#[derive(Clone, Copy)]
+struct Kept {
+    ts: SystemTime,
+    at: usize,
+    caplen: usize,
+    len: u32,
+    linktype: i32,
+}
+
+/// Packets per batch from the read-ahead thread.
+const AHEAD_BATCH: usize = 1024;
+/// Batches the read-ahead thread may be ahead by.
+const AHEAD_BATCHES: usize = 8;
+
+/// The read-ahead thread: reads and filters until the end, a damaged record, or the
+/// reader going away.
+fn read_ahead(
+    map: Arc<file::Mapped>,
+    mut reader: file::Reader,
     filter: String,
-    /// Compiled filters per link type (a pcapng file may mix them).
-    programs: Vec<(i32, Option<pcap::BpfProgram>)>,
+    to: SyncSender<Ahead>,
+) {
+    let bytes = map.bytes();
+    let base = bytes.as_ptr() as usize;
+    // Compiled filters per link type (a pcapng file may mix them).
+    let mut programs = Vec::new();
+    let mut batch = Vec::with_capacity(AHEAD_BATCH);
+    let failed = loop {
+        let p = match reader.next(bytes) {
+            Ok(Some(p)) => p,
+            Ok(None) => break None,
+            Err(e) => break Some(format!("{e:#}")),
+        };
+        let keep = match program(&mut programs, &filter, p.linktype) {
+            Ok(Some(prog)) => prog.filter(p.data),
+            Ok(None) => true,
+            Err(e) => break Some(format!("{e:#}")),
+        };
+        if keep {
+            batch.push(Kept {
+                ts: p.ts,
+                at: p.data.as_ptr() as usize - base,
+                caplen: p.data.len(),
+                len: p.len,
+                linktype: p.linktype,
+            });
+            if batch.len() == AHEAD_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(AHEAD_BATCH));
+                if to.send(Ahead::Kept(full)).is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    if !batch.is_empty() && to.send(Ahead::Kept(batch)).is_err() {
+        return;
+    }
+    if let Some(why) = failed {
+        let _ = to.send(Ahead::Failed(why));
+    }
 }
 
 pub struct Source {
@@ -147,14 +220,21 @@ impl Source {
         let first = reader.first_linktype(map.bytes()).unwrap_or(1);
         let link =
             link_of(pcap::Linktype(first)).with_context(|| format!("-I {}", path.display()))?;
-        let mut fs = FileSource {
+        // Compiled now so a bad FILTER is reported before anything is read; the
+        // read-ahead thread compiles its own (a program cannot be sent to it).
+        program(&mut Vec::new(), filter, first)?;
+        let map = Arc::new(map);
+        let (to, ahead) = sync_channel(AHEAD_BATCHES);
+        let (m, f) = (map.clone(), filter.to_string());
+        std::thread::Builder::new()
+            .name("sniff-read".into())
+            .spawn(move || read_ahead(m, reader, f, to))
+            .context("starting the read-ahead thread")?;
+        let fs = FileSource {
             map,
-            reader,
-            filter: filter.to_string(),
-            programs: Vec::new(),
+            ahead,
+            batch: Vec::new().into_iter(),
         };
-        // Compile now so a bad FILTER is reported before anything is read.
-        program(&mut fs.programs, filter, first)?;
         Ok(Source {
             handle: Handle::File(fs),
             link,
@@ -275,30 +355,28 @@ impl Source {
                 }
             }
         };
-        let FileSource {
-            map,
-            reader,
-            filter,
-            programs,
-        } = fs;
-        let bytes = map.bytes();
-        loop {
-            let Some(p) = reader.next(bytes)? else {
-                return Ok(Next::End);
-            };
-            let keep = match program(programs, filter.as_str(), p.linktype)? {
-                Some(prog) => prog.filter(p.data),
-                None => true,
-            };
-            if keep {
-                return Ok(Next::Frame(Frame {
-                    ts: p.ts,
-                    data: p.data,
-                    len: p.len,
-                    link: LinkType::from_pcap(p.linktype),
-                }));
+        let p = loop {
+            if let Some(p) = fs.batch.next() {
+                break p;
             }
-        }
+            match fs.ahead.recv() {
+                Ok(Ahead::Kept(b)) => fs.batch = b.into_iter(),
+                Ok(Ahead::Failed(why)) => return Err(anyhow!(why)),
+                // The thread is done: the end of the file.
+                Err(_) => return Ok(Next::End),
+            }
+        };
+        let data = fs
+            .map
+            .bytes()
+            .get(p.at..p.at + p.caplen)
+            .context("read-ahead: packet outside the capture file")?;
+        Ok(Next::Frame(Frame {
+            ts: p.ts,
+            data,
+            len: p.len,
+            link: LinkType::from_pcap(p.linktype),
+        }))
     }
 
     /// The kernel's counters for a live capture.
@@ -324,5 +402,88 @@ impl Source {
             }
         }
         .map_err(|e| anyhow!("-O {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use packet::build::ethernet_tcp;
+    use packet::flags::ACK;
+    use std::net::SocketAddr;
+
+    /// A classic pcap of `n` packets to port 80 and 81 in turn, each carrying its index.
+    fn capture(n: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [0xa1b2c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for i in 0..n {
+            let client = SocketAddr::from(([10, 0, 0, 1], 40000));
+            let server = SocketAddr::from(([10, 0, 0, 2], 80 + (i % 2) as u16));
+            let f = ethernet_tcp(client, server, i, 0, ACK, &i.to_be_bytes());
+            for v in [1_700_000_000 + i, 0, f.len() as u32, f.len() as u32] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&f);
+        }
+        out
+    }
+
+    /// Reads `file` through a `Source` with `filter`: the index each packet carries, then
+    /// how the reading ended.
+    fn read_all(file: &[u8], filter: &str) -> (Vec<u32>, Result<()>) {
+        let dir = std::env::temp_dir().join(format!(
+            "interceptor-ahead-{}-{}",
+            std::process::id(),
+            file.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.pcap");
+        std::fs::write(&path, file).unwrap();
+        let mut src = Source::open_file(&path, filter).unwrap();
+        let mut seen = Vec::new();
+        let end = loop {
+            match src.next() {
+                Ok(Next::Frame(f)) => {
+                    let tail: [u8; 4] = f.data[f.data.len() - 4..].try_into().unwrap();
+                    assert_eq!(
+                        f.ts,
+                        UNIX_EPOCH
+                            + Duration::from_secs(
+                                1_700_000_000 + u64::from(u32::from_be_bytes(tail))
+                            )
+                    );
+                    seen.push(u32::from_be_bytes(tail));
+                }
+                Ok(Next::End) => break Ok(()),
+                Ok(_) => panic!("a file is never idle or gone"),
+                Err(e) => break Err(e),
+            }
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        (seen, end)
+    }
+
+    #[test]
+    fn read_ahead_hands_over_every_packet_that_passes_in_order_across_batches() {
+        let n = (AHEAD_BATCH * 2 + 100) as u32;
+        let (all, end) = read_all(&capture(n), "");
+        assert!(end.is_ok());
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+        let (even, end) = read_all(&capture(n), "tcp port 80");
+        assert!(end.is_ok());
+        assert_eq!(even, (0..n).step_by(2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn read_ahead_reports_damage_after_the_packets_before_it() {
+        let n = (AHEAD_BATCH + 10) as u32;
+        let mut file = capture(n);
+        file.truncate(file.len() - 3);
+        let (seen, end) = read_all(&file, "");
+        assert_eq!(seen, (0..n - 1).collect::<Vec<_>>());
+        let err = format!("{:#}", end.unwrap_err());
+        assert!(err.contains("truncated packet"), "{err}");
     }
 }
