@@ -75,42 +75,61 @@ fn small(headers: &Headers, body: &Body, strings: usize) -> bool {
     headers.capacity() + body.data.capacity() + strings <= MAX_KEPT_BYTES
 }
 
+/// Empties a reported request for reuse, keeping its buffers; false if it holds too much
+/// to be worth keeping. Done by whichever thread last read it, so that the parser's
+/// thread need not touch it again before it builds the next message in it.
+pub fn empty_request(r: &mut Request) -> bool {
+    let strings = r.method.capacity() + r.target.capacity() + r.version.capacity();
+    r.method.clear();
+    r.target.clear();
+    r.version.clear();
+    r.headers.clear();
+    clear_body(&mut r.body);
+    small(&r.headers, &r.body, strings)
+}
+
+/// `empty_request` for a response.
+pub fn empty_response(r: &mut Response) -> bool {
+    let strings = r.reason.capacity() + r.version.capacity();
+    r.status = 0;
+    r.reason.clear();
+    r.version.clear();
+    r.headers.clear();
+    clear_body(&mut r.body);
+    small(&r.headers, &r.body, strings)
+}
+
+/// Takes back requests that were emptied by `empty_request` (and found worth keeping),
+/// without reading them.
+pub fn keep_requests(rs: impl IntoIterator<Item = Box<Request>>) {
+    POOL.with(|p| {
+        let requests = &mut p.borrow_mut().requests;
+        let room = MAX_KEPT.saturating_sub(requests.len());
+        requests.extend(rs.into_iter().take(room));
+    });
+}
+
+/// `keep_requests` for responses.
+pub fn keep_responses(rs: impl IntoIterator<Item = Box<Response>>) {
+    POOL.with(|p| {
+        let responses = &mut p.borrow_mut().responses;
+        let room = MAX_KEPT.saturating_sub(responses.len());
+        responses.extend(rs.into_iter().take(room));
+    });
+}
+
 /// Takes back a request that has been reported.
 pub fn recycle_request(mut r: Box<Request>) {
-    let strings = r.method.capacity() + r.target.capacity() + r.version.capacity();
-    if !small(&r.headers, &r.body, strings) {
-        return;
+    if empty_request(&mut r) {
+        keep_requests([r]);
     }
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.requests.len() < MAX_KEPT {
-            r.method.clear();
-            r.target.clear();
-            r.version.clear();
-            r.headers.clear();
-            clear_body(&mut r.body);
-            p.requests.push(r);
-        }
-    });
 }
 
 /// Takes back a response that has been reported.
 pub fn recycle_response(mut r: Box<Response>) {
-    let strings = r.reason.capacity() + r.version.capacity();
-    if !small(&r.headers, &r.body, strings) {
-        return;
+    if empty_response(&mut r) {
+        keep_responses([r]);
     }
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.responses.len() < MAX_KEPT {
-            r.status = 0;
-            r.reason.clear();
-            r.version.clear();
-            r.headers.clear();
-            clear_body(&mut r.body);
-            p.responses.push(r);
-        }
-    });
 }
 
 /// Takes back the messages of an exchange that has been reported.

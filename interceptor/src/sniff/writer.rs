@@ -3,8 +3,9 @@
 //! Formatting (JSON escaping, the text layout, the shadow comparison) costs about as much
 //! as capture, reassembly and parsing together, so it runs beside them. Records cross in
 //! batches, which keeps the channel's cost per record small, and the batches come back with
-//! their messages so the parser reuses their buffers (`http::pool`). The channel is bounded:
-//! a slow reader of stdout slows the capture loop instead of growing memory.
+//! their messages, emptied here (where they were read last), so the parser reuses their
+//! buffers (`http::pool`). The channel is bounded: a slow reader of stdout slows the
+//! capture loop instead of growing memory.
 
 use std::io;
 use std::net::SocketAddr;
@@ -109,13 +110,40 @@ impl Record {
         }
     }
 
-    /// Gives the record's messages back to this thread's pool.
-    fn recycle(self) {
+    /// Empties the record's messages for reuse, on the output thread (which read them
+    /// last, so their cache lines are here), and puts those worth keeping in `back`.
+    fn empty_into(self, back: &mut Returned) {
+        let mut request = |mut r: Box<Request>| {
+            if pool::empty_request(&mut r) {
+                back.requests.push(r);
+            }
+        };
         match self {
-            Record::Request { request, .. } => pool::recycle_request(request),
-            Record::Exchange { exchange, .. } => pool::recycle(exchange),
-            Record::Orphan { response, .. } => pool::recycle_response(response),
+            Record::Request { request: r, .. } => request(r),
+            Record::Exchange { exchange, .. } => {
+                request(exchange.request);
+                if let Some(r) = exchange.response {
+                    back.empty_response(r);
+                }
+            }
+            Record::Orphan { response, .. } => back.empty_response(response),
             Record::Tls(_) | Record::Idle(_) => {}
+        }
+    }
+}
+
+/// A batch the output thread is done with: the vector, emptied, and its messages, emptied
+/// for the parser's pool (`http::pool`).
+struct Returned {
+    batch: Vec<Record>,
+    requests: Vec<Box<Request>>,
+    responses: Vec<Box<Response>>,
+}
+
+impl Returned {
+    fn empty_response(&mut self, mut r: Box<Response>) {
+        if pool::empty_response(&mut r) {
+            self.responses.push(r);
         }
     }
 }
@@ -128,7 +156,7 @@ pub struct Writer {
     live: bool,
     shows_requests: bool,
     to_thread: Option<SyncSender<Vec<Record>>>,
-    back: Receiver<Vec<Record>>,
+    back: Receiver<Returned>,
     spare: Vec<Vec<Record>>,
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<(Box<dyn Output>, Option<io::Error>)>>,
@@ -201,10 +229,12 @@ impl Writer {
         if self.batch.is_empty() {
             return;
         }
-        // Batches the output thread is done with: their messages go back to the pool.
-        while let Ok(mut done) = self.back.try_recv() {
-            done.drain(..).for_each(Record::recycle);
-            self.spare.push(done);
+        // Batches the output thread is done with: their messages go back to the pool,
+        // already emptied there.
+        while let Ok(done) = self.back.try_recv() {
+            pool::keep_requests(done.requests);
+            pool::keep_responses(done.responses);
+            self.spare.push(done.batch);
         }
         let next = self
             .spare
@@ -249,7 +279,7 @@ fn prefetch(b: &[u8]) {
         // live bytes anyway.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr() as *const i8,
+                line.as_ptr() as *const i8
             )
         };
     }
@@ -278,12 +308,12 @@ fn prefetch_value<T>(v: &T) {
 fn write_batches(
     mut out: Box<dyn Output>,
     batches: Receiver<Vec<Record>>,
-    back: Sender<Vec<Record>>,
+    back: Sender<Returned>,
     failed: Arc<AtomicBool>,
     live: bool,
 ) -> (Box<dyn Output>, Option<io::Error>) {
     let mut error = None;
-    for batch in batches {
+    for mut batch in batches {
         if error.is_none() {
             let written = batch
                 .iter()
@@ -304,7 +334,14 @@ fn write_batches(
                 error = Some(e);
             }
         }
-        if back.send(batch).is_err() {
+        let mut done = Returned {
+            batch: Vec::new(),
+            requests: Vec::with_capacity(batch.len()),
+            responses: Vec::with_capacity(batch.len()),
+        };
+        batch.drain(..).for_each(|r| r.empty_into(&mut done));
+        done.batch = batch;
+        if back.send(done).is_err() {
             break;
         }
     }
@@ -379,6 +416,39 @@ mod tests {
             },
             show_request: true,
         }
+    }
+
+    #[test]
+    fn written_messages_come_back_empty_to_the_parsers_pool() {
+        let probe = Probe::new(usize::MAX);
+        let mut w = Writer::spawn(Box::new(probe), false);
+        // A batch of messages with bodies, whose buffers should come back.
+        let mut buffers = std::collections::HashSet::new();
+        for i in 0..BATCH {
+            let mut r = exchange(&format!("/{i}"));
+            if let Record::Exchange { exchange, .. } = &mut r {
+                exchange.request.body.data.extend_from_slice(b"body");
+                buffers.insert(exchange.request.body.data.as_ptr() as usize);
+            }
+            w.push(r);
+        }
+        // Later batches take back what the output thread has returned by then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reused = loop {
+            std::thread::sleep(Duration::from_millis(5));
+            w.push(Record::Idle(SystemTime::UNIX_EPOCH));
+            w.send();
+            let r = pool::request(SystemTime::UNIX_EPOCH);
+            let ptr = r.body.data.as_ptr() as usize;
+            if buffers.contains(&ptr) || Instant::now() > deadline {
+                break r;
+            }
+            pool::recycle_request(r);
+        };
+        assert!(buffers.contains(&(reused.body.data.as_ptr() as usize)));
+        assert!(reused.target.is_empty() && reused.body.data.is_empty());
+        assert_eq!(reused.body.len, 0);
+        assert!(w.finish(&Summary::default()).is_ok());
     }
 
     #[test]
