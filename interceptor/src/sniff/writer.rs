@@ -269,31 +269,13 @@ impl Writer {
     }
 }
 
-/// Prefetches the cache lines of `b`, up to 1 KiB of them (bodies can be long; the
-/// hardware prefetcher follows a stream once it has started).
+/// Asks the CPU to fetch the cache lines of `len` bytes from `at`, up to 1 KiB of them
+/// (bodies can be long; the hardware prefetcher follows a stream once it has started).
 #[inline]
-fn prefetch(b: &[u8]) {
+fn prefetch_lines(at: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in b.chunks(64).take(16) {
-        // SAFETY: a prefetch is only a hint; it never faults, and the address is that of
-        // live bytes anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr() as *const i8
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = b;
-}
-
-/// Prefetches the cache lines that hold `v`.
-#[inline]
-fn prefetch_value<T>(v: &T) {
-    let at = v as *const T as *const u8;
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..std::mem::size_of::<T>()).step_by(64) {
-        // SAFETY: a prefetch is only a hint and never faults; the address is within `v`.
+    for off in (0..len.min(1024)).step_by(64) {
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
                 at.wrapping_add(off) as *const i8,
@@ -301,7 +283,16 @@ fn prefetch_value<T>(v: &T) {
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
+    let _ = (at, len);
+}
+
+fn prefetch(b: &[u8]) {
+    prefetch_lines(b.as_ptr(), b.len());
+}
+
+/// The cache lines that hold `v` itself (not what it points to).
+fn prefetch_value<T>(v: &T) {
+    prefetch_lines(v as *const T as *const u8, std::mem::size_of::<T>());
 }
 
 /// The output thread: writes each batch, then hands it back.
