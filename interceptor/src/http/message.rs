@@ -20,8 +20,8 @@ pub struct Body {
 pub struct Request {
     pub method: String,
     pub target: String,
-    /// "HTTP/1.1" or "HTTP/1.0".
-    pub version: String,
+    /// "HTTP/1.1" or "HTTP/1.0" (a constant: the parser accepts no other).
+    pub version: &'static str,
     pub headers: Headers,
     pub body: Body,
     /// Timestamp of the packet that carried the first byte of the request.
@@ -32,7 +32,8 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub reason: String,
-    pub version: String,
+    /// "HTTP/1.1" or "HTTP/1.0".
+    pub version: &'static str,
     pub headers: Headers,
     pub body: Body,
     /// Timestamp of the packet that carried the first byte of the response.

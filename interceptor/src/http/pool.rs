@@ -37,7 +37,7 @@ pub fn request(ts: SystemTime) -> Box<Request> {
             Box::new(Request {
                 method: String::new(),
                 target: String::new(),
-                version: String::new(),
+                version: "HTTP/1.1",
                 headers: Headers::new(),
                 body: Body::default(),
                 ts,
@@ -55,7 +55,7 @@ pub fn response(ts: SystemTime) -> Box<Response> {
             Box::new(Response {
                 status: 0,
                 reason: String::new(),
-                version: String::new(),
+                version: "HTTP/1.1",
                 headers: Headers::new(),
                 body: Body::default(),
                 ts,
@@ -79,10 +79,9 @@ fn small(headers: &Headers, body: &Body, strings: usize) -> bool {
 /// to be worth keeping. Done by whichever thread last read it, so that the parser's
 /// thread need not touch it again before it builds the next message in it.
 pub fn empty_request(r: &mut Request) -> bool {
-    let strings = r.method.capacity() + r.target.capacity() + r.version.capacity();
+    let strings = r.method.capacity() + r.target.capacity();
     r.method.clear();
     r.target.clear();
-    r.version.clear();
     r.headers.clear();
     clear_body(&mut r.body);
     small(&r.headers, &r.body, strings)
@@ -90,10 +89,9 @@ pub fn empty_request(r: &mut Request) -> bool {
 
 /// `empty_request` for a response.
 pub fn empty_response(r: &mut Response) -> bool {
-    let strings = r.reason.capacity() + r.version.capacity();
+    let strings = r.reason.capacity();
     r.status = 0;
     r.reason.clear();
-    r.version.clear();
     r.headers.clear();
     clear_body(&mut r.body);
     small(&r.headers, &r.body, strings)

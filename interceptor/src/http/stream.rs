@@ -488,7 +488,7 @@ impl Parser {
                 let mut r = pool::request(self.msg_ts);
                 r.method.push_str(req.method.unwrap_or_default());
                 r.target.push_str(req.path.unwrap_or_default());
-                r.version.push_str(version(req.version));
+                r.version = version(req.version);
                 collect_headers(&b[..len], req.headers, &mut r.headers);
                 Ok(Some((Head::Request(r), len)))
             }
@@ -506,7 +506,7 @@ impl Parser {
                 let mut r = pool::response(self.msg_ts);
                 r.status = resp.code.unwrap_or_default();
                 r.reason.push_str(resp.reason.unwrap_or_default());
-                r.version.push_str(version(resp.version));
+                r.version = version(resp.version);
                 collect_headers(&b[..len], resp.headers, &mut r.headers);
                 Ok(Some((Head::Response(r), len)))
             }

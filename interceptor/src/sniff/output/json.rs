@@ -158,7 +158,7 @@ impl<W: Write> Json<W> {
         escape(&mut self.buf, r.method.as_bytes());
         key!(self.buf, "target");
         escape(&mut self.buf, r.target.as_bytes());
-        self.message_rest(&r.version, &r.headers, &r.body);
+        self.message_rest(r.version, &r.headers, &r.body);
     }
 
     fn response_obj(&mut self, r: &Response) {
@@ -166,7 +166,7 @@ impl<W: Write> Json<W> {
         push_u64(&mut self.buf, u64::from(r.status));
         key!(self.buf, "reason");
         escape(&mut self.buf, r.reason.as_bytes());
-        self.message_rest(&r.version, &r.headers, &r.body);
+        self.message_rest(r.version, &r.headers, &r.body);
     }
 
     /// What requests and responses end with: version, headers, body, and the `}`.
