@@ -29,7 +29,7 @@ enum Command {
     /// List the eBPF interception in place: where each program is attached, and its counters.
     Status,
     /// Sniff HTTP/1.1 like ngrep, with TCP reassembly and request/response pairing.
-    Sniff(interceptor::sniff::Args),
+    Sniff(Box<interceptor::sniff::Args>),
 }
 
 fn main() -> ExitCode {

@@ -57,10 +57,7 @@ pub fn client_hello(stream: &[u8]) -> Hello {
     // Gather the handshake bytes from consecutive handshake records.
     let mut hs = Vec::new();
     let mut at = 0;
-    loop {
-        let Some(hdr) = stream.get(at..at + 5) else {
-            break;
-        };
+    while let Some(hdr) = stream.get(at..at + 5) {
         if hdr[0] != 0x16 || hdr[1] != 3 {
             if hs.is_empty() {
                 return Hello::Invalid;

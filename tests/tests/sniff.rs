@@ -772,7 +772,7 @@ fn match_filter_text_layouts_and_pcap_output() {
         .output()
         .unwrap();
     let frames = String::from_utf8_lossy(&n.stdout).lines().count();
-    assert!(frames >= 1 && frames <= 3, "{frames} frames saved");
+    assert!((1..=3).contains(&frames), "{frames} frames saved");
 }
 
 #[test]

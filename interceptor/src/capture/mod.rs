@@ -299,7 +299,8 @@ impl Source {
         matches!(self.handle, Handle::Live(..))
     }
 
-    pub fn next(&mut self) -> Result<Next<'_>> {
+    /// The next packet, or why there is none now (idle, the end, the interface gone).
+    pub fn read(&mut self) -> Result<Next<'_>> {
         let fs = match &mut self.handle {
             Handle::File(fs) => fs,
             Handle::Live(c, poll) => {
@@ -451,7 +452,7 @@ mod tests {
         let mut src = Source::open_file(&path, filter).unwrap();
         let mut seen = Vec::new();
         let end = loop {
-            match src.next() {
+            match src.read() {
                 Ok(Next::Frame(f)) => {
                     let tail: [u8; 4] = f.data[f.data.len() - 4..].try_into().unwrap();
                     assert_eq!(

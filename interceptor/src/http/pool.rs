@@ -19,6 +19,9 @@ const MAX_KEPT: usize = 2560;
 /// Messages holding more than this (headers and body) are freed rather than kept.
 const MAX_KEPT_BYTES: usize = 64 * 1024;
 
+// Boxed: messages travel as `Box<Request>`/`Box<Response>` (in `Exchange`), and the pool
+// keeps the boxes so that taking one back costs no move of the message.
+#[allow(clippy::vec_box)]
 #[derive(Default)]
 struct Pool {
     requests: Vec<Box<Request>>,

@@ -1022,7 +1022,7 @@ mod tests {
     #[test]
     fn body_kept_up_to_limit_but_counted() {
         let mut wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
-        wire.extend(std::iter::repeat(b'a').take(1000));
+        wire.extend(std::iter::repeat_n(b'a', 1000));
         let out = run(Role::Response, &[&wire], &[]);
         let Parsed::Response(r) = &out[0] else {
             panic!()

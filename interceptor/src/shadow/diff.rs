@@ -895,7 +895,7 @@ mod tests {
             request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: rh,
                 body: Body::default(),
                 ts: SystemTime::UNIX_EPOCH,
@@ -903,7 +903,7 @@ mod tests {
             response: Some(Box::new(Response {
                 status,
                 reason: "OK".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: hdrs(resp_h),
                 body: body(resp_body),
                 ts: SystemTime::UNIX_EPOCH,

@@ -228,7 +228,7 @@ mod tests {
             request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: Headers::from([("host", host), ("x-request-id", id)]),
                 body: Body::default(),
                 ts: t,
@@ -236,7 +236,7 @@ mod tests {
             response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: Headers::from([("content-type", "application/json")]),
                 body: Body {
                     data: body.as_bytes().to_vec(),

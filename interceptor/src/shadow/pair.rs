@@ -417,7 +417,7 @@ mod tests {
             request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers,
                 body: Body::default(),
                 ts: at(ms),
@@ -425,7 +425,7 @@ mod tests {
             response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: Headers::new(),
                 body: Body::default(),
                 ts: at(ms + 1),

@@ -567,7 +567,7 @@ mod tests {
             request: Box::new(Request {
                 method: "GET".into(),
                 target: "/items".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: Headers::from([("host", host), ("x-request-id", "rid-1")]),
                 body: Body::default(),
                 ts: t0,
@@ -575,7 +575,7 @@ mod tests {
             response: Some(Box::new(Response {
                 status: 200,
                 reason: "OK".into(),
-                version: "HTTP/1.1".into(),
+                version: "HTTP/1.1",
                 headers: Headers::from([("content-type", "application/json")]),
                 body: Body {
                     data: body.as_bytes().to_vec(),

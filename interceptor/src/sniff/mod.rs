@@ -318,7 +318,7 @@ pub fn run(args: &Args) -> Result<()> {
             break;
         }
         let stopping = STOP.load(Ordering::Relaxed);
-        let next = match source.next() {
+        let next = match source.read() {
             Ok(next) => next,
             Err(e) => {
                 damaged = Some(e);

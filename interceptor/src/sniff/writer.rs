@@ -133,7 +133,8 @@ impl Record {
 }
 
 /// A batch the output thread is done with: the vector, emptied, and its messages, emptied
-/// for the parser's pool (`http::pool`).
+/// for the parser's pool (`http::pool`), still boxed as the pool keeps them.
+#[allow(clippy::vec_box)]
 struct Returned {
     batch: Vec<Record>,
     requests: Vec<Box<Request>>,
@@ -148,6 +149,9 @@ impl Returned {
     }
 }
 
+/// What the output thread ends with: the output, and the write error that stopped it.
+type Finished = (Box<dyn Output>, Option<io::Error>);
+
 /// The capture side's handle on the output thread.
 pub struct Writer {
     batch: Vec<Record>,
@@ -159,7 +163,7 @@ pub struct Writer {
     back: Receiver<Returned>,
     spare: Vec<Vec<Record>>,
     failed: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Box<dyn Output>, Option<io::Error>)>>,
+    thread: Option<JoinHandle<Finished>>,
 }
 
 impl Writer {
@@ -302,7 +306,7 @@ fn write_batches(
     back: Sender<Returned>,
     failed: Arc<AtomicBool>,
     live: bool,
-) -> (Box<dyn Output>, Option<io::Error>) {
+) -> Finished {
     let mut error = None;
     for mut batch in batches {
         if error.is_none() {
