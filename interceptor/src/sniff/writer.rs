@@ -52,40 +52,42 @@ pub enum Record {
 const PREFETCH_AHEAD: usize = 2;
 
 impl Record {
+    /// The messages the record carries.
+    fn messages(&self) -> (Option<&Request>, Option<&Response>) {
+        match self {
+            Record::Request { request, .. } => (Some(request), None),
+            Record::Exchange { exchange, .. } => {
+                (Some(&exchange.request), exchange.response.as_deref())
+            }
+            Record::Orphan { response, .. } => (None, Some(response)),
+            Record::Tls(_) | Record::Idle(_) => (None, None),
+        }
+    }
+
     /// Asks the CPU to fetch the bytes this record's output reads first. They were written
     /// on the capture thread's core; without this, the output thread waits on each
     /// message's header text and body in turn.
     fn prefetch(&self) {
-        let message = |headers: &crate::http::Headers, body: &crate::http::Body| {
+        let (request, response) = self.messages();
+        let parts = request
+            .map(|r| (&r.headers, &r.body))
+            .into_iter()
+            .chain(response.map(|r| (&r.headers, &r.body)));
+        for (headers, body) in parts {
             prefetch(headers.text().as_bytes());
             prefetch(&body.data);
-        };
-        match self {
-            Record::Request { request, .. } => message(&request.headers, &request.body),
-            Record::Exchange { exchange, .. } => {
-                message(&exchange.request.headers, &exchange.request.body);
-                if let Some(r) = &exchange.response {
-                    message(&r.headers, &r.body);
-                }
-            }
-            Record::Orphan { response, .. } => message(&response.headers, &response.body),
-            Record::Tls(_) | Record::Idle(_) => {}
         }
     }
 
     /// Prefetches the messages themselves (their fields point to the bytes), earlier than
     /// `prefetch` needs them.
     fn prefetch_messages(&self) {
-        match self {
-            Record::Request { request, .. } => prefetch_value(&**request),
-            Record::Exchange { exchange, .. } => {
-                prefetch_value(&*exchange.request);
-                if let Some(r) = &exchange.response {
-                    prefetch_value(&**r);
-                }
-            }
-            Record::Orphan { response, .. } => prefetch_value(&**response),
-            Record::Tls(_) | Record::Idle(_) => {}
+        let (request, response) = self.messages();
+        if let Some(r) = request {
+            prefetch_value(r);
+        }
+        if let Some(r) = response {
+            prefetch_value(r);
         }
     }
 
@@ -113,20 +115,15 @@ impl Record {
     /// Empties the record's messages for reuse, on the output thread (which read them
     /// last, so their cache lines are here), and puts those worth keeping in `back`.
     fn empty_into(self, back: &mut Returned) {
-        let mut request = |mut r: Box<Request>| {
-            if pool::empty_request(&mut r) {
-                back.requests.push(r);
-            }
-        };
         match self {
-            Record::Request { request: r, .. } => request(r),
+            Record::Request { request, .. } => back.keep_request(request),
             Record::Exchange { exchange, .. } => {
-                request(exchange.request);
+                back.keep_request(exchange.request);
                 if let Some(r) = exchange.response {
-                    back.empty_response(r);
+                    back.keep_response(r);
                 }
             }
-            Record::Orphan { response, .. } => back.empty_response(response),
+            Record::Orphan { response, .. } => back.keep_response(response),
             Record::Tls(_) | Record::Idle(_) => {}
         }
     }
@@ -142,7 +139,14 @@ struct Returned {
 }
 
 impl Returned {
-    fn empty_response(&mut self, mut r: Box<Response>) {
+    /// Empties `r` and keeps it, if it is worth keeping.
+    fn keep_request(&mut self, mut r: Box<Request>) {
+        if pool::empty_request(&mut r) {
+            self.requests.push(r);
+        }
+    }
+
+    fn keep_response(&mut self, mut r: Box<Response>) {
         if pool::empty_response(&mut r) {
             self.responses.push(r);
         }
