@@ -103,13 +103,13 @@ peak_rss() {
   cat "$work/t"
 }
 
-exchanges=$("$BIN" sniff -q -I "$pcap" --json '' 'tcp port 80' | grep -c '"type":"exchange"')
-tshark_exchanges=$(tshark -r "$pcap" -Y http.response -T fields -e http.response.code 2>/dev/null | wc -l)
-
 tshark_cmd=(tshark -r "$pcap" -Y http -T fields -e http.request.method -e http.request.uri
   -e http.host -e http.response.code -e http.content_length_header)
 ngrep_cmd=(ngrep -tW byline -I "$pcap" '' 'tcp port 80')
 ours_cmd=("$BIN" sniff -q -I "$pcap" --json '' 'tcp port 80')
+
+exchanges=$("${ours_cmd[@]}" | grep -c '"type":"exchange"')
+tshark_exchanges=$(tshark -r "$pcap" -Y http.response -T fields -e http.response.code 2>/dev/null | wc -l)
 t_ts=()
 for _ in 1 2 3; do t_ts+=("$(time_once "${tshark_cmd[@]}")"); done
 t_tshark=$(printf '%s\n' "${t_ts[@]}" | median)
@@ -142,9 +142,10 @@ wrk_reqs=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 
 # --- 3. memory with many concurrent flows ----------------------------------------------
 "$SYNTH" "$work/flows.pcap" "$FLOWS"
-t_flows=$(time_once "$BIN" sniff -q -I "$work/flows.pcap" --json)
-m_flows=$(peak_rss "$BIN" sniff -q -I "$work/flows.pcap" --json)
-flows_seen=$("$BIN" sniff -q -I "$work/flows.pcap" --json | tail -n1 | sed -E 's/.*"max_concurrent_flows":([0-9]+).*/\1/')
+flows_cmd=("$BIN" sniff -q -I "$work/flows.pcap" --json)
+t_flows=$(time_once "${flows_cmd[@]}")
+m_flows=$(peak_rss "${flows_cmd[@]}")
+flows_seen=$("${flows_cmd[@]}" | tail -n1 | sed -E 's/.*"max_concurrent_flows":([0-9]+).*/\1/')
 
 # --- report ------------------------------------------------------------------------
 speed_ngrep=$(awk -v a="$t_ngrep" -v b="$t_ours" 'BEGIN {printf "%.1f", a/b}')
