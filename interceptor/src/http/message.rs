@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::SystemTime;
 
+use super::head::Scanned;
+
 /// A message body after transfer decoding (chunked) and content decoding (gzip, deflate).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
@@ -185,6 +187,21 @@ impl Headers {
             );
         }
         Ok(())
+    }
+
+    /// Appends the fields of a head `head::scan` accepted: its text is ASCII and every
+    /// range is inside it, so nothing needs checking.
+    pub fn push_scanned(&mut self, head: &Scanned<'_>) {
+        let base = self.text.len();
+        self.text.push_str(head.text);
+        self.fields.reserve(head.len());
+        for (name, value) in head.fields() {
+            self.record(
+                known_index(&head.text.as_bytes()[name.clone()]),
+                base + name.start..base + name.end,
+                base + value.start..base + value.end,
+            );
+        }
     }
 
     /// Records a field whose name and value are in `text`; skips it if either range is

@@ -1,16 +1,18 @@
 //! HTTP/1.1 message parsing over one reassembled direction of a connection.
 //!
 //! A `Parser` is an explicit state machine fed with in-order bytes, gaps and the end of
-//! the stream. It finds message heads (httparse), frames bodies per RFC 9112 section 6
-//! (Content-Length, chunked with trailers, close-delimited, no body for HEAD, 1xx, 204 and
-//! 304), stops at Upgrade and CONNECT, and after a gap or garbage resynchronises at the
-//! next line that looks like a message start. Heads are bounded; bodies are kept up to a
-//! limit and counted beyond it, so hostile input cannot grow memory.
+//! the stream. It finds message heads (`head::scan` for plain ones, httparse for the
+//! rest), frames bodies per RFC 9112 section 6 (Content-Length, chunked with trailers,
+//! close-delimited, no body for HEAD, 1xx, 204 and 304), stops at Upgrade and CONNECT,
+//! and after a gap or garbage resynchronises at the next line that looks like a message
+//! start. Heads are bounded; bodies are kept up to a limit and counted beyond it, so
+//! hostile input cannot grow memory.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::decode::{Coding, Collector};
+use super::head::{self, StartLine};
 use super::message::{Headers, Known, Request, Response};
 use super::pool;
 
@@ -473,6 +475,35 @@ impl Parser {
     /// Parses the head at the start of `b`: the message head and its length, None if `b`
     /// ends before the head does, or an error if it is not a valid head.
     fn parse_head(&self, b: &[u8]) -> Result<Option<(Head, usize)>, ()> {
+        if let Some(s) = head::scan(b, self.role) {
+            let head = match s.start.clone() {
+                StartLine::Request {
+                    method,
+                    target,
+                    minor,
+                } => {
+                    let mut r = pool::request(self.msg_ts);
+                    r.method.push_str(&s.text[method]);
+                    r.target.push_str(&s.text[target]);
+                    r.version = version(Some(minor));
+                    r.headers.push_scanned(&s);
+                    Head::Request(r)
+                }
+                StartLine::Response {
+                    minor,
+                    status,
+                    reason,
+                } => {
+                    let mut r = pool::response(self.msg_ts);
+                    r.status = status;
+                    r.reason.push_str(&s.text[reason]);
+                    r.version = version(Some(minor));
+                    r.headers.push_scanned(&s);
+                    Head::Response(r)
+                }
+            };
+            return Ok(Some((head, s.text.len())));
+        }
         match self.role {
             Role::Request => {
                 // Uninitialised header slots: initialising 100 of them per message costs
