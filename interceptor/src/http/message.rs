@@ -134,8 +134,60 @@ fn known_index(name: &[u8]) -> Option<usize> {
         7 => 3,
         _ => return None,
     };
-    KNOWN[i].as_bytes().eq_ignore_ascii_case(name).then_some(i)
+    let eq = if name.len() >= 8 {
+        // Nearly every message has one of these names (Content-Length): compared eight
+        // bytes at a time, the case bit ignored where `KNOWN` has a letter.
+        let n = name.len();
+        KNOWN_WORDS[i]
+            .iter()
+            .zip([0, n / 2 - 4, n - 8])
+            .all(|(&(w, case), at)| word(&name[at..]) | case == w)
+    } else {
+        KNOWN[i].as_bytes().eq_ignore_ascii_case(name)
+    };
+    eq.then_some(i)
 }
+
+/// The first eight bytes of `b` as one word.
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// For each of `KNOWN`: three words of eight bytes (its first, middle and last, which
+/// overlap and cover names of 8 to 24 bytes), each with the case bit of the letters in it.
+/// A name of the same length equals it, in any case, when its words with those bits set
+/// are these.
+const KNOWN_WORDS: [[(u64, u64); 3]; KNOWN.len()] = {
+    const fn word_at(name: &[u8], from: usize) -> (u64, u64) {
+        let (mut w, mut case, mut i) = (0u64, 0u64, 0);
+        while i < 8 && from + i < name.len() {
+            let b = name[from + i];
+            w |= (b as u64) << (8 * i);
+            if b.is_ascii_lowercase() {
+                case |= 0x20 << (8 * i);
+            }
+            i += 1;
+        }
+        (w, case)
+    }
+    let mut t = [[(0u64, 0u64); 3]; KNOWN.len()];
+    let mut k = 0;
+    while k < KNOWN.len() {
+        let name = KNOWN[k].as_bytes();
+        let n = name.len();
+        if n >= 8 {
+            t[k] = [
+                word_at(name, 0),
+                word_at(name, n / 2 - 4),
+                word_at(name, n - 8),
+            ];
+        }
+        k += 1;
+    }
+    t
+};
 
 impl Headers {
     pub fn new() -> Headers {
@@ -453,6 +505,34 @@ mod tests {
         assert_eq!(h.known(Known::Upgrade).collect::<Vec<_>>(), ["websocket"]);
         // Equality ignores what a cleared list remembers of absent fields.
         assert_eq!(h, Headers::from([("Upgrade", "websocket")]));
+    }
+
+    #[test]
+    fn known_names_match_in_any_case_and_nothing_else_does() {
+        for (i, name) in KNOWN.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            let title: String = name
+                .split('-')
+                .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+                .collect::<Vec<_>>()
+                .join("-");
+            for n in [name.to_string(), upper, title] {
+                assert_eq!(known_index(n.as_bytes()), Some(i), "{n}");
+            }
+            // Every byte changed in turn (to a byte that is not the same letter in
+            // another case) makes it another name.
+            for at in 0..name.len() {
+                for b in 0..=255u8 {
+                    let mut n = name.as_bytes().to_vec();
+                    if b.eq_ignore_ascii_case(&n[at]) {
+                        continue;
+                    }
+                    n[at] = b;
+                    assert_eq!(known_index(&n), None, "{:?}", String::from_utf8_lossy(&n));
+                }
+            }
+        }
+        assert_eq!(known_index(b"content-lengths"), None);
     }
 
     #[test]
