@@ -42,29 +42,31 @@ pub enum StartLine {
     },
 }
 
+/// Where the fields of a head lie: name start, name end, value start, value end. The caller
+/// lends `scan` room for them, which keeps `Scanned` small enough to return cheaply.
+pub type Fields = [[u16; 4]; MAX_FIELDS];
+
 /// A plain head found at the start of the input.
 pub struct Scanned<'a> {
     /// The head, through the blank line that ends it.
     pub text: &'a str,
     pub start: StartLine,
-    /// Name start, name end, value start, value end of each field.
-    fields: [[u16; 4]; MAX_FIELDS],
-    count: usize,
+    fields: &'a [[u16; 4]],
 }
 
 impl Scanned<'_> {
     /// How many fields.
     pub fn len(&self) -> usize {
-        self.count
+        self.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.fields.is_empty()
     }
 
     /// Where each field's name and value lie in `text`, in wire order.
     pub fn fields(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
-        self.fields[..self.count].iter().map(|&[a, b, c, d]| {
+        self.fields.iter().map(|&[a, b, c, d]| {
             (
                 usize::from(a)..usize::from(b),
                 usize::from(c)..usize::from(d),
@@ -177,20 +179,24 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn scan(b: &[u8], role: super::Role) -> Option<super::Scanned<'_>> {
+    pub(super) fn scan<'a>(
+        b: &'a [u8],
+        role: super::Role,
+        fields: &'a mut super::Fields,
+    ) -> Option<super::Scanned<'a>> {
         // `classify` inlines here, where AVX2 is enabled.
-        super::scan_with(b, role, |block| classify(block))
+        super::scan_with(b, role, fields, |block| classify(block))
     }
 }
 
 /// The plain head at the start of `b`, or None: then httparse must parse it.
-pub fn scan(b: &[u8], role: Role) -> Option<Scanned<'_>> {
+pub fn scan<'a>(b: &'a [u8], role: Role, fields: &'a mut Fields) -> Option<Scanned<'a>> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
-        return unsafe { avx2::scan(b, role) };
+        return unsafe { avx2::scan(b, role, fields) };
     }
-    let _ = (b, role);
+    let _ = (b, role, fields);
     None
 }
 
@@ -213,11 +219,12 @@ fn any_bit(m: &[u32], from: usize, to: usize) -> bool {
 }
 
 #[inline(always)]
-fn scan_with(
-    b: &[u8],
+fn scan_with<'a>(
+    b: &'a [u8],
     role: Role,
+    fields: &'a mut Fields,
     classify: impl Fn(&[u8; BLOCK]) -> Block,
-) -> Option<Scanned<'_>> {
+) -> Option<Scanned<'a>> {
     // Classify block by block until one holds the blank line (CR LF CR LF) ending the head.
     let mut lf = [0u32; BLOCKS];
     let mut blank = [0u32; BLOCKS];
@@ -321,7 +328,6 @@ fn scan_with(
         }
     };
 
-    let mut fields = [[0u16; 4]; MAX_FIELDS];
     let mut count = 0;
     let mut s = eol + 1;
     loop {
@@ -355,8 +361,7 @@ fn scan_with(
     Some(Scanned {
         text,
         start,
-        fields,
-        count,
+        fields: &fields[..count],
     })
 }
 
@@ -373,7 +378,8 @@ fn version(b: &[u8]) -> Option<u8> {
 /// differs. (For the tests and the `http_head` fuzz target.)
 #[doc(hidden)]
 pub fn agrees_with_httparse(b: &[u8], role: Role) -> Result<(), String> {
-    let Some(s) = scan(b, role) else {
+    let mut fields = [[0; 4]; MAX_FIELDS];
+    let Some(s) = scan(b, role, &mut fields) else {
         return Ok(());
     };
     let ours: Vec<(&str, &str)> = s.fields().map(|(n, v)| (&s.text[n], &s.text[v])).collect();
@@ -496,7 +502,8 @@ mod tests {
         if !avx2() {
             return;
         }
-        let s = scan(NGINX, Role::Response).expect("plain response");
+        let mut buf = [[0; 4]; MAX_FIELDS];
+        let s = scan(NGINX, Role::Response, &mut buf).expect("plain response");
         assert_eq!(s.text.len(), NGINX.len() - 4);
         assert_eq!(
             s.start,
@@ -513,7 +520,7 @@ mod tests {
 
         let req =
             b"GET /item.json HTTP/1.0\r\nHost: 10.250.0.2\r\nX-Empty:\r\nX-Pad: \t a b \t\r\n\r\n";
-        let s = scan(req, Role::Request).expect("plain request");
+        let s = scan(req, Role::Request, &mut buf).expect("plain request");
         assert_eq!(
             s.start,
             StartLine::Request {
@@ -530,12 +537,23 @@ mod tests {
         // A head across a block boundary, ending right at one, and one without fields.
         for pad in 0..80 {
             let mut h = format!("GET /{} HTTP/1.1\r\nA: b\r\n\r\n", "p".repeat(pad)).into_bytes();
-            assert!(scan(&h, Role::Request).is_some(), "pad {pad}");
+            assert!(
+                scan(&h, Role::Request, &mut [[0; 4]; MAX_FIELDS]).is_some(),
+                "pad {pad}"
+            );
             agrees_with_httparse(&h, Role::Request).unwrap();
             h.truncate(h.len() - 1);
-            assert!(scan(&h, Role::Request).is_none(), "partial, pad {pad}");
+            assert!(
+                scan(&h, Role::Request, &mut [[0; 4]; MAX_FIELDS]).is_none(),
+                "partial, pad {pad}"
+            );
         }
-        assert!(scan(b"HTTP/1.1 204\r\n\r\n", Role::Response).is_some());
+        assert!(scan(
+            b"HTTP/1.1 204\r\n\r\n",
+            Role::Response,
+            &mut [[0; 4]; MAX_FIELDS]
+        )
+        .is_some());
     }
 
     #[test]
@@ -566,16 +584,16 @@ mod tests {
         ];
         for (head, role) in unusual {
             assert!(
-                scan(head, *role).is_none(),
+                scan(head, *role, &mut [[0; 4]; MAX_FIELDS]).is_none(),
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
         }
         let many: String = (0..=MAX_FIELDS).map(|i| format!("F{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert!(scan(head.as_bytes(), Role::Request).is_none());
+        assert!(scan(head.as_bytes(), Role::Request, &mut [[0; 4]; MAX_FIELDS]).is_none());
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_LEN));
-        assert!(scan(long.as_bytes(), Role::Request).is_none());
+        assert!(scan(long.as_bytes(), Role::Request, &mut [[0; 4]; MAX_FIELDS]).is_none());
     }
 
     #[test]
@@ -636,7 +654,7 @@ mod tests {
                 if let Err(e) = agrees_with_httparse(&head, role) {
                     panic!("{:?}\n{e}", String::from_utf8_lossy(&head));
                 }
-                accepted[j] += usize::from(scan(&head, role).is_some());
+                accepted[j] += usize::from(scan(&head, role, &mut [[0; 4]; MAX_FIELDS]).is_some());
             }
         }
         // The comparison means something only if the fast path took many of them.
