@@ -90,6 +90,8 @@ pub struct Collector {
 }
 
 impl Collector {
+    // Inlined with `with_buffer` where a message starts, the collector is built in place.
+    #[inline]
     pub fn new(coding: Coding, keep: usize, max_decoded: u64) -> Collector {
         let sink = || Keep {
             data: Vec::new(),
@@ -115,6 +117,7 @@ impl Collector {
     }
 
     /// Keeps the raw bytes in `buf` (emptied first) rather than in a new buffer.
+    #[inline]
     pub fn with_buffer(mut self, mut buf: Vec<u8>) -> Collector {
         buf.clear();
         self.raw = buf;

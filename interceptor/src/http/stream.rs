@@ -210,8 +210,9 @@ impl Head {
 struct Current {
     head: Head,
     body: Collector,
-    /// Trailer fields arrive after the body and join the headers.
-    trailers: Headers,
+    /// Trailer fields arrive after the body and join the headers. Rare: boxed, so that
+    /// the message being read stays small to move.
+    trailers: Option<Box<Headers>>,
 }
 
 pub struct Parser {
@@ -475,7 +476,8 @@ impl Parser {
     /// Parses the head at the start of `b`: the message head and its length, None if `b`
     /// ends before the head does, or an error if it is not a valid head.
     fn parse_head(&self, b: &[u8]) -> Result<Option<(Head, usize)>, ()> {
-        if let Some(s) = head::scan(b, self.role) {
+        let mut fields = [[0; 4]; head::MAX_FIELDS];
+        if let Some(s) = head::scan(b, self.role, &mut fields) {
             let head = match s.start.clone() {
                 StartLine::Request {
                     method,
@@ -571,7 +573,7 @@ impl Parser {
         self.cur = Some(Current {
             head,
             body,
-            trailers: Headers::new(),
+            trailers: None,
         });
         match framing {
             Ok(Framing::None) => self.complete(out, false),
@@ -611,7 +613,9 @@ impl Parser {
         match c.head {
             Head::Request(mut r) => {
                 r.body = body;
-                r.headers.append(&c.trailers);
+                if let Some(t) = c.trailers {
+                    r.headers.append(&t);
+                }
                 out.push(Parsed::Request(r));
             }
             Head::Response(mut r) => {
@@ -619,7 +623,9 @@ impl Parser {
                     self.answered += 1;
                 }
                 r.body = body;
-                r.headers.append(&c.trailers);
+                if let Some(t) = c.trailers {
+                    r.headers.append(&t);
+                }
                 out.push(Parsed::Response(r));
             }
         }
@@ -698,7 +704,7 @@ impl Parser {
                         if !blank_line {
                             let trailers = parse_trailers(&self.buf[..n]);
                             if let Some(c) = self.cur.as_mut() {
-                                c.trailers = trailers;
+                                c.trailers = Some(Box::new(trailers));
                             }
                         }
                         self.buf = Vec::new();
