@@ -213,6 +213,37 @@ fn next_bit(m: &[u32], from: usize) -> Option<usize> {
     }
 }
 
+/// The set bits of a run of masks, in order.
+struct Bits<'a> {
+    words: &'a [u32],
+    w: usize,
+    x: u32,
+}
+
+impl<'a> Bits<'a> {
+    fn new(words: &'a [u32]) -> Bits<'a> {
+        Bits {
+            words,
+            w: 0,
+            x: words.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl Iterator for Bits<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.x == 0 {
+            self.w += 1;
+            self.x = *self.words.get(self.w)?;
+        }
+        let i = self.x.trailing_zeros() as usize;
+        self.x &= self.x - 1;
+        Some(self.w * BLOCK + i)
+    }
+}
+
 /// Whether any bit in `from..to` is set.
 fn any_bit(m: &[u32], from: usize, to: usize) -> bool {
     next_bit(m, from).is_some_and(|i| i < to)
@@ -229,12 +260,12 @@ fn scan_with<'a>(
     let mut lf = [0u32; BLOCKS];
     let mut blank = [0u32; BLOCKS];
     let mut nontoken = [0u32; BLOCKS];
-    let (mut prev_lf, mut prev_cr, mut next_cr_expected) = (0u32, 0u32, 0u32);
-    let mut end = None;
-    for k in 0..BLOCKS {
+    let (mut prev_lf, mut prev_cr) = (0u32, 0u32);
+    let mut k = 0;
+    let end = loop {
         let at = k * BLOCK;
-        if at >= b.len() {
-            break;
+        if k == BLOCKS || at >= b.len() {
+            return None;
         }
         let m = match b.get(at..at + BLOCK) {
             Some(full) => classify(full.try_into().ok()?),
@@ -257,39 +288,40 @@ fn scan_with<'a>(
                 classify(&pad)
             }
         };
-        let hits = m.lf & ((m.lf << 2) | (prev_lf >> 30)) & ((m.cr << 1) | (prev_cr >> 31));
-        // Bits of this block inside the head.
-        let inside = if hits == 0 {
-            !0u32
-        } else {
+        // Where a CR is just before (a CR in the last bit of a block meets its LF in the
+        // next block's first).
+        let after_cr = (m.cr << 1) | (prev_cr >> 31);
+        // Bytes that break the rules: bad ones, and an LF not after a CR or a CR not
+        // before an LF.
+        let broken = m.bad | (m.lf ^ after_cr);
+        let hits = m.lf & ((m.lf << 2) | (prev_lf >> 30)) & after_cr;
+        if hits != 0 {
             let last = hits.trailing_zeros();
-            end = Some(at + last as usize + 1);
-            !0u32 >> (31 - last)
-        };
-        // Every CR is followed by an LF and every LF follows a CR. A CR in the last bit
-        // is checked against the next block's bit 0, and this block's bit 0 against the
-        // previous block's last bit.
-        let cr_before_lf = ((m.lf & inside) >> 1) | (m.cr & inside & 1 << 31);
-        if m.bad & inside != 0 || m.cr & inside != cr_before_lf || (m.lf & 1) != next_cr_expected {
+            // Bits of this block inside the head.
+            let inside = !0u32 >> (31 - last);
+            if broken & inside != 0 {
+                return None;
+            }
+            lf[k] = m.lf & inside;
+            blank[k] = m.blank & inside;
+            nontoken[k] = m.nontoken & inside;
+            break at + last as usize + 1;
+        }
+        if broken != 0 {
             return None;
         }
-        next_cr_expected = m.cr >> 31;
-        lf[k] = m.lf & inside;
-        blank[k] = m.blank & inside;
-        nontoken[k] = m.nontoken & inside;
+        (lf[k], blank[k], nontoken[k]) = (m.lf, m.blank, m.nontoken);
         (prev_lf, prev_cr) = (m.lf, m.cr);
-        if end.is_some() {
-            break;
-        }
-    }
-    let end = end?;
+        k += 1;
+    };
     let bytes = &b[..end];
     debug_assert!(bytes.is_ascii());
     // SAFETY: ASCII, so UTF-8: no byte of the head is over 0x7e (`bad`).
     let text = unsafe { std::str::from_utf8_unchecked(bytes) };
 
     // The start line ends at the first LF (its CR just before).
-    let eol = next_bit(&lf, 0)?;
+    let mut lines = Bits::new(&lf[..=k]);
+    let eol = lines.next()?;
     let line_end = eol.checked_sub(1)?;
     let start = match role {
         Role::Request => {
@@ -330,8 +362,7 @@ fn scan_with<'a>(
 
     let mut count = 0;
     let mut s = eol + 1;
-    loop {
-        let eol = next_bit(&lf, s)?;
+    for eol in lines {
         let cr = eol - 1;
         if cr == s {
             // The blank line: the first one is the end, found above.
@@ -344,7 +375,8 @@ fn scan_with<'a>(
             return None;
         }
         // Blanks around the value are not part of it.
-        let blank_at = |i: usize| blank[i / BLOCK] >> (i % BLOCK) & 1 != 0;
+        // (Every index is below MAX_LEN: the mask only shows the compiler so.)
+        let blank_at = |i: usize| blank[(i / BLOCK) & (BLOCKS - 1)] >> (i % BLOCK) & 1 != 0;
         let mut v0 = c + 1;
         while v0 < cr && blank_at(v0) {
             v0 += 1;
