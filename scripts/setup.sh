@@ -5,6 +5,7 @@
 #   - Debian packages: the peers the tests and benchmarks run against (iptables, nginx,
 #     haproxy, tshark, ngrep, wrk, ...) and libpcap for the filter compiler.
 #   - rust-src for the nightly toolchain (the eBPF crate builds core with -Z build-std).
+#   - llvm-tools for the default toolchain (llvm-profdata, for `cargo xtask pgo`).
 #   - bpf-linker, built against the nightly's own LLVM so the two agree on bitcode.
 set -euo pipefail
 
@@ -41,6 +42,11 @@ sysroot=$(rustc +nightly --print sysroot)
 if [ ! -d "$sysroot/lib/rustlib/src/rust/library" ]; then
   log "adding rust-src to nightly"
   rustup component add rust-src --toolchain nightly
+fi
+# llvm-profdata for the profile-guided release build (cargo xtask pgo).
+if [ ! -x "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata" ]; then
+  log "adding llvm-tools to the default toolchain"
+  rustup component add llvm-tools
 fi
 
 # --- bpf-linker against the nightly's LLVM ------------------------------------------

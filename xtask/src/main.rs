@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 #[path = "../../interceptor/ebpf_build.rs"]
 mod ebpf_build;
+mod pgo;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,9 @@ struct Cli {
 enum Task {
     /// Build the eBPF programs (interceptor-ebpf) on their own and print the object's path
     BuildEbpf,
+    /// Build the interceptor binary with profile-guided optimisation (trained on a
+    /// synthetic capture) and print its path; needs the llvm-tools component
+    Pgo,
     /// Writes a pcap of mirrored catalog traffic (primary and shadow exchanges) for the
     /// shadow benchmark and tests.
     ShadowPcap {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
                 ebpf_build::build(root).map_err(|e| anyhow!("{e}; {}", ebpf_build::SETUP_HINT))?;
             println!("{}", object.display());
         }
+        Task::Pgo => println!("{}", pgo::build(root)?.display()),
         Task::ShadowPcap {
             requests,
             connections,
