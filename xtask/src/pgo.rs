@@ -28,11 +28,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 
     let raw = work.join("raw");
     let generate = target.join("pgo-generate");
-    cargo_build(
-        root,
-        &generate,
-        &format!("-Cprofile-generate={}", raw.display()),
-    )?;
+    cargo_build(root, &generate, "-Cprofile-generate", &raw)?;
     let instrumented = generate.join("release/interceptor");
 
     let profile = work.join(format!("{:016x}.profdata", fnv_file(&instrumented)?));
@@ -43,11 +39,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         run(&mut merge, "llvm-profdata merge")?;
     }
     let using = target.join("pgo-use");
-    cargo_build(
-        root,
-        &using,
-        &format!("-Cprofile-use={}", profile.display()),
-    )?;
+    cargo_build(root, &using, "-Cprofile-use", &profile)?;
     Ok(using.join("release/interceptor"))
 }
 
@@ -83,7 +75,9 @@ fn train(instrumented: &Path, raw: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cargo_build(root: &Path, target_dir: &Path, rustflags: &str) -> Result<()> {
+/// Builds the binary into `target_dir` with `-C<option>=<path>`.
+fn cargo_build(root: &Path, target_dir: &Path, option: &str, path: &Path) -> Result<()> {
+    let rustflags = format!("{option}={}", path.display());
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .current_dir(root)
@@ -98,7 +92,7 @@ fn cargo_build(root: &Path, target_dir: &Path, rustflags: &str) -> Result<()> {
         ])
         .arg("--target-dir")
         .arg(target_dir)
-        .env("RUSTFLAGS", rustflags);
+        .env("RUSTFLAGS", &rustflags);
     run(&mut cargo, &format!("cargo build ({rustflags})"))
 }
 

@@ -416,22 +416,20 @@ pub fn agrees_with_httparse(b: &[u8], role: Role) -> Result<(), String> {
     };
     let ours: Vec<(&str, &str)> = s.fields().map(|(n, v)| (&s.text[n], &s.text[v])).collect();
     let mut storage = [httparse::EMPTY_HEADER; super::stream::MAX_HEADERS];
+    let complete = |parsed: httparse::Result<usize>| match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(n),
+        other => Err(format!("httparse: {other:?}")),
+    };
     let (len, line, theirs) = match role {
         Role::Request => {
             let mut r = httparse::Request::new(&mut storage);
-            let len = match r.parse(b) {
-                Ok(httparse::Status::Complete(n)) => n,
-                other => return Err(format!("httparse: {other:?}")),
-            };
+            let len = complete(r.parse(b))?;
             let line = format!("{:?} {:?} {:?}", r.method, r.path, r.version);
             (len, line, r.headers.to_vec())
         }
         Role::Response => {
             let mut r = httparse::Response::new(&mut storage);
-            let len = match r.parse(b) {
-                Ok(httparse::Status::Complete(n)) => n,
-                other => return Err(format!("httparse: {other:?}")),
-            };
+            let len = complete(r.parse(b))?;
             let line = format!("{:?} {:?} {:?}", r.version, r.code, r.reason);
             (len, line, r.headers.to_vec())
         }
