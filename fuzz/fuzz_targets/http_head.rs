@@ -1,5 +1,5 @@
 //! Arbitrary bytes as a message head: whatever the bitmask fast path accepts, httparse
-//! must parse into the same start line and fields, and the whole parser must not panic.
+//! must parse into the same start line and fields, and neither may panic.
 #![no_main]
 
 use interceptor::http::head::agrees_with_httparse;
