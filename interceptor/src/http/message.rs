@@ -220,36 +220,35 @@ impl Headers {
         } else {
             std::str::from_utf8(head)?
         };
-        let base = self.text.len();
-        self.text.push_str(text);
         // Checked against `head` alone: what is already in `text` ends on a boundary.
         let slice = |r: &Range<usize>| {
             r.start <= r.end
                 && r.end <= head.len()
                 && (ascii || (text.is_char_boundary(r.start) && text.is_char_boundary(r.end)))
         };
-        for (name, value) in fields {
-            if !slice(&name) || !slice(&value) {
-                continue;
-            }
-            self.record(
-                known_index(&head[name.clone()]),
-                base + name.start..base + name.end,
-                base + value.start..base + value.end,
-            );
-        }
+        let fields = fields.into_iter().filter(|(n, v)| slice(n) && slice(v));
+        self.append_head(text, fields);
         Ok(())
     }
 
     /// Appends the fields of a head `head::scan` accepted: its text is ASCII and every
     /// range is inside it, so nothing needs checking.
     pub fn push_scanned(&mut self, head: &Scanned<'_>) {
-        let base = self.text.len();
-        self.text.push_str(head.text);
         self.fields.reserve(head.len());
-        for (name, value) in head.fields() {
+        self.append_head(head.text, head.fields());
+    }
+
+    /// Copies `head` whole and records each field, given as where its name and value lie
+    /// in it (every range already checked to be a slice of it).
+    fn append_head<I>(&mut self, head: &str, fields: I)
+    where
+        I: Iterator<Item = (Range<usize>, Range<usize>)>,
+    {
+        let base = self.text.len();
+        self.text.push_str(head);
+        for (name, value) in fields {
             self.record(
-                known_index(&head.text.as_bytes()[name.clone()]),
+                known_index(&head.as_bytes()[name.clone()]),
                 base + name.start..base + name.end,
                 base + value.start..base + value.end,
             );
