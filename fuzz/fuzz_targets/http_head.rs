@@ -2,8 +2,8 @@
 //! must parse into the same start line and fields, and neither may panic.
 #![no_main]
 
-use interceptor::http::head::agrees_with_httparse;
-use interceptor::http::stream::Role;
+use interceptor_sniff::http::head::agrees_with_httparse;
+use interceptor_sniff::http::head::Role;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,8 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use interceptor::http::stream::{Asked, Limits, Parser, Role};
+use interceptor_sniff::http::head::Role;
+use interceptor_sniff::http::stream::{Asked, Limits, Parser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

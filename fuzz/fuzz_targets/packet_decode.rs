@@ -2,7 +2,7 @@
 //! and a segment's payload must lie inside the frame.
 #![no_main]
 
-use interceptor::capture::packet::{decode, LinkType};
+use interceptor_sniff::wire::packet::{decode, LinkType};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

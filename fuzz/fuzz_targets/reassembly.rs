@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use interceptor::capture::packet::{build::ethernet_tcp, decode, LinkType};
-use interceptor::http::stream::Limits;
-use interceptor::reassembly::{Config, Table};
-use interceptor::sniff::flow::{Ctx, HttpFlow};
-use interceptor::sniff::output::json::Json;
+use interceptor_sniff::wire::packet::{build::ethernet_tcp, decode, LinkType};
+use interceptor_sniff::http::stream::Limits;
+use interceptor_sniff::reassembly::{Config, Table};
+use interceptor_sniff::pipeline::flow::{Ctx, HttpFlow};
+use interceptor_sniff::output::json::Json;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -74,8 +74,8 @@ fn an_unknown_mode_is_refused() {
 /// tcpdump reports a truncated dump after printing what it read).
 #[test]
 fn a_capture_file_cut_short_still_reports_what_came_before() {
-    use interceptor::capture::packet::build::ethernet_tcp;
-    use interceptor::capture::packet::flags::{ACK, PSH, SYN};
+    use interceptor_sniff::wire::packet::build::ethernet_tcp;
+    use interceptor_sniff::wire::packet::flags::{ACK, PSH, SYN};
     use std::net::SocketAddr;
 
     let client: SocketAddr = "10.1.0.1:40000".parse().unwrap();

@@ -1,10 +1,8 @@
 //! Development tasks: `cargo xtask <task>`.
 
-// `sources()` there is for build.rs's rerun list only.
-#[allow(dead_code)]
-#[path = "../../interceptor/ebpf_build.rs"]
-mod ebpf_build;
 mod pgo;
+
+use interceptor_ebpf_build as ebpf_build;
 
 use std::path::{Path, PathBuf};
 

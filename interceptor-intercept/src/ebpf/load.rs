@@ -1,0 +1,428 @@
+//! `init --mode ebpf`: load, attach, pin, configure, with everything undone on failure.
+//!
+//! Order matters. Maps are created (or reopened from their pins) with the programs; a
+//! fresh `SETTINGS` entry is all zero, which the programs read as "disabled", so the links
+//! can be attached before any setting is written. Links are created and pinned, or, when a
+//! pin exists from an earlier `init`, updated in place to the new program. The settings go
+//! in last; the `SETTINGS` entry, which enables interception, is the very last write.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, MapData, SockHash, SockMap};
+use aya::programs::Program;
+use aya::{Ebpf, EbpfLoader};
+use interceptor_common::{self as common, map, program, SockTuple};
+
+use super::listener;
+use super::settings::{v4_key, v6_key};
+use super::sys::{self, attach};
+use super::target::{ensure_bpffs, Target};
+use super::{object, Settings, USE_IPTABLES};
+
+/// Programs attached to the cgroup, with their attach types.
+pub const CGROUP_PROGRAMS: [(&str, u32); 6] = [
+    (program::CONNECT4, attach::CGROUP_INET4_CONNECT),
+    (program::CONNECT6, attach::CGROUP_INET6_CONNECT),
+    (program::SENDMSG4, attach::CGROUP_UDP4_SENDMSG),
+    (program::RECVMSG4, attach::CGROUP_UDP4_RECVMSG),
+    (program::GETSOCKOPT, attach::CGROUP_GETSOCKOPT),
+    (program::SOCKOPS, attach::CGROUP_SOCK_OPS),
+];
+
+/// Pin file of a program's link inside the pin directory.
+pub fn link_pin_name(program: &str) -> String {
+    format!("link_{program}")
+}
+
+/// What `init` did to each link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    Created,
+    Updated,
+}
+
+pub struct Loaded {
+    pub target: Target,
+    pub pin_dir: PathBuf,
+    pub links: Vec<(String, LinkChange)>,
+    /// The loaded object, kept for following its debug logs.
+    pub ebpf: Ebpf,
+}
+
+/// Loads and attaches everything for `target` with `settings`; `debug` turns on the
+/// programs' aya-log output.
+pub fn init(target: &Target, settings: &Settings, debug: bool) -> Result<Loaded> {
+    settings.validate()?;
+    check_privileges()?;
+    ensure_bpffs()?;
+    let pin_dir = target.pin_dir();
+    let fresh = !pin_dir.exists();
+    fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+
+    let mut undo = Undo {
+        before: pin_names(&pin_dir),
+        pin_dir: pin_dir.clone(),
+        fresh,
+        created: Vec::new(),
+        updated: Vec::new(),
+    };
+    match load_and_attach(target, settings, debug, &pin_dir, &mut undo) {
+        Ok((ebpf, links)) => Ok(Loaded {
+            target: target.clone(),
+            pin_dir,
+            links,
+            ebpf,
+        }),
+        Err(e) => {
+            undo.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn load_and_attach(
+    target: &Target,
+    settings: &Settings,
+    debug: bool,
+    pin_dir: &Path,
+    undo: &mut Undo,
+) -> Result<(Ebpf, Vec<(String, LinkChange)>)> {
+    let level: u8 = if debug {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    };
+    let object = object::object()?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .override_global(aya_log::LEVEL, &level, true)
+        .load(object)
+        .map_err(|e| anyhow!("loading the eBPF object failed: {e}; {USE_IPTABLES}"))?;
+
+    for name in CGROUP_PROGRAMS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain([program::SKMSG, program::SKLOOKUP])
+    {
+        load_program(&mut ebpf, name)?;
+    }
+
+    let mut links = Vec::new();
+    let cgroup = File::open(&target.cgroup)
+        .with_context(|| format!("opening {}", target.cgroup.display()))?;
+    for (name, attach_type) in CGROUP_PROGRAMS {
+        let change = link(&ebpf, name, cgroup.as_fd(), attach_type, pin_dir, undo)?;
+        links.push((name.to_string(), change));
+    }
+    let netns = File::open("/proc/self/ns/net").context("opening /proc/self/ns/net")?;
+    let change = link(
+        &ebpf,
+        program::SKLOOKUP,
+        netns.as_fd(),
+        attach::SK_LOOKUP,
+        pin_dir,
+        undo,
+    )?;
+    links.push((program::SKLOOKUP.to_string(), change));
+
+    // sk_msg is held by the sockhash (pinned with the maps); attaching again replaces it.
+    {
+        let sockets: SockHash<&MapData, SockTuple> =
+            SockHash::try_from(map_ref(&ebpf, map::SOCKETS)?)?;
+        let prog = prog_fd(&ebpf, program::SKMSG)?;
+        sys::prog_attach_to_map(prog, sockets.fd().as_fd(), attach::SK_MSG_VERDICT)
+            .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
+    }
+
+    record_existing_listener(&mut ebpf, settings.inbound_capture_port)?;
+    write_settings(&mut ebpf, target, settings)?;
+    Ok((ebpf, links))
+}
+
+/// Puts an inbound capture listener that already exists into `LISTENER`.
+fn record_existing_listener(ebpf: &mut Ebpf, port: u16) -> Result<()> {
+    let found = listener::find(port);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut map: SockMap<&mut MapData> = SockMap::try_from(map_mut(ebpf, map::LISTENER)?)?;
+    for (index, sock) in found {
+        map.set(index, &sock, 0)
+            .context("recording the inbound capture listener")?;
+    }
+    Ok(())
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let r = match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        other => bail!("program {name} has unexpected type {:?}", other.prog_type()),
+    };
+    r.map_err(|e| {
+        // The verifier log is the useful part of a load error; aya puts it in the source chain.
+        let mut msg = format!("the kernel refused program {name}: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        anyhow!("{msg}\n(the kernel may lack this program type or helper); {USE_IPTABLES}")
+    })
+}
+
+fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
+    let prog = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(prog.fd()?.as_fd())
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Attaches `name` to `target` as a pinned link, or points the already pinned link at the
+/// newly loaded program.
+fn link(
+    ebpf: &Ebpf,
+    name: &str,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+    pin_dir: &Path,
+    undo: &mut Undo,
+) -> Result<LinkChange> {
+    let prog = prog_fd(ebpf, name)?;
+    let pin = pin_dir.join(link_pin_name(name));
+    match sys::obj_get(&pin) {
+        Ok(existing) => {
+            // Hold the program the link has, so a failure later can put it back.
+            let before = sys::link_info(existing.as_fd())
+                .map_err(|e| kernel_error("reading a pinned link", e))?;
+            let old = sys::prog_fd_by_id(before.prog_id)
+                .map_err(|e| kernel_error("opening a pinned link's program", e))?;
+            sys::link_update(existing.as_fd(), prog)
+                .map_err(|e| kernel_error(&format!("updating link {name}"), e))?;
+            undo.updated.push((pin, old));
+            Ok(LinkChange::Updated)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let link = sys::link_create(prog, target, attach_type)
+                .map_err(|e| kernel_error(&format!("attaching {name}"), e))?;
+            sys::obj_pin(link.as_fd(), &pin)
+                .map_err(|e| kernel_error(&format!("pinning link {name}"), e))?;
+            undo.created.push(pin);
+            Ok(LinkChange::Created)
+        }
+        Err(e) => Err(kernel_error(
+            &format!("opening pinned link {}", pin.display()),
+            e,
+        )),
+    }
+}
+
+fn write_settings(ebpf: &mut Ebpf, target: &Target, settings: &Settings) -> Result<()> {
+    {
+        let mut ports: Array<&mut MapData, u8> = Array::try_from(map_mut(ebpf, map::PORTS)?)?;
+        let mut bits = vec![0u8; 65536];
+        for (p, b) in settings.port_bits() {
+            bits[usize::from(p)] = b;
+        }
+        for (port, b) in bits.iter().enumerate() {
+            ports
+                .set(port as u32, b, 0)
+                .context("writing the PORTS map")?;
+        }
+    }
+    let v4: Vec<(u32, u32)> = settings
+        .outbound_exclude_cidrs
+        .iter()
+        .filter_map(v4_key)
+        .collect();
+    replace_trie(ebpf, map::OUT_EXCLUDE_V4, &v4)?;
+    let v6: Vec<(u32, [u32; 4])> = settings
+        .outbound_exclude_cidrs
+        .iter()
+        .filter_map(v6_key)
+        .collect();
+    replace_trie(ebpf, map::OUT_EXCLUDE_V6, &v6)?;
+    let v4: Vec<(u32, u32)> = settings.include_cidrs().iter().filter_map(v4_key).collect();
+    replace_trie(ebpf, map::OUT_INCLUDE_V4, &v4)?;
+    let v6: Vec<(u32, [u32; 4])> = settings.include_cidrs().iter().filter_map(v6_key).collect();
+    replace_trie(ebpf, map::OUT_INCLUDE_V6, &v6)?;
+
+    let (v4, v6) = local_addresses()?;
+    replace_set(ebpf, map::LOCAL_V4, &v4)?;
+    replace_set(ebpf, map::LOCAL_V6, &v6)?;
+
+    let mut entry: Array<&mut MapData, common::Settings> =
+        Array::try_from(map_mut(ebpf, map::SETTINGS)?)?;
+    entry
+        .set(0, settings.to_map_entry(target.netns_cookie), 0)
+        .context("writing the SETTINGS map")?;
+    Ok(())
+}
+
+/// The namespace's own addresses, as the programs store them (network-order words).
+fn local_addresses() -> Result<(Vec<u32>, Vec<[u32; 4]>)> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing this namespace's addresses")? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(sin) = addr.as_sockaddr_in() {
+            v4.push(u32::from_ne_bytes(sin.ip().octets()));
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            if let Some((_, words)) = v6_key(&ipnet::IpNet::from(std::net::IpAddr::V6(sin6.ip()))) {
+                v6.push(words);
+            }
+        }
+    }
+    v4.sort_unstable();
+    v4.dedup();
+    v6.sort_unstable();
+    v6.dedup();
+    Ok((v4, v6))
+}
+
+/// Makes the hash map `name` hold exactly the keys `wanted`.
+fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &str, wanted: &[K]) -> Result<()> {
+    let mut set: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in wanted {
+        set.insert(k, 1, 0)
+            .with_context(|| format!("writing {name}"))?;
+    }
+    let present: Vec<K> = set
+        .keys()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {name}"))?;
+    for k in present.iter().filter(|k| !wanted.contains(k)) {
+        set.remove(k).with_context(|| format!("clearing {name}"))?;
+    }
+    Ok(())
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Makes the trie hold exactly `wanted`: new keys first, stale ones removed after.
+fn replace_trie<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    wanted: &[(u32, K)],
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    for (prefix, addr) in wanted {
+        trie.insert(&lpm_trie::Key::new(*prefix, *addr), 1, 0)
+            .with_context(|| format!("writing {name}"))?;
+    }
+    let present: Vec<lpm_trie::Key<K>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {name}"))?;
+    for key in present {
+        if !wanted
+            .iter()
+            .any(|(p, a)| *p == key.prefix_len() && *a == key.data())
+        {
+            trie.remove(&key)
+                .with_context(|| format!("clearing {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn kernel_error(what: &str, e: io::Error) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => anyhow!(
+            "{what}: permission denied ({e}); eBPF mode needs root or CAP_BPF and CAP_NET_ADMIN; {USE_IPTABLES}"
+        ),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(ENOTSUPP) => {
+            anyhow!("{what}: the kernel does not support it ({e}); {USE_IPTABLES}")
+        }
+        _ => anyhow!("{what}: {e}"),
+    }
+}
+
+/// Capabilities this needs, checked up front so a non-root run fails before loading.
+fn check_privileges() -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| anyhow!("cannot read CapEff from /proc/self/status"))?;
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "eBPF mode needs {} (run as root, or grant them to the init container); {USE_IPTABLES}",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// What to take back when `init` fails half way.
+struct Undo {
+    pin_dir: PathBuf,
+    fresh: bool,
+    /// Pins that were there before this run; every other one is this run's.
+    before: Vec<std::ffi::OsString>,
+    /// Link pins made by this run: removing them detaches the links.
+    created: Vec<PathBuf>,
+    /// Pinned links pointed at a new program, with the program they had.
+    updated: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl Undo {
+    fn rollback(&mut self) {
+        for pin in self.created.drain(..) {
+            let _ = fs::remove_file(&pin);
+        }
+        for (pin, old_prog) in self.updated.drain(..) {
+            if let Ok(link) = sys::obj_get(&pin) {
+                let _ = sys::link_update(link.as_fd(), old_prog.as_fd());
+            }
+        }
+        // Maps this run pinned, then the directory if this run made it.
+        for name in pin_names(&self.pin_dir) {
+            if !self.before.contains(&name) {
+                let _ = fs::remove_file(self.pin_dir.join(name));
+            }
+        }
+        if self.fresh {
+            let _ = fs::remove_dir(&self.pin_dir);
+        }
+    }
+}
+
+/// The kernel's internal "not supported" errno, which bpf(2) can leak to userspace.
+const ENOTSUPP: i32 = 524;
+
+fn pin_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}

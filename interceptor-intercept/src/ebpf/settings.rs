@@ -1,0 +1,492 @@
+//! What the eBPF programs intercept, in the terms of istio-iptables' flags, and its
+//! encoding into the programs' maps (the `SETTINGS` entry, the `PORTS` bits, the CIDR
+//! tries).
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Result};
+use interceptor_common as common;
+
+use crate::config::{Config, InboundPorts, InterceptionMode};
+use ipnet::IpNet;
+
+/// Ports given as a list, or `*` for all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSet {
+    All,
+    List(Vec<u16>),
+}
+
+/// CIDRs given as a list, or `*` for all destinations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CidrSet {
+    All,
+    List(Vec<IpNet>),
+}
+
+/// Ports istio never captures inbound: HBONE (15008) always, ssh (22) when every port is
+/// captured. `-d` adds to these.
+pub const ALWAYS_EXCLUDED_INBOUND: [u16; 1] = [15008];
+pub const SSH_PORT: u16 = 22;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `-p`: the proxy's outbound listener.
+    pub proxy_port: u16,
+    /// `-z`: the proxy's inbound capture listener.
+    pub inbound_capture_port: u16,
+    /// The proxy's DNS listener, used with `redirect_dns`.
+    pub dns_port: u16,
+    /// `-u`, `-g`: the proxy's identities; their connects are never redirected.
+    pub proxy_uids: Vec<u32>,
+    pub proxy_gids: Vec<u32>,
+    /// `-b`: inbound ports captured.
+    pub inbound_ports: PortSet,
+    /// `-d`: inbound ports left alone.
+    pub inbound_exclude_ports: Vec<u16>,
+    /// `-i`: outbound destinations redirected.
+    pub outbound_cidrs: CidrSet,
+    /// `-x`: outbound destinations left alone.
+    pub outbound_exclude_cidrs: Vec<IpNet>,
+    /// `-q`: outbound ports redirected whatever the destination.
+    pub outbound_ports: Vec<u16>,
+    /// `-o`: outbound ports left alone.
+    pub outbound_exclude_ports: Vec<u16>,
+    /// `--redirect-dns`: DNS (port 53) goes to `dns_port`.
+    pub redirect_dns: bool,
+}
+
+impl Default for Settings {
+    /// The values istio's sidecar injector passes to istio-iptables.
+    fn default() -> Settings {
+        Settings {
+            proxy_port: 15001,
+            inbound_capture_port: 15006,
+            dns_port: 15053,
+            proxy_uids: vec![1337],
+            proxy_gids: vec![1337],
+            inbound_ports: PortSet::All,
+            inbound_exclude_ports: vec![15090, 15021, 15020],
+            outbound_cidrs: CidrSet::All,
+            outbound_exclude_cidrs: Vec::new(),
+            outbound_ports: Vec::new(),
+            outbound_exclude_ports: Vec::new(),
+            redirect_dns: false,
+        }
+    }
+}
+
+impl Settings {
+    /// The eBPF settings a checked istio-iptables configuration asks for. Flags that only
+    /// mean something with iptables rules are refused by name, so nobody believes a flag
+    /// took effect when it did not.
+    pub fn from_config(cfg: &Config) -> Result<Settings> {
+        if cfg.mode == InterceptionMode::Tproxy {
+            bail!(
+                "-m/--istio-inbound-interception-mode `TPROXY` is not supported in eBPF mode: sk_lookup \
+                 already keeps the original destination as TPROXY does; drop the flag, or use --mode iptables"
+            );
+        }
+        for (flag, values) in [
+            ("-k/--kube-virt-interfaces", &cfg.kube_virt_interfaces),
+            ("-c/--istio-exclude-interfaces", &cfg.exclude_interfaces),
+        ] {
+            if !values.is_empty() {
+                bail!(
+                    "{flag} `{}` is not supported in eBPF mode; use --mode iptables for it",
+                    values.join(",")
+                );
+            }
+        }
+        for (flag, set) in [
+            ("--drop-invalid", cfg.drop_invalid),
+            ("--capture-all-dns", cfg.capture_all_dns),
+            ("--run-validation", cfg.run_validation),
+            ("-n/--dry-run", cfg.dry_run),
+        ] {
+            if set {
+                bail!("{flag} is not supported in eBPF mode; use --mode iptables for it");
+            }
+        }
+        if cfg.inbound_tunnel_port != ALWAYS_EXCLUDED_INBOUND[0] {
+            bail!(
+                "-e/--inbound-tunnel-port `{}` is not supported in eBPF mode (the programs always spare {}); use --mode iptables for it",
+                cfg.inbound_tunnel_port,
+                ALWAYS_EXCLUDED_INBOUND[0]
+            );
+        }
+        if !cfg.owner_groups.values.is_empty() {
+            bail!(
+                "ISTIO_OUTBOUND_OWNER_GROUPS / ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE are not supported in eBPF mode; unset them, or use --mode iptables"
+            );
+        }
+        let ports = |flag: &str, v: &[String]| parse_ports(flag, &v.join(","));
+        let s = Settings {
+            proxy_port: cfg.proxy_port,
+            inbound_capture_port: cfg.inbound_capture_port,
+            proxy_uids: parse_ids("-u/--proxy-uid", &cfg.proxy_uids.join(","))?,
+            proxy_gids: parse_ids("-g/--proxy-gid", &cfg.proxy_gids.join(","))?,
+            inbound_ports: match &cfg.inbound_ports {
+                InboundPorts::All => PortSet::All,
+                InboundPorts::None => PortSet::List(Vec::new()),
+                InboundPorts::Only(list) => PortSet::List(ports("-b/--istio-inbound-ports", list)?),
+            },
+            inbound_exclude_ports: ports(
+                "-d/--istio-local-exclude-ports",
+                &cfg.inbound_ports_exclude,
+            )?,
+            outbound_cidrs: if cfg.outbound_include.wildcard {
+                CidrSet::All
+            } else {
+                CidrSet::List(
+                    cfg.outbound_include
+                        .v4
+                        .iter()
+                        .chain(&cfg.outbound_include.v6)
+                        .copied()
+                        .collect(),
+                )
+            },
+            outbound_exclude_cidrs: cfg
+                .outbound_exclude
+                .v4
+                .iter()
+                .chain(&cfg.outbound_exclude.v6)
+                .copied()
+                .collect(),
+            outbound_ports: ports("-q/--istio-outbound-ports", &cfg.outbound_ports_include)?,
+            outbound_exclude_ports: ports(
+                "-o/--istio-local-outbound-ports-exclude",
+                &cfg.outbound_ports_exclude,
+            )?,
+            redirect_dns: cfg.redirect_dns,
+            ..Settings::default()
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks what the maps cannot hold.
+    pub fn validate(&self) -> Result<()> {
+        if self.proxy_uids.len() > common::MAX_IDS {
+            bail!(
+                "-u/--proxy-uid: at most {} uids, got {}",
+                common::MAX_IDS,
+                self.proxy_uids.len()
+            );
+        }
+        if self.proxy_gids.len() > common::MAX_IDS {
+            bail!(
+                "-g/--proxy-gid: at most {} gids, got {}",
+                common::MAX_IDS,
+                self.proxy_gids.len()
+            );
+        }
+        for (flag, port) in [
+            ("-p/--envoy-port", self.proxy_port),
+            ("-z/--inbound-capture-port", self.inbound_capture_port),
+            ("DNS port", self.dns_port),
+        ] {
+            if port == 0 {
+                bail!("{flag}: port 0 is not a listener port");
+            }
+        }
+        Ok(())
+    }
+
+    /// Inbound ports never captured, `-d` plus istio's fixed exceptions.
+    pub fn inbound_excluded(&self) -> Vec<u16> {
+        let mut ports = self.inbound_exclude_ports.clone();
+        ports.extend(ALWAYS_EXCLUDED_INBOUND);
+        if self.inbound_ports == PortSet::All {
+            ports.push(SSH_PORT);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The `SETTINGS` map entry (with `FLAG_ENABLED` set) for the namespace `netns_cookie`.
+    pub fn to_map_entry(&self, netns_cookie: u64) -> common::Settings {
+        let mut uids = [0u32; common::MAX_IDS];
+        let mut gids = [0u32; common::MAX_IDS];
+        uids[..self.proxy_uids.len()].copy_from_slice(&self.proxy_uids);
+        gids[..self.proxy_gids.len()].copy_from_slice(&self.proxy_gids);
+        let mut flags = common::FLAG_ENABLED;
+        if self.outbound_cidrs == CidrSet::All {
+            flags |= common::FLAG_OUTBOUND_ALL_CIDRS;
+        }
+        if self.inbound_ports == PortSet::All {
+            flags |= common::FLAG_INBOUND_ALL_PORTS;
+        }
+        if self.redirect_dns {
+            flags |= common::FLAG_REDIRECT_DNS;
+        }
+        common::Settings {
+            netns_cookie,
+            proxy_port: self.proxy_port,
+            inbound_port: self.inbound_capture_port,
+            dns_port: self.dns_port,
+            n_uids: self.proxy_uids.len() as u16,
+            n_gids: self.proxy_gids.len() as u16,
+            _pad: [0; 3],
+            proxy_uids: uids,
+            proxy_gids: gids,
+            flags,
+            _pad2: 0,
+        }
+    }
+
+    /// `(port, PORT_* bits)` for every port with any bit set.
+    pub fn port_bits(&self) -> Vec<(u16, u8)> {
+        let mut bits = vec![0u8; 65536];
+        for &p in &self.outbound_ports {
+            bits[usize::from(p)] |= common::PORT_OUT_INCLUDE;
+        }
+        for &p in &self.outbound_exclude_ports {
+            bits[usize::from(p)] |= common::PORT_OUT_EXCLUDE;
+        }
+        if let PortSet::List(ports) = &self.inbound_ports {
+            for &p in ports {
+                bits[usize::from(p)] |= common::PORT_IN_INCLUDE;
+            }
+        }
+        for p in self.inbound_excluded() {
+            bits[usize::from(p)] |= common::PORT_IN_EXCLUDE;
+        }
+        bits.iter()
+            .enumerate()
+            .filter(|(_, b)| **b != 0)
+            .map(|(p, b)| (p as u16, *b))
+            .collect()
+    }
+
+    /// Included CIDRs (empty for `*`, which is a flag).
+    pub fn include_cidrs(&self) -> &[IpNet] {
+        match &self.outbound_cidrs {
+            CidrSet::All => &[],
+            CidrSet::List(c) => c,
+        }
+    }
+}
+
+/// An LPM-trie key for a CIDR: prefix length and the address words in network order.
+pub fn v4_key(net: &IpNet) -> Option<(u32, u32)> {
+    match net.network() {
+        IpAddr::V4(a) => Some((u32::from(net.prefix_len()), u32::from_ne_bytes(a.octets()))),
+        IpAddr::V6(_) => None,
+    }
+}
+
+pub fn v6_key(net: &IpNet) -> Option<(u32, [u32; 4])> {
+    match net.network() {
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let mut w = [0u32; 4];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            }
+            Some((u32::from(net.prefix_len()), w))
+        }
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Parses a comma-separated port list (`-b`, `-d`, `-q`, `-o`); empty means none.
+pub fn parse_ports(flag: &str, value: &str) -> Result<Vec<u16>> {
+    let mut ports = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<u16>() {
+            Ok(p) if p != 0 => ports.push(p),
+            _ => bail!("{flag}: `{item}` is not a port (1-65535) in `{value}`"),
+        }
+    }
+    Ok(ports)
+}
+
+/// Parses a comma-separated uid or gid list (`-u`, `-g`).
+pub fn parse_ids(flag: &str, value: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<u32>() {
+            Ok(id) => ids.push(id),
+            Err(_) => bail!("{flag}: `{item}` is not a numeric id in `{value}`"),
+        }
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{config_from_flags, IstioEnv};
+
+    /// `init`'s flags through the shared configuration into eBPF settings.
+    fn from_flags(argv: &[&str]) -> Result<Settings> {
+        Settings::from_config(&config_from_flags(argv, &IstioEnv::default())?)
+    }
+
+    #[test]
+    fn istio_flags_map_to_settings() {
+        let s = from_flags(&[
+            "-p",
+            "15101",
+            "-z",
+            "15106",
+            "-u",
+            "1337",
+            "-g",
+            "1337,1338",
+            "-b",
+            "8080,9090",
+            "-d",
+            "15020",
+            "-i",
+            "10.96.0.0/12",
+            "-x",
+            "10.96.0.1/32",
+            "-q",
+            "3306",
+            "-o",
+            "6379",
+            "--redirect-dns",
+        ])
+        .unwrap();
+        assert_eq!((s.proxy_port, s.inbound_capture_port), (15101, 15106));
+        assert_eq!(s.proxy_gids, vec![1337, 1338]);
+        assert_eq!(s.inbound_ports, PortSet::List(vec![8080, 9090]));
+        assert_eq!(s.inbound_exclude_ports, vec![15020]);
+        assert_eq!(
+            s.outbound_cidrs,
+            CidrSet::List(vec!["10.96.0.0/12".parse().unwrap()])
+        );
+        assert_eq!(
+            s.outbound_exclude_cidrs,
+            vec!["10.96.0.1/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(s.outbound_ports, vec![3306]);
+        assert_eq!(s.outbound_exclude_ports, vec![6379]);
+        assert!(s.redirect_dns);
+    }
+
+    #[test]
+    fn no_flags_give_the_injected_sidecars_profile() {
+        let s = from_flags(&[]).unwrap();
+        let d = Settings::default();
+        assert_eq!(
+            (
+                s.proxy_port,
+                s.inbound_capture_port,
+                &s.proxy_uids,
+                &s.proxy_gids
+            ),
+            (
+                d.proxy_port,
+                d.inbound_capture_port,
+                &d.proxy_uids,
+                &d.proxy_gids
+            )
+        );
+        assert_eq!(s.inbound_ports, PortSet::All);
+        assert_eq!(s.outbound_cidrs, CidrSet::All);
+        // The seed listing's ISTIO_INBOUND exceptions: 15008, 22, 15090, 15021, 15020.
+        assert_eq!(s.inbound_excluded(), vec![22, 15008, 15020, 15021, 15090]);
+    }
+
+    #[test]
+    fn iptables_only_flags_are_refused_by_name() {
+        for (argv, flag) in [
+            (
+                &["-m", "TPROXY"][..],
+                "-m/--istio-inbound-interception-mode",
+            ),
+            (&["-k", "eth1"][..], "-k/--kube-virt-interfaces"),
+            (&["-c", "eth2"][..], "-c/--istio-exclude-interfaces"),
+            (&["--drop-invalid"][..], "--drop-invalid"),
+            (&["--capture-all-dns"][..], "--capture-all-dns"),
+            (&["-e", "15009"][..], "-e/--inbound-tunnel-port"),
+        ] {
+            let err = format!("{:#}", from_flags(argv).unwrap_err());
+            assert!(
+                err.contains(flag) && err.contains("--mode iptables"),
+                "{argv:?}: {err}"
+            );
+        }
+        assert!(from_flags(&["-m", "REDIRECT"]).is_ok());
+    }
+
+    #[test]
+    fn port_ranges_cannot_go_into_the_port_map() {
+        let err = from_flags(&["-o", "8000:8100"]).unwrap_err().to_string();
+        assert!(
+            err.contains("-o/--istio-local-outbound-ports-exclude") && err.contains("8000:8100"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn port_lists_parse_and_name_the_flag_on_error() {
+        assert_eq!(
+            parse_ports("-d", "15090, 15021,15020").unwrap(),
+            vec![15090, 15021, 15020]
+        );
+        assert_eq!(parse_ports("-d", "").unwrap(), Vec::<u16>::new());
+        let err = parse_ports("-o", "80,http").unwrap_err().to_string();
+        assert!(err.contains("-o") && err.contains("`http`"), "{err}");
+        assert!(parse_ports("-o", "70000").is_err());
+        assert!(parse_ports("-o", "0").is_err());
+    }
+
+    #[test]
+    fn ids_parse() {
+        assert_eq!(parse_ids("-u", "1337,0").unwrap(), vec![1337, 0]);
+        assert!(parse_ids("-g", "istio")
+            .unwrap_err()
+            .to_string()
+            .contains("-g"));
+    }
+
+    #[test]
+    fn inbound_exclusions_follow_istio() {
+        let s = Settings::default();
+        assert_eq!(s.inbound_excluded(), vec![22, 15008, 15020, 15021, 15090]);
+        let listed = Settings {
+            inbound_ports: PortSet::List(vec![8080]),
+            ..Settings::default()
+        };
+        // ssh is only spared when every port is captured.
+        assert!(!listed.inbound_excluded().contains(&22));
+        let bits = listed.port_bits();
+        assert!(bits.contains(&(8080, common::PORT_IN_INCLUDE)));
+        assert!(bits.contains(&(15008, common::PORT_IN_EXCLUDE)));
+    }
+
+    #[test]
+    fn map_entry_carries_flags_and_ids() {
+        let s = Settings {
+            proxy_uids: vec![1337, 1338],
+            redirect_dns: true,
+            outbound_cidrs: CidrSet::List(vec!["10.0.0.0/8".parse().unwrap()]),
+            ..Settings::default()
+        };
+        let e = s.to_map_entry(42);
+        assert_eq!(e.netns_cookie, 42);
+        assert_eq!((e.n_uids, e.proxy_uids[1]), (2, 1338));
+        assert_ne!(e.flags & common::FLAG_REDIRECT_DNS, 0);
+        assert_eq!(e.flags & common::FLAG_OUTBOUND_ALL_CIDRS, 0);
+        assert_ne!(e.flags & common::FLAG_INBOUND_ALL_PORTS, 0);
+        assert_eq!(
+            v4_key(&"10.0.0.0/8".parse().unwrap()),
+            Some((8, u32::from_ne_bytes([10, 0, 0, 0])))
+        );
+    }
+
+    #[test]
+    fn too_many_ids_is_an_error() {
+        let s = Settings {
+            proxy_uids: (0..9).collect(),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("-u"));
+    }
+}

@@ -1,0 +1,1424 @@
+//! Compares a primary exchange with its shadow: request target, request and response headers,
+//! status, bodies. JSON bodies are compared structurally (paths like `[0].imageUrl`), text
+//! bodies by lines, anything else by bytes. What differs by design (the Host's `-shadow`
+//! suffix, tracing and proxy headers, framing) is skipped unless `strict`; what differs by
+//! nature (timestamps, UUIDs) is set apart as noise.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::volatile;
+use crate::http::{Body, Exchange, Headers};
+
+/// Headers that differ between a primary and its shadow by design: set per request by the
+/// proxy or the tracer, or describing the connection rather than the message (bodies are
+/// compared after transfer decoding, so framing is not content).
+pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
+    "date",
+    "x-request-id",
+    "x-b3-*",
+    "b3",
+    "traceparent",
+    "tracestate",
+    "x-envoy-*",
+    "x-forwarded-for",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+];
+
+/// At most this many differences are kept per pair; the rest are counted.
+pub const MAX_DIFFERENCES: usize = 1000;
+
+/// Text bodies whose differing middle exceeds this many line pairs are reported as one change
+/// rather than diffed line by line (the line diff is quadratic).
+const MAX_LINE_DIFF_CELLS: usize = 4_000_000;
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Header names (lower-case) to skip; a trailing `*` matches any suffix.
+    pub ignore_headers: Vec<String>,
+    /// Body paths to skip, with their subtrees.
+    pub ignore_paths: Vec<PathPattern>,
+    /// Compare everything: no default-ignored headers, Host taken literally, noise counted
+    /// as differences.
+    pub strict: bool,
+}
+
+impl Options {
+    /// Checks and adds a `--ignore-header` value.
+    pub fn ignore_header(&mut self, name: &str) -> Result<(), String> {
+        let stem = name.strip_suffix('*').unwrap_or(name);
+        if name.is_empty() || !stem.bytes().all(is_token_byte) {
+            return Err(format!("{name:?}: not a header name (letters, digits, -_.!#$%&'+^`|~, optional trailing *)"));
+        }
+        self.ignore_headers.push(name.to_ascii_lowercase());
+        Ok(())
+    }
+
+    /// Checks and adds an `--ignore-path` value.
+    pub fn ignore_path(&mut self, pattern: &str) -> Result<(), String> {
+        let p =
+            PathPattern::parse(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
+        self.ignore_paths.push(p);
+        Ok(())
+    }
+
+    fn header_ignored(&self, name: &str) -> bool {
+        let defaults: &[&str] = if self.strict {
+            &[]
+        } else {
+            DEFAULT_IGNORED_HEADERS
+        };
+        defaults
+            .iter()
+            .copied()
+            .chain(self.ignore_headers.iter().map(String::as_str))
+            .any(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => name
+                    .as_bytes()
+                    .get(..prefix.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes())),
+                None => name.eq_ignore_ascii_case(pat),
+            })
+    }
+
+    fn path_ignored(&self, path: &[Seg]) -> bool {
+        self.ignore_paths.iter().any(|p| p.covers(path))
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Where two exchanges differ.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// The response status; also used when one side has no response at all.
+    Status,
+    /// The request target (path and query).
+    Target,
+    Header {
+        request: bool,
+        name: String,
+    },
+    /// A body: `path` is empty for the body as a whole, a JSON path, or `line:N`.
+    Body {
+        request: bool,
+        path: String,
+    },
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Status => f.write_str("status"),
+            Location::Target => f.write_str("request.target"),
+            Location::Header { request, name } => {
+                write!(f, "{}header:{name}", if *request { "request." } else { "" })
+            }
+            Location::Body { request, path } => {
+                f.write_str(if *request { "request.body" } else { "body" })?;
+                if !path.is_empty() {
+                    write!(f, ":{path}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Present in the shadow only.
+    Added,
+    /// Present in the primary only.
+    Removed,
+    Changed,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Added => "added",
+            Kind::Removed => "removed",
+            Kind::Changed => "changed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Difference {
+    pub location: Location,
+    pub kind: Kind,
+    /// The primary's value (None when absent).
+    pub primary: Option<Value>,
+    pub shadow: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Comparison {
+    pub differences: Vec<Difference>,
+    /// Changes in volatile values only (timestamps, UUIDs): reported apart.
+    pub noise: Vec<Difference>,
+    /// Differences beyond `MAX_DIFFERENCES`, counted but not kept.
+    pub omitted: usize,
+}
+
+impl Comparison {
+    pub fn same(&self) -> bool {
+        self.differences.is_empty() && self.omitted == 0
+    }
+
+    fn push(&mut self, d: Difference, noise: bool, strict: bool) {
+        let list = if noise && !strict {
+            &mut self.noise
+        } else {
+            &mut self.differences
+        };
+        if list.len() >= MAX_DIFFERENCES {
+            self.omitted += 1;
+        } else {
+            list.push(d);
+        }
+    }
+}
+
+/// Compares `primary` with `shadow` under `opts`.
+pub fn compare(primary: &Exchange, shadow: &Exchange, opts: &Options) -> Comparison {
+    let mut c = Comparison::default();
+    if primary.request.target != shadow.request.target {
+        let d = changed(
+            Location::Target,
+            s(&primary.request.target),
+            s(&shadow.request.target),
+        );
+        c.push(d, false, opts.strict);
+    }
+    headers(
+        &mut c,
+        true,
+        &primary.request.headers,
+        &shadow.request.headers,
+        opts,
+    );
+    body(
+        &mut c,
+        true,
+        &primary.request.body,
+        &shadow.request.body,
+        &primary.request.headers,
+        opts,
+    );
+
+    match (&primary.response, &shadow.response) {
+        (None, None) => {}
+        (Some(p), None) => c.push(
+            Difference {
+                location: Location::Status,
+                kind: Kind::Removed,
+                primary: Some(p.status.into()),
+                shadow: None,
+            },
+            false,
+            opts.strict,
+        ),
+        (None, Some(sh)) => c.push(
+            Difference {
+                location: Location::Status,
+                kind: Kind::Added,
+                primary: None,
+                shadow: Some(sh.status.into()),
+            },
+            false,
+            opts.strict,
+        ),
+        (Some(p), Some(sh)) => {
+            if p.status != sh.status {
+                c.push(
+                    changed(Location::Status, p.status.into(), sh.status.into()),
+                    false,
+                    opts.strict,
+                );
+            }
+            headers(&mut c, false, &p.headers, &sh.headers, opts);
+            body(&mut c, false, &p.body, &sh.body, &p.headers, opts);
+        }
+    }
+    c
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+fn changed(location: Location, primary: Value, shadow: Value) -> Difference {
+    Difference {
+        location,
+        kind: Kind::Changed,
+        primary: Some(primary),
+        shadow: Some(shadow),
+    }
+}
+
+/// The Host with the shadow marker removed: `catalog.ns-shadow:80` -> `catalog.ns:80`.
+pub fn strip_shadow_suffix(host: &str) -> Option<String> {
+    let (name, port) = split_port(host);
+    // Host names are case-insensitive.
+    let cut = name.len().checked_sub("-shadow".len())?;
+    if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case("-shadow") {
+        return None;
+    }
+    Some(format!("{}{port}", &name[..cut]))
+}
+
+/// True when a Host (or `:authority`) names a shadow: `-shadow` right before the port.
+pub fn is_shadow_host(host: &str) -> bool {
+    strip_shadow_suffix(host).is_some()
+}
+
+/// Splits `name:port` into (`name`, `:port`); IPv6 literals keep their brackets.
+fn split_port(host: &str) -> (&str, &str) {
+    match host.rfind(':') {
+        Some(i) if !host[..i].contains(':') || host[..i].ends_with(']') => {
+            if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
+                (&host[..i], &host[i..])
+            } else {
+                (host, "")
+            }
+        }
+        _ => (host, ""),
+    }
+}
+
+/// The value of header `name` as one string, repeated headers joined as `, `; borrowed when
+/// the header appears once (the usual case: no allocation).
+fn joined<'a>(headers: &'a Headers, name: &str) -> Option<Cow<'a, str>> {
+    let mut it = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    let (_, first) = it.next()?;
+    let mut out = Cow::Borrowed(first);
+    for (_, v) in it {
+        let o = out.to_mut();
+        o.push_str(", ");
+        o.push_str(v);
+    }
+    Some(out)
+}
+
+/// Distinct header names, in first-seen order.
+fn names(headers: &Headers) -> impl Iterator<Item = &str> {
+    headers.iter().enumerate().filter_map(move |(i, (n, _))| {
+        let first = !headers
+            .iter()
+            .take(i)
+            .any(|(m, _)| m.eq_ignore_ascii_case(n));
+        first.then_some(n)
+    })
+}
+
+fn headers(c: &mut Comparison, request: bool, p: &Headers, sh: &Headers, opts: &Options) {
+    let loc = |name: &str| Location::Header {
+        request,
+        name: name.to_ascii_lowercase(),
+    };
+    for name in names(p) {
+        if opts.header_ignored(name) {
+            continue;
+        }
+        let Some(pv) = joined(p, name) else { continue };
+        match joined(sh, name) {
+            None => c.push(
+                Difference {
+                    location: loc(name),
+                    kind: Kind::Removed,
+                    primary: Some(s(&pv)),
+                    shadow: None,
+                },
+                false,
+                opts.strict,
+            ),
+            Some(sv) => {
+                let stripped = if !opts.strict && name.eq_ignore_ascii_case("host") {
+                    strip_shadow_suffix(&sv)
+                } else {
+                    None
+                };
+                if *pv != *stripped.as_deref().unwrap_or(&sv) {
+                    let noise = volatile::only_volatile_differs(&pv, &sv);
+                    c.push(changed(loc(name), s(&pv), s(&sv)), noise, opts.strict);
+                }
+            }
+        }
+    }
+    for name in names(sh) {
+        if opts.header_ignored(name) || p.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let Some(sv) = joined(sh, name) else { continue };
+        c.push(
+            Difference {
+                location: loc(name),
+                kind: Kind::Added,
+                primary: None,
+                shadow: Some(s(&sv)),
+            },
+            false,
+            opts.strict,
+        );
+    }
+}
+
+fn is_json_type(headers: &Headers) -> bool {
+    headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type") && {
+            let v = v.to_ascii_lowercase();
+            v.contains("/json") || v.contains("+json")
+        }
+    })
+}
+
+fn body(
+    c: &mut Comparison,
+    request: bool,
+    p: &Body,
+    sh: &Body,
+    p_headers: &Headers,
+    opts: &Options,
+) {
+    if p.data == sh.data && p.len == sh.len {
+        return;
+    }
+    let whole = |kind, primary, shadow| Difference {
+        location: Location::Body {
+            request,
+            path: String::new(),
+        },
+        kind,
+        primary,
+        shadow,
+    };
+    if p.len == 0 || sh.len == 0 {
+        let (kind, pv, sv) = if p.len == 0 {
+            (Kind::Added, None, Some(describe(sh)))
+        } else {
+            (Kind::Removed, Some(describe(p)), None)
+        };
+        c.push(whole(kind, pv, sv), false, opts.strict);
+        return;
+    }
+    if p.truncated || sh.truncated {
+        // Only a prefix of each is known: say that they differ, and where.
+        c.push(
+            whole(Kind::Changed, Some(describe(p)), Some(describe(sh))),
+            false,
+            opts.strict,
+        );
+        return;
+    }
+    let looks_json = |b: &[u8]| {
+        matches!(
+            b.iter().find(|c| !c.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        )
+    };
+    if is_json_type(p_headers) || (looks_json(&p.data) && looks_json(&sh.data)) {
+        if let (Ok(pj), Ok(sj)) = (
+            serde_json::from_slice::<Value>(&p.data),
+            serde_json::from_slice::<Value>(&sh.data),
+        ) {
+            let mut path = Vec::new();
+            json(c, request, &mut path, &pj, &sj, opts);
+            return;
+        }
+    }
+    match (std::str::from_utf8(&p.data), std::str::from_utf8(&sh.data)) {
+        (Ok(pt), Ok(st)) => lines(c, request, pt, st, opts),
+        _ => c.push(
+            whole(Kind::Changed, Some(describe(p)), Some(describe(sh))),
+            false,
+            opts.strict,
+        ),
+    }
+}
+
+/// A short description of a body that is not shown whole.
+fn describe(b: &Body) -> Value {
+    let mut s = format!("<{} bytes", b.len);
+    if b.truncated {
+        let _ = write!(s, ", {} kept", b.data.len());
+    }
+    s.push('>');
+    Value::String(s)
+}
+
+/// One step of a JSON path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders a JSON path: `[0].imageUrl`, `items[2].price`, `meta["a.b"]`.
+pub fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+            Seg::Key(k) if is_plain_key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Key(k) => {
+                let _ = write!(out, "[{}]", Value::String(k.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn is_plain_key(k: &str) -> bool {
+    !k.is_empty()
+        && k != "*"
+        && !k.starts_with("line:")
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'$')
+}
+
+/// Replaces array indices with `[*]` so that the same field across items counts as one.
+pub fn generalise(location: &str) -> String {
+    let mut out = String::with_capacity(location.len());
+    let mut rest = location;
+    while let Some(i) = rest.find('[') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if after.starts_with('"') {
+            // A quoted key: copy it as it is, brackets inside included.
+            let end = after.find("\"]").map_or(after.len(), |j| j + 2);
+            out.push('[');
+            out.push_str(&after[..end]);
+            rest = &after[end..];
+            continue;
+        }
+        match after.find(']') {
+            Some(j) if j > 0 && after[..j].bytes().all(|b| b.is_ascii_digit()) => {
+                out.push_str("[*]");
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A body path to ignore: the path syntax of the output, plus `[*]` (any index) and `*`
+/// (any key). It covers the paths it names and everything beneath them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPattern(Vec<PatSeg>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PatSeg {
+    Key(String),
+    AnyKey,
+    Index(usize),
+    AnyIndex,
+}
+
+impl PathPattern {
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        let t = text.strip_prefix("body:").unwrap_or(text);
+        let t = t.strip_prefix('$').unwrap_or(t);
+        let b = t.as_bytes();
+        let mut segs = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'.' => {
+                    i += 1;
+                    let start = i;
+                    while i < b.len() && b[i] != b'.' && b[i] != b'[' {
+                        i += 1;
+                    }
+                    if start == i {
+                        return Err(format!("empty key at byte {start}"));
+                    }
+                    segs.push(key_seg(&t[start..i]));
+                }
+                b'[' => {
+                    let close = t[i..]
+                        .find(']')
+                        .map(|j| i + j)
+                        .ok_or_else(|| format!("unclosed '[' at byte {i}"))?;
+                    let inner = &t[i + 1..close];
+                    if inner == "*" {
+                        segs.push(PatSeg::AnyIndex);
+                        i = close + 1;
+                    } else if let Ok(n) = inner.parse::<usize>() {
+                        segs.push(PatSeg::Index(n));
+                        i = close + 1;
+                    } else if inner.starts_with('"') {
+                        // A quoted key may itself contain ']': read a JSON string.
+                        let mut de =
+                            serde_json::Deserializer::from_str(&t[i + 1..]).into_iter::<String>();
+                        let key = match de.next() {
+                            Some(Ok(k)) => k,
+                            _ => return Err(format!("bad quoted key at byte {i}")),
+                        };
+                        let end = i + 1 + de.byte_offset();
+                        if b.get(end) != Some(&b']') {
+                            return Err(format!("expected ']' at byte {end}"));
+                        }
+                        segs.push(PatSeg::Key(key));
+                        i = end + 1;
+                    } else {
+                        return Err(format!(
+                            "expected an index, * or a quoted key inside [] at byte {i}"
+                        ));
+                    }
+                }
+                _ if i == 0 => {
+                    let start = i;
+                    while i < b.len() && b[i] != b'.' && b[i] != b'[' {
+                        i += 1;
+                    }
+                    segs.push(key_seg(&t[start..i]));
+                }
+                c => return Err(format!("unexpected {:?} at byte {i}", c as char)),
+            }
+        }
+        if segs.is_empty() {
+            return Err("empty path: name a field, e.g. [*].imageUrl".into());
+        }
+        Ok(PathPattern(segs))
+    }
+
+    fn covers(&self, path: &[Seg]) -> bool {
+        self.0.len() <= path.len()
+            && self.0.iter().zip(path).all(|(p, s)| match (p, s) {
+                (PatSeg::AnyKey, Seg::Key(_)) | (PatSeg::AnyIndex, Seg::Index(_)) => true,
+                (PatSeg::Key(a), Seg::Key(b)) => a == b,
+                (PatSeg::Index(a), Seg::Index(b)) => a == b,
+                _ => false,
+            })
+    }
+}
+
+fn key_seg(k: &str) -> PatSeg {
+    if k == "*" {
+        PatSeg::AnyKey
+    } else {
+        PatSeg::Key(k.to_string())
+    }
+}
+
+fn json(
+    c: &mut Comparison,
+    request: bool,
+    path: &mut Vec<Seg>,
+    p: &Value,
+    sh: &Value,
+    opts: &Options,
+) {
+    if opts.path_ignored(path) {
+        return;
+    }
+    let loc = |path: &[Seg]| Location::Body {
+        request,
+        path: render_path(path),
+    };
+    match (p, sh) {
+        (Value::Object(po), Value::Object(so)) => {
+            for (k, pv) in po {
+                path.push(Seg::Key(k.clone()));
+                match so.get(k) {
+                    Some(sv) => json(c, request, path, pv, sv, opts),
+                    None if !opts.path_ignored(path) => c.push(
+                        Difference {
+                            location: loc(path),
+                            kind: Kind::Removed,
+                            primary: Some(pv.clone()),
+                            shadow: None,
+                        },
+                        false,
+                        opts.strict,
+                    ),
+                    None => {}
+                }
+                path.pop();
+            }
+            for (k, sv) in so {
+                if po.contains_key(k) {
+                    continue;
+                }
+                path.push(Seg::Key(k.clone()));
+                if !opts.path_ignored(path) {
+                    c.push(
+                        Difference {
+                            location: loc(path),
+                            kind: Kind::Added,
+                            primary: None,
+                            shadow: Some(sv.clone()),
+                        },
+                        false,
+                        opts.strict,
+                    );
+                }
+                path.pop();
+            }
+        }
+        (Value::Array(pa), Value::Array(sa)) => {
+            // Index by index: services that add a field keep their order, and positions are
+            // what a reader of `[0].imageUrl` expects.
+            for i in 0..pa.len().max(sa.len()) {
+                path.push(Seg::Index(i));
+                match (pa.get(i), sa.get(i)) {
+                    (Some(pv), Some(sv)) => json(c, request, path, pv, sv, opts),
+                    (Some(pv), None) if !opts.path_ignored(path) => c.push(
+                        Difference {
+                            location: loc(path),
+                            kind: Kind::Removed,
+                            primary: Some(pv.clone()),
+                            shadow: None,
+                        },
+                        false,
+                        opts.strict,
+                    ),
+                    (None, Some(sv)) if !opts.path_ignored(path) => c.push(
+                        Difference {
+                            location: loc(path),
+                            kind: Kind::Added,
+                            primary: None,
+                            shadow: Some(sv.clone()),
+                        },
+                        false,
+                        opts.strict,
+                    ),
+                    _ => {}
+                }
+                path.pop();
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            if a != b && a.as_f64() != b.as_f64() {
+                let noise = volatile::both_epoch(p, sh);
+                c.push(
+                    changed(loc(path), p.clone(), sh.clone()),
+                    noise,
+                    opts.strict,
+                );
+            }
+        }
+        (Value::String(a), Value::String(b)) => {
+            if a != b {
+                let noise = volatile::only_volatile_differs(a, b);
+                c.push(
+                    changed(loc(path), p.clone(), sh.clone()),
+                    noise,
+                    opts.strict,
+                );
+            }
+        }
+        _ => {
+            if p != sh {
+                c.push(
+                    changed(loc(path), p.clone(), sh.clone()),
+                    false,
+                    opts.strict,
+                );
+            }
+        }
+    }
+}
+
+/// Line diff: common head and tail trimmed, the middle aligned by longest common
+/// subsequence; a removed line facing an added line is one changed line.
+fn lines(c: &mut Comparison, request: bool, p: &str, sh: &str, opts: &Options) {
+    let a: Vec<&str> = p.lines().collect();
+    let b: Vec<&str> = sh.lines().collect();
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let am = &a[head..a.len() - tail];
+    let bm = &b[head..b.len() - tail];
+    let loc = |n: usize| Location::Body {
+        request,
+        path: format!("line:{n}"),
+    };
+    let line = |t: &str| Some(Value::String(t.to_string()));
+    if am.is_empty() && bm.is_empty() {
+        // Same lines, different line endings or final newline.
+        c.push(
+            changed(loc(head + 1), describe_text(p), describe_text(sh)),
+            false,
+            opts.strict,
+        );
+        return;
+    }
+    if am.len().saturating_mul(bm.len()) > MAX_LINE_DIFF_CELLS {
+        c.push(
+            Difference {
+                location: Location::Body {
+                    request,
+                    path: format!("line:{}", head + 1),
+                },
+                kind: Kind::Changed,
+                primary: Some(Value::String(format!("<{} lines>", am.len()))),
+                shadow: Some(Value::String(format!("<{} lines>", bm.len()))),
+            },
+            false,
+            opts.strict,
+        );
+        return;
+    }
+    // lcs[i][j]: length of the LCS of am[i..] and bm[j..].
+    let w = bm.len() + 1;
+    let mut lcs = vec![0u32; (am.len() + 1) * w];
+    for i in (0..am.len()).rev() {
+        for j in (0..bm.len()).rev() {
+            lcs[i * w + j] = if am[i] == bm[j] {
+                lcs[(i + 1) * w + j + 1] + 1
+            } else {
+                lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut removed: Vec<(usize, &str)> = Vec::new();
+    let mut added: Vec<(usize, &str)> = Vec::new();
+    let flush =
+        |c: &mut Comparison, removed: &mut Vec<(usize, &str)>, added: &mut Vec<(usize, &str)>| {
+            let n = removed.len().max(added.len());
+            for k in 0..n {
+                let d = match (removed.get(k), added.get(k)) {
+                    (Some(&(ln, r)), Some(&(_, a))) => {
+                        let noise = volatile::only_volatile_differs(r, a);
+                        c.push(changed(loc(ln), s(r), s(a)), noise, opts.strict);
+                        continue;
+                    }
+                    (Some(&(ln, r)), None) => Difference {
+                        location: loc(ln),
+                        kind: Kind::Removed,
+                        primary: line(r),
+                        shadow: None,
+                    },
+                    (None, Some(&(ln, a))) => Difference {
+                        location: loc(ln),
+                        kind: Kind::Added,
+                        primary: None,
+                        shadow: line(a),
+                    },
+                    (None, None) => continue,
+                };
+                c.push(d, false, opts.strict);
+            }
+            removed.clear();
+            added.clear();
+        };
+    while i < am.len() || j < bm.len() {
+        if i < am.len() && j < bm.len() && am[i] == bm[j] {
+            flush(c, &mut removed, &mut added);
+            i += 1;
+            j += 1;
+        } else if j < bm.len() && (i == am.len() || lcs[i * w + j + 1] >= lcs[(i + 1) * w + j]) {
+            added.push((head + j + 1, bm[j]));
+            j += 1;
+        } else {
+            removed.push((head + i + 1, am[i]));
+            i += 1;
+        }
+    }
+    flush(c, &mut removed, &mut added);
+}
+
+fn describe_text(t: &str) -> Value {
+    let end = if t.ends_with("\r\n") {
+        "CRLF"
+    } else if t.ends_with('\n') {
+        "LF"
+    } else {
+        "no newline"
+    };
+    Value::String(format!(
+        "<{} bytes, {} lines, ends with {end}>",
+        t.len(),
+        t.lines().count()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Request, Response};
+    use serde_json::json;
+    use std::time::SystemTime;
+
+    fn body(data: &str) -> Body {
+        Body {
+            data: data.as_bytes().to_vec(),
+            len: data.len() as u64,
+            truncated: false,
+        }
+    }
+
+    fn hdrs(h: &[(&str, &str)]) -> Headers {
+        h.iter().copied().collect()
+    }
+
+    fn ex(
+        host: &str,
+        req_h: &[(&str, &str)],
+        status: u16,
+        resp_h: &[(&str, &str)],
+        resp_body: &str,
+    ) -> Exchange {
+        let mut rh = hdrs(&[("host", host)]);
+        rh.append(&hdrs(req_h));
+        Exchange {
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:3000".parse().unwrap(),
+            interface: None,
+            request: Box::new(Request {
+                method: "GET".into(),
+                target: "/items".into(),
+                version: "HTTP/1.1",
+                headers: rh,
+                body: Body::default(),
+                ts: SystemTime::UNIX_EPOCH,
+            }),
+            response: Some(Box::new(Response {
+                status,
+                reason: "OK".into(),
+                version: "HTTP/1.1",
+                headers: hdrs(resp_h),
+                body: body(resp_body),
+                ts: SystemTime::UNIX_EPOCH,
+            })),
+        }
+    }
+
+    const JSON_CT: (&str, &str) = ("content-type", "application/json; charset=utf-8");
+
+    fn wheres(v: &[Difference]) -> Vec<String> {
+        v.iter()
+            .map(|d| format!("{} {}", d.location, d.kind.as_str()))
+            .collect()
+    }
+
+    fn cmp_bodies(p: &str, s: &str, opts: &Options) -> Comparison {
+        compare(
+            &ex("catalog:80", &[], 200, &[JSON_CT], p),
+            &ex("catalog-shadow:80", &[], 200, &[JSON_CT], s),
+            opts,
+        )
+    }
+
+    #[test]
+    fn identical_is_same_despite_designed_differences() {
+        let p = ex(
+            "catalog.istioinaction:80",
+            &[
+                ("x-request-id", "a"),
+                ("x-b3-spanid", "1"),
+                ("x-forwarded-for", "172.18.0.1"),
+                ("traceparent", "00-1"),
+            ],
+            200,
+            &[
+                JSON_CT,
+                ("date", "Sat, 26 Apr 2025 11:27:34 GMT"),
+                ("x-envoy-upstream-service-time", "0"),
+            ],
+            "[1]",
+        );
+        let s = ex(
+            "catalog.istioinaction-shadow:80",
+            &[
+                ("x-request-id", "a"),
+                ("x-b3-spanid", "2"),
+                ("x-forwarded-for", "172.18.0.1,10.10.0.15"),
+                ("traceparent", "00-2"),
+            ],
+            200,
+            &[
+                JSON_CT,
+                ("date", "Sat, 26 Apr 2025 11:27:35 GMT"),
+                ("x-envoy-upstream-service-time", "1"),
+            ],
+            "[1]",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert!(c.same(), "{:?}", c);
+        assert!(c.noise.is_empty());
+    }
+
+    #[test]
+    fn strict_reports_designed_differences() {
+        let p = ex(
+            "catalog:80",
+            &[("x-b3-spanid", "1")],
+            200,
+            &[("date", "Sat, 26 Apr 2025 11:27:34 GMT")],
+            "",
+        );
+        let s = ex(
+            "catalog-shadow:80",
+            &[("x-b3-spanid", "2")],
+            200,
+            &[("date", "Sat, 26 Apr 2025 11:27:35 GMT")],
+            "",
+        );
+        let c = compare(
+            &p,
+            &s,
+            &Options {
+                strict: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            wheres(&c.differences),
+            [
+                "request.header:host changed",
+                "request.header:x-b3-spanid changed",
+                "header:date changed"
+            ]
+        );
+        assert!(c.noise.is_empty(), "strict counts noise as differences");
+    }
+
+    #[test]
+    fn host_compared_after_suffix_is_removed() {
+        let p = ex("catalog:80", &[], 200, &[], "");
+        let s = ex("reviews-shadow:80", &[], 200, &[], "");
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["request.header:host changed"]);
+        assert_eq!(c.differences[0].shadow, Some(json!("reviews-shadow:80")));
+    }
+
+    #[test]
+    fn seed_catalog_v2_adds_image_url_per_item() {
+        let v1 = r#"[{"id":1,"color":"amber","department":"Eyewear","name":"Elinor Glasses","price":"282.00"},
+                     {"id":2,"color":"cyan","department":"Clothing","name":"Atlas Shirt","price":"127.00"}]"#;
+        let v2 = r#"[{"id":1,"color":"amber","department":"Eyewear","name":"Elinor Glasses","price":"282.00","imageUrl":"http://lorempixel.com/640/480"},
+                     {"id":2,"color":"cyan","department":"Clothing","name":"Atlas Shirt","price":"127.00","imageUrl":"http://lorempixel.com/640/480"}]"#;
+        let c = cmp_bodies(v1, v2, &Options::default());
+        assert_eq!(
+            wheres(&c.differences),
+            ["body:[0].imageUrl added", "body:[1].imageUrl added"]
+        );
+        assert_eq!(c.differences[0].primary, None);
+        assert_eq!(
+            c.differences[0].shadow,
+            Some(json!("http://lorempixel.com/640/480"))
+        );
+        assert!(!c.same());
+    }
+
+    #[test]
+    fn nested_object_and_array_paths() {
+        let p =
+            r#"{"items":[{"price":1},{"price":2},{"price":3,"tags":["a"]}],"total":3,"old":true}"#;
+        let s = r#"{"items":[{"price":1},{"price":2},{"price":4,"tags":["a","b"]}],"total":"3","new":null}"#;
+        let c = cmp_bodies(p, s, &Options::default());
+        assert_eq!(
+            wheres(&c.differences),
+            [
+                "body:items[2].price changed",
+                "body:items[2].tags[1] added",
+                "body:total changed",
+                "body:old removed",
+                "body:new added"
+            ]
+        );
+        // Keys come in document order (serde_json's preserve_order).
+        assert_eq!(c.differences[2].primary, Some(json!(3)));
+        assert_eq!(c.differences[2].shadow, Some(json!("3")));
+    }
+
+    #[test]
+    fn array_length_and_root_type_changes() {
+        let c = cmp_bodies("[1,2,3]", "[1,2]", &Options::default());
+        assert_eq!(wheres(&c.differences), ["body:[2] removed"]);
+        let c = cmp_bodies("[1]", "{\"a\":1}", &Options::default());
+        assert_eq!(wheres(&c.differences), ["body changed"]);
+        // Numbers equal in value are equal: 1 and 1.0.
+        assert!(cmp_bodies("[1]", "[1.0]", &Options::default()).same());
+        // Formatting does not matter.
+        assert!(cmp_bodies("{\"a\": [1, 2]}", "{\"a\":[1,2]}", &Options::default()).same());
+    }
+
+    #[test]
+    fn odd_keys_are_quoted_in_paths() {
+        let c = cmp_bodies(
+            r#"{"a.b":{"x y":1}}"#,
+            r#"{"a.b":{"x y":2}}"#,
+            &Options::default(),
+        );
+        assert_eq!(wheres(&c.differences), [r#"body:["a.b"]["x y"] changed"#]);
+        let pat = PathPattern::parse(r#"["a.b"]["x y"]"#).unwrap();
+        let mut o = Options::default();
+        o.ignore_paths.push(pat);
+        assert!(cmp_bodies(r#"{"a.b":{"x y":1}}"#, r#"{"a.b":{"x y":2}}"#, &o).same());
+    }
+
+    #[test]
+    fn volatile_values_are_noise_not_differences() {
+        let p = r#"{"generated":"2025-04-26T11:27:34Z","trace":"03e6e06b-04ce-40d3-a1c5-1caf29731635","at":1745666854,"price":"282.00"}"#;
+        let s = r#"{"generated":"2025-04-26T11:27:35.120Z","trace":"52efe2f7-e4d7-4fbd-ac44-9dab8815d827","at":1745666855,"price":"282.00"}"#;
+        let c = cmp_bodies(p, s, &Options::default());
+        assert!(c.same(), "{:?}", c.differences);
+        assert_eq!(
+            wheres(&c.noise),
+            [
+                "body:generated changed",
+                "body:trace changed",
+                "body:at changed"
+            ]
+        );
+        // But a volatile-looking value that appears or disappears is a real difference.
+        let c = cmp_bodies(
+            r#"{"a":1}"#,
+            r#"{"a":1,"at":"2025-04-26T11:27:35Z"}"#,
+            &Options::default(),
+        );
+        assert_eq!(wheres(&c.differences), ["body:at added"]);
+        // Strict: noise counts.
+        let c = cmp_bodies(
+            p,
+            s,
+            &Options {
+                strict: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            wheres(&c.differences),
+            [
+                "request.header:host changed",
+                "body:generated changed",
+                "body:trace changed",
+                "body:at changed"
+            ]
+        );
+        assert!(c.noise.is_empty());
+    }
+
+    #[test]
+    fn volatile_header_values_are_noise() {
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[
+                ("last-modified", "Sat, 26 Apr 2025 11:27:34 GMT"),
+                ("etag", "W/\"1\""),
+            ],
+            "",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[
+                ("last-modified", "Sat, 26 Apr 2025 11:27:39 GMT"),
+                ("etag", "W/\"2\""),
+            ],
+            "",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["header:etag changed"]);
+        assert_eq!(wheres(&c.noise), ["header:last-modified changed"]);
+    }
+
+    #[test]
+    fn ignore_options() {
+        let mut o = Options::default();
+        o.ignore_path("[*].imageUrl").unwrap();
+        o.ignore_header("x-powered-*").unwrap();
+        o.ignore_header("ETag").unwrap();
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[JSON_CT, ("x-powered-by", "Express"), ("etag", "1")],
+            r#"[{"id":1},{"id":2}]"#,
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[JSON_CT, ("x-powered-by", "Flask"), ("etag", "2")],
+            r#"[{"id":1,"imageUrl":"u"},{"id":2,"imageUrl":"u"}]"#,
+        );
+        assert!(compare(&p, &s, &o).same());
+        // A pattern covers its subtree, and a concrete index only that element.
+        let mut o = Options::default();
+        o.ignore_path("body:[0]").unwrap();
+        let c = cmp_bodies(r#"[{"a":1},{"a":1}]"#, r#"[{"a":2},{"a":2}]"#, &o);
+        assert_eq!(wheres(&c.differences), ["body:[1].a changed"]);
+        // Key wildcard.
+        let mut o = Options::default();
+        o.ignore_path("meta.*").unwrap();
+        assert!(cmp_bodies(r#"{"meta":{"x":1,"y":2}}"#, r#"{"meta":{"x":2,"z":3}}"#, &o).same());
+        // Ignores apply in strict mode too.
+        let mut o = Options {
+            strict: true,
+            ..Default::default()
+        };
+        o.ignore_path("a").unwrap();
+        o.ignore_header("host").unwrap();
+        assert!(cmp_bodies(r#"{"a":1}"#, r#"{"a":2}"#, &o).same());
+    }
+
+    #[test]
+    fn bad_ignore_values_name_the_flag() {
+        let mut o = Options::default();
+        let e = o.ignore_header("bad header").unwrap_err();
+        assert!(
+            e.contains("bad header"),
+            "{e}"
+        );
+        assert!(o.ignore_header("").is_err());
+        let e = o.ignore_path("items[").unwrap_err();
+        assert!(e.contains("items["), "{e}");
+        assert!(o.ignore_path("items[x]").is_err());
+        assert!(o.ignore_path("").is_err());
+        assert!(o.ignore_path("a..b").is_err());
+        assert!(
+            o.ignore_headers.is_empty() && o.ignore_paths.is_empty(),
+            "nothing half-applied"
+        );
+    }
+
+    #[test]
+    fn pattern_parsing() {
+        assert_eq!(
+            PathPattern::parse("items[2].price").unwrap(),
+            PathPattern(vec![
+                PatSeg::Key("items".into()),
+                PatSeg::Index(2),
+                PatSeg::Key("price".into())
+            ])
+        );
+        assert_eq!(
+            PathPattern::parse("$.a[*].*").unwrap(),
+            PathPattern(vec![
+                PatSeg::Key("a".into()),
+                PatSeg::AnyIndex,
+                PatSeg::AnyKey
+            ])
+        );
+        assert_eq!(PathPattern::parse("[0].imageUrl").unwrap().0.len(), 2);
+    }
+
+    #[test]
+    fn text_bodies_by_lines() {
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[("content-type", "text/plain")],
+            "a\nb\nc\nd\n",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[("content-type", "text/plain")],
+            "a\nB\nc\nd\ne\n",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(
+            wheres(&c.differences),
+            ["body:line:2 changed", "body:line:5 added"]
+        );
+        assert_eq!(c.differences[0].primary, Some(json!("b")));
+        assert_eq!(c.differences[0].shadow, Some(json!("B")));
+        let p = ex("c:80", &[], 200, &[], "x\ny\nz\n");
+        let s = ex("c-shadow:80", &[], 200, &[], "x\nz\n");
+        assert_eq!(
+            wheres(&compare(&p, &s, &Options::default()).differences),
+            ["body:line:2 removed"]
+        );
+        // A line that differs only in a timestamp is noise.
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[],
+            "<p>rendered 2025-04-26T11:27:34Z</p>\n",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[],
+            "<p>rendered 2025-04-26T11:27:36Z</p>\n",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert!(c.same());
+        assert_eq!(wheres(&c.noise), ["body:line:1 changed"]);
+    }
+
+    #[test]
+    fn binary_truncated_and_missing_bodies() {
+        let mut p = ex("c:80", &[], 200, &[], "");
+        let mut s = ex("c-shadow:80", &[], 200, &[], "");
+        p.response.as_mut().unwrap().body = Body {
+            data: vec![0xff, 0, 1],
+            len: 3,
+            truncated: false,
+        };
+        s.response.as_mut().unwrap().body = Body {
+            data: vec![0xff, 0, 2],
+            len: 3,
+            truncated: false,
+        };
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["body changed"]);
+        assert_eq!(c.differences[0].primary, Some(json!("<3 bytes>")));
+
+        s.response.as_mut().unwrap().body = Body {
+            data: vec![0xff, 0],
+            len: 9000,
+            truncated: true,
+        };
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(c.differences[0].shadow, Some(json!("<9000 bytes, 2 kept>")));
+
+        s.response.as_mut().unwrap().body = Body::default();
+        assert_eq!(
+            wheres(&compare(&p, &s, &Options::default()).differences),
+            ["body removed"]
+        );
+    }
+
+    #[test]
+    fn missing_response_and_status() {
+        let p = ex("c:80", &[], 200, &[], "x");
+        let mut s = ex("c-shadow:80", &[], 503, &[], "x");
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["status changed"]);
+        assert_eq!(c.differences[0].shadow, Some(json!(503)));
+        s.response = None;
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["status removed"]);
+        assert_eq!(c.differences[0].shadow, None);
+    }
+
+    #[test]
+    fn request_side_differences() {
+        let p = ex("c:80", &[("accept", "application/json")], 200, &[], "");
+        let mut s = ex("c-shadow:80", &[], 200, &[], "");
+        s.request.target = "/items?x=1".into();
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(
+            wheres(&c.differences),
+            ["request.target changed", "request.header:accept removed"]
+        );
+    }
+
+    #[test]
+    fn repeated_headers_compare_joined() {
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[("vary", "Origin"), ("vary", "Accept-Encoding")],
+            "",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[("vary", "Origin, Accept-Encoding")],
+            "",
+        );
+        assert!(compare(&p, &s, &Options::default()).same());
+    }
+
+    #[test]
+    fn header_names_in_any_case() {
+        let p = ex(
+            "c:80",
+            &[],
+            200,
+            &[
+                ("Date", "x"),
+                ("X-Envoy-Upstream-Service-Time", "1"),
+                ("Vary", "Origin"),
+                ("vary", "Accept"),
+            ],
+            "",
+        );
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[
+                ("date", "y"),
+                ("x-envoy-upstream-service-time", "2"),
+                ("VARY", "Origin, Accept"),
+                ("ETag", "1"),
+            ],
+            "",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(wheres(&c.differences), ["header:etag added"]);
+    }
+
+    #[test]
+    fn differences_are_bounded() {
+        let p: Vec<u32> = (0..3000).collect();
+        let s: Vec<u32> = (1..3001).collect();
+        let c = cmp_bodies(
+            &json!(p).to_string(),
+            &json!(s).to_string(),
+            &Options::default(),
+        );
+        assert_eq!(c.differences.len(), MAX_DIFFERENCES);
+        assert_eq!(c.omitted, 2000);
+    }
+
+    #[test]
+    fn shadow_host_recognition() {
+        assert!(is_shadow_host("catalog.istioinaction-shadow:80"));
+        assert!(is_shadow_host("catalog-shadow"));
+        assert!(is_shadow_host("Catalog-SHADOW:80"));
+        assert!(!is_shadow_host("é:80"));
+        assert!(!is_shadow_host("catalog.istioinaction:80"));
+        assert!(!is_shadow_host("shadow:80"));
+        assert!(!is_shadow_host("catalog-shadow.ns:80"));
+        assert_eq!(
+            strip_shadow_suffix("catalog.istioinaction-shadow:80").as_deref(),
+            Some("catalog.istioinaction:80")
+        );
+        assert_eq!(strip_shadow_suffix("[::1]:80"), None);
+    }
+
+    #[test]
+    fn generalised_locations() {
+        assert_eq!(generalise("body:[0].imageUrl"), "body:[*].imageUrl");
+        assert_eq!(
+            generalise("body:items[12].tags[3]"),
+            "body:items[*].tags[*]"
+        );
+        assert_eq!(generalise(r#"body:["a[1]"]"#), r#"body:["a[1]"]"#);
+        assert_eq!(generalise("header:etag"), "header:etag");
+    }
+}

@@ -1,0 +1,83 @@
+//! Where the pipeline's records go: the [`Sink`] trait, the records it receives, and the
+//! counters of a run.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::http::{Exchange, Request, Response};
+use crate::tls::ClientHello;
+
+/// A flow found to carry TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFlow {
+    pub ts: SystemTime,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub interface: Option<String>,
+    /// None when the handshake was not captured (flow seen mid-stream).
+    pub hello: Option<ClientHello>,
+}
+
+/// Counters reported at the end (`{"type":"stats"}` and the summary line).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub packets: u64,
+    pub bytes: u64,
+    pub not_tcp: u64,
+    pub undecodable: u64,
+    /// TCP reassembly's counters.
+    pub tcp: crate::reassembly::Stats,
+    /// What the HTTP and TLS parsers reported.
+    pub http: Counts,
+    /// Kernel counters, live capture only.
+    pub kernel: Option<KernelStats>,
+}
+
+/// What the parsers reported, counted as it is handed to the sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub exchanges: u64,
+    pub unanswered: u64,
+    pub orphan_responses: u64,
+    pub tls_flows: u64,
+    pub resyncs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub received: u64,
+    pub dropped: u64,
+    pub if_dropped: u64,
+}
+
+/// Receives what the sniffer reports: the text and JSON writers of [`crate::output`], the
+/// shadow comparison. The command line picks one and hands it to the pipeline.
+pub trait Sink: Send {
+    /// A request, as soon as it is complete (the text format shows it then).
+    fn request(&mut self, req: &Request, client: SocketAddr, server: SocketAddr) -> io::Result<()>;
+    /// A request with its response, or without one when the flow ended first. `show_request`
+    /// is false when the request was already shown by `request` (text) or did not match.
+    /// The sink owns the exchange: one that keeps nothing of it hands it back, so its
+    /// buffers are reused (`http::pool`); one that keeps it (the shadow comparison, until
+    /// its partner comes) returns `None` and copies nothing.
+    fn exchange(&mut self, ex: Exchange, show_request: bool) -> io::Result<Option<Exchange>>;
+    /// A response whose request was not captured.
+    fn orphan(&mut self, resp: &Response, client: SocketAddr, server: SocketAddr)
+        -> io::Result<()>;
+    fn tls(&mut self, t: &TlsFlow) -> io::Result<()>;
+    fn stats(&mut self, s: &Summary) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// A live capture had nothing to read for a while (the shadow comparison reports, then,
+    /// exchanges whose partner is overdue).
+    fn idle(&mut self, _now: SystemTime) -> io::Result<()> {
+        Ok(())
+    }
+    /// True when `request` shows something: the sniffer then hands over a copy of each
+    /// request as soon as it is complete.
+    fn shows_requests(&self) -> bool {
+        false
+    }
+}
+

@@ -1,0 +1,3 @@
+//! Wire formats: the link, network and transport headers the sniffer decodes.
+
+pub mod packet;
