@@ -15,7 +15,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------
 PKGS=(iptables nftables iproute2 tcpdump tshark ngrep nginx-light haproxy wrk curl
-      bpftool libpcap-dev python3 util-linux procps psmisc time)
+      bpftool libpcap-dev python3 util-linux procps psmisc time
+      podman buildah runc busybox-static containernetworking-plugins chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -68,6 +69,52 @@ if ! command -v bpf-linker >/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$ll
   LLVM_PREFIX="$prefix" cargo install bpf-linker --locked --force \
     --no-default-features --features "llvm-$llvm_major"
   echo "$llvm_name" > "$stamp"
+fi
+
+# --- Manifest validator (tests/tests/manifests.rs, deploy/) ------------------------------
+# kubernetes-validate checks deploy/ offline against the Kubernetes schemas it bundles. It
+# lives in its own venv of Debian's python3 (whose venv module is python3-venv); the test
+# runs tests/manifests/validate.py with this venv's python.
+kv_venv=/opt/interceptor-venv
+kv_version=1.37.0
+if ! ls -d "$kv_venv"/lib/python3*/site-packages/kubernetes_validate-"$kv_version".dist-info \
+     >/dev/null 2>&1 || ! "$kv_venv/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+  if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed'; then
+    log "installing Debian packages: python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+  fi
+  log "installing kubernetes-validate $kv_version into $kv_venv"
+  "$kv_venv/bin/python" -c '' 2>/dev/null || /usr/bin/python3 -m venv --clear "$kv_venv"
+  "$kv_venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
+fi
+
+# --- Browser test (tests/browser/view.test.mjs: playwright-core driving Debian's chromium) --
+# `npm ci` from the committed lock, skipped while node_modules was installed from that very
+# lock. This machine kind ships Node.js 20; Debian's nodejs (18) is only the fallback, below
+# playwright-core's wish (>= 20).
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+if [ -f "$browser_dir/package-lock.json" ]; then
+  if ! command -v npm >/dev/null; then
+    log "installing Debian packages: nodejs npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+  fi
+  lock_sum=$(sha256sum "$browser_dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$browser_dir/node_modules/.lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
+    log "installing the browser test's npm packages (npm ci in tests/browser)"
+    (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$lock_sum" > "$browser_dir/node_modules/.lock-sha256"
+  fi
+fi
+
+# --- Container tests (tests/tests/container.rs, cargo xtask image) ------------------------
+# podman 4.3 builds its local pause image (a pod's infra container) from catatonit, so
+# `podman pod create` fails without it; no registry is needed.
+if ! dpkg-query -W -f='${Status}' catatonit 2>/dev/null | grep -q 'install ok installed'; then
+  log "installing Debian packages: catatonit"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends catatonit >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends catatonit >/dev/null; }
 fi
 
 log "ready: $(bpf-linker --version 2>&1 | head -n1), $(rustc +nightly --version)"
