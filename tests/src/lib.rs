@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: throw-away network namespaces, veth pairs and
 //! processes started inside them. Everything is torn down on drop, so a failing test leaves
-//! no namespace behind. The tests need root; `require_root!()` skips them with a message
-//! otherwise.
+//! no namespace behind. The tests need root; `require_root!()` fails a test run without it,
+//! loudly: a test that cannot run must never pass.
 
 pub mod netns;
 pub mod pcap_synth;
@@ -24,13 +24,18 @@ pub fn interceptor_bin() -> std::path::PathBuf {
     bin
 }
 
-/// Skips the calling test (returns early) when not running as root.
+/// Fails the calling test when not running as root: these tests build network namespaces,
+/// load iptables rules and eBPF programs, and a run that cannot do so must not count as a
+/// pass. Run the suite as root (`sudo bash scripts/test.sh`; CI does).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root (network namespaces, iptables)");
-            return;
-        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert!(
+            euid == 0,
+            "this test needs root (network namespaces, iptables, eBPF) and runs as uid {euid}: \
+             run the suite as root (sudo bash scripts/test.sh)"
+        );
     };
 }
