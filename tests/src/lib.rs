@@ -6,6 +6,7 @@
 pub mod netns;
 pub mod pcap_synth;
 pub mod pod;
+pub mod podman;
 
 pub use netns::{run, unique, veth, Netns};
 

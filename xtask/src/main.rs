@@ -1,5 +1,6 @@
 //! Development tasks: `cargo xtask <task>`.
 
+mod image;
 mod pgo;
 
 use interceptor_ebpf_build as ebpf_build;
@@ -22,6 +23,9 @@ enum Task {
     /// Build the interceptor binary with profile-guided optimisation (trained on a
     /// synthetic capture) and print its path; needs the llvm-tools component
     Pgo,
+    /// Build the init-container image offline with buildah (localhost/interceptor:<version>
+    /// and :latest) and print its reference; needs buildah and podman (scripts/setup.sh)
+    Image,
     /// Writes a pcap of mirrored catalog traffic (primary and shadow exchanges) for the
     /// shadow benchmark and tests.
     ShadowPcap {
@@ -54,6 +58,7 @@ fn main() -> Result<()> {
             println!("{}", object.display());
         }
         Task::Pgo => println!("{}", pgo::build(root)?.display()),
+        Task::Image => println!("{}", image::build(root)?),
         Task::ShadowPcap {
             requests,
             connections,
