@@ -6,11 +6,12 @@
 //! Every flow does the handshake, sends a complete request and receives the first half of
 //! a response head, so both directions hold parser state when the capture ends.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use interceptor_sniff::wire::packet::build::ethernet_tcp;
 use interceptor_sniff::wire::packet::flags::{ACK, PSH, SYN};
+use interceptor_sniff::wire::pcap;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -26,23 +27,13 @@ fn main() -> std::io::Result<()> {
             std::process::exit(2);
         }
     };
-    let mut w = BufWriter::new(std::fs::File::create(&path)?);
-    // Classic pcap header: microseconds, Ethernet.
-    w.write_all(&0xa1b2c3d4u32.to_le_bytes())?;
-    w.write_all(&2u16.to_le_bytes())?;
-    w.write_all(&4u16.to_le_bytes())?;
-    w.write_all(&[0; 8])?;
-    w.write_all(&65535u32.to_le_bytes())?;
-    w.write_all(&1u32.to_le_bytes())?;
+    let file = BufWriter::new(std::fs::File::create(&path)?);
+    let mut w = pcap::Writer::new(file, pcap::LINKTYPE_ETHERNET, 65535)?;
     let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 80);
     let mut usec: u64 = 1_700_000_000_000_000;
-    let mut packet = |w: &mut BufWriter<std::fs::File>, frame: Vec<u8>| -> std::io::Result<()> {
+    let mut packet = |w: &mut pcap::Writer<_>, frame: Vec<u8>| -> std::io::Result<()> {
         usec += 3;
-        w.write_all(&((usec / 1_000_000) as u32).to_le_bytes())?;
-        w.write_all(&((usec % 1_000_000) as u32).to_le_bytes())?;
-        w.write_all(&(frame.len() as u32).to_le_bytes())?;
-        w.write_all(&(frame.len() as u32).to_le_bytes())?;
-        w.write_all(&frame)
+        w.packet(usec, &frame)
     };
     for i in 0..flows {
         let client = SocketAddr::new(

@@ -76,6 +76,7 @@ fn an_unknown_mode_is_refused() {
 fn a_capture_file_cut_short_still_reports_what_came_before() {
     use interceptor_sniff::wire::packet::build::ethernet_tcp;
     use interceptor_sniff::wire::packet::flags::{ACK, PSH, SYN};
+    use interceptor_sniff::wire::pcap;
     use std::net::SocketAddr;
 
     let client: SocketAddr = "10.1.0.1:40000".parse().unwrap();
@@ -97,21 +98,11 @@ fn a_capture_file_cut_short_still_reports_what_came_before() {
             req,
         ),
     ];
-    let mut pcap = Vec::new();
-    for v in [0xa1b2c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
-        pcap.extend_from_slice(&v.to_le_bytes());
-    }
+    let mut w = pcap::Writer::new(Vec::new(), pcap::LINKTYPE_ETHERNET, 65535).unwrap();
     for (i, f) in frames.iter().enumerate() {
-        for v in [
-            1_700_000_000u32,
-            i as u32 * 1000,
-            f.len() as u32,
-            f.len() as u32,
-        ] {
-            pcap.extend_from_slice(&v.to_le_bytes());
-        }
-        pcap.extend_from_slice(f);
+        w.packet(1_700_000_000_000_000 + i as u64 * 1000, f).unwrap();
     }
+    let mut pcap = w.into_inner();
     // Cut inside the last record.
     pcap.truncate(pcap.len() - 10);
     let dir = std::env::temp_dir().join(format!("interceptor-cut-{}", std::process::id()));

@@ -6,6 +6,8 @@
 
 use std::io::{self, Write};
 
+use interceptor_sniff::wire::pcap;
+
 /// What to synthesise.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -82,26 +84,12 @@ struct Conn {
 }
 
 struct Writer<W: Write> {
-    out: W,
+    out: pcap::Writer<W>,
     written: Written,
     buf: Vec<u8>,
 }
 
 impl<W: Write> Writer<W> {
-    fn header(&mut self) -> io::Result<()> {
-        let mut h = Vec::with_capacity(24);
-        h.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes()); // microsecond timestamps
-        h.extend_from_slice(&2u16.to_le_bytes());
-        h.extend_from_slice(&4u16.to_le_bytes());
-        h.extend_from_slice(&0i32.to_le_bytes());
-        h.extend_from_slice(&0u32.to_le_bytes());
-        h.extend_from_slice(&65535u32.to_le_bytes());
-        h.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
-        self.out.write_all(&h)?;
-        self.written.bytes += h.len();
-        Ok(())
-    }
-
     /// Writes one segment; `from_client` picks the direction.
     #[allow(clippy::too_many_arguments)]
     fn segment(
@@ -159,16 +147,9 @@ impl<W: Write> Writer<W> {
         let ck = checksum(&b[tcp_start..], pseudo);
         b[tcp_start + 16..tcp_start + 18].copy_from_slice(&ck.to_be_bytes());
 
-        let mut rec = Vec::with_capacity(16);
-        let ts = T0_SECS * 1_000_000 + ts_us;
-        rec.extend_from_slice(&((ts / 1_000_000) as u32).to_le_bytes());
-        rec.extend_from_slice(&((ts % 1_000_000) as u32).to_le_bytes());
-        rec.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        self.out.write_all(&rec)?;
-        self.out.write_all(b)?;
+        self.out.packet(T0_SECS * 1_000_000 + ts_us, b)?;
         self.written.packets += 1;
-        self.written.bytes += rec.len() + b.len();
+        self.written.bytes += pcap::record_header::LEN + b.len();
 
         let advance = payload.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
         if from_client {
@@ -276,11 +257,13 @@ fn response(body: &str, ts_us: u64) -> Vec<u8> {
 pub fn write<W: Write>(out: W, spec: &Spec) -> io::Result<Written> {
     let conns = spec.connections.max(1);
     let mut w = Writer {
-        out,
-        written: Written::default(),
+        out: pcap::Writer::new(out, pcap::LINKTYPE_ETHERNET, 65535)?,
+        written: Written {
+            bytes: pcap::file_header::LEN,
+            ..Written::default()
+        },
         buf: Vec::with_capacity(2048),
     };
-    w.header()?;
     let mk = |server: [u8; 4], port: u16| Conn {
         client: (CLIENT, port),
         server: (server, 3000),

@@ -424,24 +424,20 @@ mod tests {
     use super::*;
     use crate::wire::packet::build::ethernet_tcp;
     use crate::wire::packet::flags::ACK;
+    use crate::wire::pcap;
     use std::net::SocketAddr;
 
     /// A classic pcap of `n` packets to port 80 and 81 in turn, each carrying its index.
     fn capture(n: u32) -> Vec<u8> {
-        let mut out = Vec::new();
-        for v in [0xa1b2c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        let mut w = pcap::Writer::new(Vec::new(), pcap::LINKTYPE_ETHERNET, 65535).unwrap();
         for i in 0..n {
             let client = SocketAddr::from(([10, 0, 0, 1], 40000));
             let server = SocketAddr::from(([10, 0, 0, 2], 80 + (i % 2) as u16));
             let f = ethernet_tcp(client, server, i, 0, ACK, &i.to_be_bytes());
-            for v in [1_700_000_000 + i, 0, f.len() as u32, f.len() as u32] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            out.extend_from_slice(&f);
+            w.packet(u64::from(1_700_000_000 + i) * 1_000_000, &f)
+                .unwrap();
         }
-        out
+        w.into_inner()
     }
 
     /// Reads `file` through a `Source` with `filter`: the index each packet carries, then

@@ -92,6 +92,64 @@ const ETH_VLAN: u16 = 0x8100;
 const ETH_QINQ: u16 = 0x88a8;
 const ETH_VLAN_OLD_QINQ: u16 = 0x9100;
 
+/// Field offsets of the headers decoded here, in bytes from each header's start.
+mod offset {
+    /// Ethernet II: two addresses, then the ethertype.
+    pub mod eth {
+        pub const ETHERTYPE: usize = 12;
+        pub const LEN: usize = 14;
+        /// An 802.1Q/802.1ad tag: TCI, then the inner ethertype.
+        pub const TAG_ETHERTYPE: usize = 2;
+        pub const TAG_LEN: usize = 4;
+    }
+    /// Linux cooked capture v1 (`any`).
+    pub mod sll {
+        pub const PROTOCOL: usize = 14;
+        pub const LEN: usize = 16;
+    }
+    /// Linux cooked capture v2: the protocol first, then the interface index.
+    pub mod sll2 {
+        pub const PROTOCOL: usize = 0;
+        pub const IFINDEX: usize = 4;
+        pub const LEN: usize = 20;
+    }
+    /// BSD loopback: the address family, 4 bytes.
+    pub mod null {
+        pub const LEN: usize = 4;
+    }
+    pub mod ipv4 {
+        pub const TOTAL_LEN: usize = 2;
+        pub const FRAGMENT: usize = 6;
+        pub const PROTOCOL: usize = 9;
+        pub const SRC: usize = 12;
+        pub const DST: usize = 16;
+        pub const MIN_LEN: usize = 20;
+    }
+    pub mod ipv6 {
+        pub const PAYLOAD_LEN: usize = 4;
+        pub const NEXT_HEADER: usize = 6;
+        pub const SRC: usize = 8;
+        pub const DST: usize = 24;
+        pub const LEN: usize = 40;
+    }
+    pub mod tcp {
+        pub const SRC_PORT: usize = 0;
+        pub const DST_PORT: usize = 2;
+        pub const SEQ: usize = 4;
+        pub const ACK: usize = 8;
+        pub const DATA_OFFSET: usize = 12;
+        pub const FLAGS: usize = 13;
+        pub const MIN_LEN: usize = 20;
+    }
+}
+
+/// IP protocol / IPv6 next-header numbers.
+const PROTO_TCP: u8 = 6;
+const V6_HOP_BY_HOP: u8 = 0;
+const V6_ROUTING: u8 = 43;
+const V6_FRAGMENT: u8 = 44;
+const V6_DEST_OPTIONS: u8 = 60;
+
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
@@ -105,25 +163,32 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Segment<'_>, Skip> {
     let mut ifindex = None;
     let (ethertype, rest) = match link {
         LinkType::Ethernet => {
-            let mut ethertype = be16(frame, 12).ok_or(Skip::Truncated)?;
-            let mut at = 14;
+            let mut ethertype = be16(frame, offset::eth::ETHERTYPE).ok_or(Skip::Truncated)?;
+            let mut at = offset::eth::LEN;
             // Up to two stacked tags (802.1Q inside 802.1ad) are plenty for a node's veths.
             for _ in 0..2 {
                 if matches!(ethertype, ETH_VLAN | ETH_QINQ | ETH_VLAN_OLD_QINQ) {
-                    ethertype = be16(frame, at + 2).ok_or(Skip::Truncated)?;
-                    at += 4;
+                    ethertype =
+                        be16(frame, at + offset::eth::TAG_ETHERTYPE).ok_or(Skip::Truncated)?;
+                    at += offset::eth::TAG_LEN;
                 }
             }
             (ethertype, frame.get(at..).ok_or(Skip::Truncated)?)
         }
         LinkType::LinuxSll => {
-            let ethertype = be16(frame, 14).ok_or(Skip::Truncated)?;
-            (ethertype, frame.get(16..).ok_or(Skip::Truncated)?)
+            let ethertype = be16(frame, offset::sll::PROTOCOL).ok_or(Skip::Truncated)?;
+            (
+                ethertype,
+                frame.get(offset::sll::LEN..).ok_or(Skip::Truncated)?,
+            )
         }
         LinkType::LinuxSll2 => {
-            let ethertype = be16(frame, 0).ok_or(Skip::Truncated)?;
-            ifindex = Some(be32(frame, 4).ok_or(Skip::Truncated)?);
-            (ethertype, frame.get(20..).ok_or(Skip::Truncated)?)
+            let ethertype = be16(frame, offset::sll2::PROTOCOL).ok_or(Skip::Truncated)?;
+            ifindex = Some(be32(frame, offset::sll2::IFINDEX).ok_or(Skip::Truncated)?);
+            (
+                ethertype,
+                frame.get(offset::sll2::LEN..).ok_or(Skip::Truncated)?,
+            )
         }
         LinkType::RawIp => match frame.first().map(|b| b >> 4) {
             Some(4) => (ETH_IPV4, frame),
@@ -132,7 +197,7 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Segment<'_>, Skip> {
             None => return Err(Skip::Truncated),
         },
         LinkType::Null => {
-            let fam = frame.get(0..4).ok_or(Skip::Truncated)?;
+            let fam = frame.get(0..offset::null::LEN).ok_or(Skip::Truncated)?;
             // Written in the capturing host's byte order: accept both.
             let fam = u32::from_le_bytes(fam.try_into().map_err(|_| Skip::Truncated)?);
             let fam = if fam > 0xffff { fam.swap_bytes() } else { fam };
@@ -141,7 +206,7 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Segment<'_>, Skip> {
                 10 | 24 | 28 | 30 => ETH_IPV6,
                 _ => return Err(Skip::NotTcp),
             };
-            (ethertype, &frame[4..])
+            (ethertype, &frame[offset::null::LEN..])
         }
     };
     let mut seg = match ethertype {
@@ -159,22 +224,22 @@ fn ipv4(p: &[u8]) -> Result<Segment<'_>, Skip> {
         return Err(Skip::Malformed);
     }
     let ihl = usize::from(vihl & 0x0f) * 4;
-    if ihl < 20 {
+    if ihl < offset::ipv4::MIN_LEN {
         return Err(Skip::Malformed);
     }
     if p.len() < ihl {
         return Err(Skip::Truncated);
     }
-    let total = usize::from(be16(p, 2).ok_or(Skip::Truncated)?);
-    let frag = be16(p, 6).ok_or(Skip::Truncated)?;
+    let total = usize::from(be16(p, offset::ipv4::TOTAL_LEN).ok_or(Skip::Truncated)?);
+    let frag = be16(p, offset::ipv4::FRAGMENT).ok_or(Skip::Truncated)?;
     if frag & 0x1fff != 0 {
         return Err(Skip::Fragment);
     }
-    if p[9] != 6 {
+    if p[offset::ipv4::PROTOCOL] != PROTO_TCP {
         return Err(Skip::NotTcp);
     }
-    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let addr = |at: usize| Ipv4Addr::new(p[at], p[at + 1], p[at + 2], p[at + 3]);
+    let (src, dst) = (addr(offset::ipv4::SRC), addr(offset::ipv4::DST));
     // TSO/GSO frames captured before segmentation carry total length 0.
     let ip_len = if total == 0 { p.len() } else { total };
     if ip_len < ihl {
@@ -184,27 +249,29 @@ fn ipv4(p: &[u8]) -> Result<Segment<'_>, Skip> {
 }
 
 fn ipv6(p: &[u8]) -> Result<Segment<'_>, Skip> {
-    if p.len() < 40 {
+    if p.len() < offset::ipv6::LEN {
         return Err(Skip::Truncated);
     }
     if p[0] >> 4 != 6 {
         return Err(Skip::Malformed);
     }
-    let payload_len = usize::from(be16(p, 4).ok_or(Skip::Truncated)?);
-    let mut next = p[6];
-    let src: [u8; 16] = p[8..24].try_into().map_err(|_| Skip::Truncated)?;
-    let dst: [u8; 16] = p[24..40].try_into().map_err(|_| Skip::Truncated)?;
+    let payload_len = usize::from(be16(p, offset::ipv6::PAYLOAD_LEN).ok_or(Skip::Truncated)?);
+    let mut next = p[offset::ipv6::NEXT_HEADER];
+    let addr = |at: usize| -> Result<[u8; 16], Skip> {
+        p[at..at + 16].try_into().map_err(|_| Skip::Truncated)
+    };
+    let (src, dst) = (addr(offset::ipv6::SRC)?, addr(offset::ipv6::DST)?);
     // Payload length 0 means a jumbogram or a GSO frame: take what was captured.
     let mut remaining = if payload_len == 0 {
-        p.len() - 40
+        p.len() - offset::ipv6::LEN
     } else {
         payload_len
     };
-    let mut at = 40;
+    let mut at = offset::ipv6::LEN;
     // Extension headers before TCP; a bounded walk so hostile chains cost little.
     for _ in 0..8 {
         match next {
-            6 => {
+            PROTO_TCP => {
                 let body = p.get(at..).ok_or(Skip::Truncated)?;
                 return tcp(
                     IpAddr::V6(Ipv6Addr::from(src)),
@@ -214,14 +281,14 @@ fn ipv6(p: &[u8]) -> Result<Segment<'_>, Skip> {
                 );
             }
             // Hop-by-hop, routing, destination options.
-            0 | 43 | 60 => {
+            V6_HOP_BY_HOP | V6_ROUTING | V6_DEST_OPTIONS => {
                 let nh = *p.get(at).ok_or(Skip::Truncated)?;
                 let len = (usize::from(*p.get(at + 1).ok_or(Skip::Truncated)?) + 1) * 8;
                 next = nh;
                 at += len;
                 remaining = remaining.checked_sub(len).ok_or(Skip::Malformed)?;
             }
-            44 => {
+            V6_FRAGMENT => {
                 let nh = *p.get(at).ok_or(Skip::Truncated)?;
                 let off = be16(p, at + 2).ok_or(Skip::Truncated)?;
                 if off >> 3 != 0 {
@@ -239,21 +306,21 @@ fn ipv6(p: &[u8]) -> Result<Segment<'_>, Skip> {
 
 /// `seg_len` is the TCP header + payload length announced by the IP layer.
 fn tcp(src: IpAddr, dst: IpAddr, t: &[u8], seg_len: usize) -> Result<Segment<'_>, Skip> {
-    if t.len() < 20 {
+    if t.len() < offset::tcp::MIN_LEN {
         return Err(Skip::Truncated);
     }
-    let sport = be16(t, 0).ok_or(Skip::Truncated)?;
-    let dport = be16(t, 2).ok_or(Skip::Truncated)?;
-    let seq = be32(t, 4).ok_or(Skip::Truncated)?;
-    let ack = be32(t, 8).ok_or(Skip::Truncated)?;
-    let off = usize::from(t[12] >> 4) * 4;
-    if off < 20 || off > seg_len {
+    let sport = be16(t, offset::tcp::SRC_PORT).ok_or(Skip::Truncated)?;
+    let dport = be16(t, offset::tcp::DST_PORT).ok_or(Skip::Truncated)?;
+    let seq = be32(t, offset::tcp::SEQ).ok_or(Skip::Truncated)?;
+    let ack = be32(t, offset::tcp::ACK).ok_or(Skip::Truncated)?;
+    let off = usize::from(t[offset::tcp::DATA_OFFSET] >> 4) * 4;
+    if off < offset::tcp::MIN_LEN || off > seg_len {
         return Err(Skip::Malformed);
     }
     if t.len() < off {
         return Err(Skip::Truncated);
     }
-    let flags = t[13];
+    let flags = t[offset::tcp::FLAGS];
     let announced = seg_len - off;
     // Ethernet pads short frames: never take bytes beyond what IP announced.
     let present = (t.len() - off).min(announced);
