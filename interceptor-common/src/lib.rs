@@ -7,8 +7,11 @@
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Interception settings, the single entry of the `SETTINGS` array map. The loader writes it;
-/// the programs read it on every call, so a change takes effect without reloading.
+/// Interception settings of one network namespace: the `SETTINGS` hash map's value, keyed
+/// by the namespace's cookie (one entry for an `init --mode ebpf` instance, one per pod for
+/// the node agent's). The loader writes it; the programs look up the cookie of the socket's
+/// namespace on every call (no entry: the socket is left alone), so a change takes effect
+/// without reloading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -81,7 +84,58 @@ impl SockTuple {
     }
 }
 
-/// Indices of the `COUNTERS` per-CPU array.
+/// Key of the `PORTS` map: one port of one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NetnsPort {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// A connection in one network namespace: key of `ORIG_BY_TUPLE` and `SOCKETS`. The
+/// cookie keeps two namespaces' identical loopback tuples apart when one set of programs
+/// serves many namespaces (the node mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NetnsTuple {
+    pub netns_cookie: u64,
+    pub tuple: SockTuple,
+}
+
+/// Key of the `LISTENER` sockhash: the inbound capture listener of one namespace,
+/// `index` 0 for its IPv4 socket, 1 for its IPv6 one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListenerKey {
+    pub netns_cookie: u64,
+    pub index: u32,
+    pub _pad: u32,
+}
+
+/// The data of an IPv4 CIDR key in the outbound tries: the namespace's cookie (two
+/// words, [`cookie_words`]) then the address, so the prefix length is 64 + the CIDR's.
+pub type CidrV4 = [u32; 3];
+/// The same for IPv6: cookie words, then the four address words.
+pub type CidrV6 = [u32; 6];
+/// Bits of a CIDR key taken by the cookie.
+pub const COOKIE_PREFIX_BITS: u32 = 64;
+
+/// A cookie as the two words that start a CIDR key (its bytes in memory order, as both
+/// sides write them).
+#[inline(always)]
+pub const fn cookie_words(cookie: u64) -> [u32; 2] {
+    [cookie as u32, (cookie >> 32) as u32]
+}
+
+/// The value of the per-CPU `COUNTERS` hash, one per network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT as usize],
+}
+
+/// Indices of the per-namespace `COUNTERS` values.
 pub mod counter {
     /// Outbound TCP connects sent to the proxy.
     pub const CONNECT_REDIRECTED: u32 = 0;
@@ -143,4 +197,8 @@ mod user {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::SockTuple {}
+    unsafe impl aya::Pod for super::NetnsPort {}
+    unsafe impl aya::Pod for super::NetnsTuple {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Counters {}
 }

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{counter, SockTuple, AF_INET};
+use interceptor_common::{counter, ListenerKey, NetnsTuple, SockTuple, AF_INET};
 
 use crate::{
     addr,
@@ -41,10 +41,8 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
     {
         return None;
     }
-    let s = maps::settings()?;
-    if unsafe { bpf_get_netns_cookie(ctx.ops.cast()) } != s.netns_cookie {
-        return None;
-    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    let s = maps::settings(netns)?;
     let ops = ctx.ops;
     let family = ctx.family();
     let local_port = ctx.local_port() as u16;
@@ -53,8 +51,14 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
         if local_port != s.inbound_port {
             return None;
         }
-        let index = if family == u32::from(AF_INET) { 0 } else { 1 };
-        unsafe { LISTENER.update(index, ops, u64::from(BPF_ANY)) }.ok()?;
+        let mut key = ListenerKey {
+            netns_cookie: netns,
+            index: if family == u32::from(AF_INET) { 0 } else { 1 },
+            _pad: 0,
+        };
+        LISTENER
+            .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))
+            .ok()?;
         debug!(
             ctx,
             "inbound capture listener on port {} recorded", local_port
@@ -64,7 +68,7 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
 
     // remote_port holds the network-order port in its upper half.
     let remote_port = u32::from_be(ctx.remote_port()) as u16;
-    let mut tuple = if family == u32::from(AF_INET) {
+    let tuple = if family == u32::from(AF_INET) {
         SockTuple {
             local: addr::v4(ctx.local_ip4(), local_port),
             remote: addr::v4(ctx.remote_ip4(), remote_port),
@@ -86,20 +90,28 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
         let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
         if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(cookie) } {
             let orig = *orig;
-            if ORIG_BY_TUPLE.insert(tuple, orig, 0).is_ok() {
+            let key = NetnsTuple {
+                netns_cookie: netns,
+                tuple,
+            };
+            if ORIG_BY_TUPLE.insert(key, orig, 0).is_ok() {
                 let _ = ORIG_BY_COOKIE.remove(cookie);
             }
         }
     }
 
     // Both ends in this namespace (loopback, or the pod's own address): pair them.
+    let mut key = NetnsTuple {
+        netns_cookie: netns,
+        tuple,
+    };
     if tuple.local.addr == tuple.remote.addr
         && tuple.local.family == tuple.remote.family
         && SOCKETS
-            .update(&mut tuple, unsafe { &mut *ops }, u64::from(BPF_NOEXIST))
+            .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_NOEXIST))
             .is_ok()
     {
-        maps::count(counter::SOCKETS_PAIRED, 1);
+        maps::count(netns, counter::SOCKETS_PAIRED, 1);
     }
     Some(())
 }
@@ -134,9 +146,14 @@ pub fn skmsg(ctx: SkMsgContext) -> u32 {
         }
     };
     let size = u64::from(ctx.size());
+    let netns = unsafe { bpf_get_netns_cookie(ctx.msg.cast()) };
+    let key = NetnsTuple {
+        netns_cookie: netns,
+        tuple: peer,
+    };
     // When the peer is not in the map the redirect fails and the data takes the normal path.
-    if SOCKETS.redirect_msg(&ctx, peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
-        maps::count(counter::SKMSG_BYTES, size);
+    if SOCKETS.redirect_msg(&ctx, key, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
+        maps::count(netns, counter::SKMSG_BYTES, size);
     }
     SK_PASS
 }

@@ -7,12 +7,12 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
 use aya_log_ebpf::debug;
 use interceptor_common::{
-    counter, AF_INET, FLAG_INBOUND_ALL_PORTS, PORT_IN_EXCLUDE, PORT_IN_INCLUDE,
+    counter, ListenerKey, AF_INET, FLAG_INBOUND_ALL_PORTS, PORT_IN_EXCLUDE, PORT_IN_INCLUDE,
 };
 
 use crate::{
     addr::{self, IPPROTO_TCP},
-    maps::{self, LISTENER, PORTS},
+    maps::{self, LISTENER},
 };
 
 /// Every network namespace numbers its loopback device 1.
@@ -37,27 +37,44 @@ fn capture(ctx: &SkLookupContext) -> Option<()> {
     if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX || from_this_host(ctx, family) {
         return None;
     }
-    let s = maps::settings()?;
+    // sk_lookup programs cannot ask for their namespace's cookie: the address the
+    // connection arrives at says which served namespace this is.
+    let netns = if family == u32::from(AF_INET) {
+        maps::netns_of_v4(unsafe { read_volatile(addr_of!((*l).local_ip4)) })?
+    } else {
+        let local = unsafe { addr::read_ip6(addr_of!((*l).local_ip6)) };
+        if addr::is_v4_mapped(&local) {
+            maps::netns_of_v4(local[3])?
+        } else {
+            maps::netns_of_v6(&local)?
+        }
+    };
+    let s = maps::settings(netns)?;
     if port == s.inbound_port {
         return None;
     }
-    let ports = PORTS.get(u32::from(port)).copied().unwrap_or(0);
+    let ports = maps::port_bits(netns, port);
     if ports & PORT_IN_EXCLUDE != 0
         || (s.flags & FLAG_INBOUND_ALL_PORTS == 0 && ports & PORT_IN_INCLUDE == 0)
     {
         return None;
     }
     // An IPv4 connection may go to an IPv4 listener or a dual-stack IPv6 one.
+    let key = |index| ListenerKey {
+        netns_cookie: netns,
+        index,
+        _pad: 0,
+    };
     let assigned = if family == u32::from(AF_INET) {
-        LISTENER.redirect_sk_lookup(ctx, 0, 0).is_ok()
-            || LISTENER.redirect_sk_lookup(ctx, 1, 0).is_ok()
+        LISTENER.redirect_sk_lookup(ctx, key(0), 0).is_ok()
+            || LISTENER.redirect_sk_lookup(ctx, key(1), 0).is_ok()
     } else {
-        LISTENER.redirect_sk_lookup(ctx, 1, 0).is_ok()
+        LISTENER.redirect_sk_lookup(ctx, key(1), 0).is_ok()
     };
     if !assigned {
         return None;
     }
-    maps::count(counter::INBOUND_ASSIGNED, 1);
+    maps::count(netns, counter::INBOUND_ASSIGNED, 1);
     debug!(ctx, "inbound connection to port {} captured", port);
     Some(())
 }

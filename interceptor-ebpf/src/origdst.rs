@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext, EbpfContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{counter, SockTuple, AF_INET, AF_INET6};
+use interceptor_common::{counter, NetnsTuple, SockTuple, AF_INET, AF_INET6};
 
 use crate::{
     addr,
@@ -34,10 +34,8 @@ fn answer(ctx: &SockoptContext) -> Option<()> {
     if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
         return None;
     }
-    let s = maps::settings()?;
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != s.netns_cookie {
-        return None;
-    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    maps::settings(netns)?;
     let sk = unsafe { (*so).__bindgen_anon_1.sk };
     if sk.is_null() {
         return None;
@@ -68,7 +66,11 @@ fn answer(ctx: &SockoptContext) -> Option<()> {
             ),
         }
     };
-    let orig = *unsafe { ORIG_BY_TUPLE.get(proxy_side.reversed()) }?;
+    let key = NetnsTuple {
+        netns_cookie: netns,
+        tuple: proxy_side.reversed(),
+    };
+    let orig = *unsafe { ORIG_BY_TUPLE.get(key) }?;
 
     let start = unsafe { (*so).__bindgen_anon_2.optval } as usize;
     let end = unsafe { (*so).__bindgen_anon_3.optval_end } as usize;
@@ -106,7 +108,7 @@ fn answer(ctx: &SockoptContext) -> Option<()> {
         return None;
     }
     unsafe { write_volatile(addr_of_mut!((*so).retval), 0) };
-    maps::count(counter::ORIG_DST_ANSWERED, 1);
+    maps::count(netns, counter::ORIG_DST_ANSWERED, 1);
     debug!(
         ctx,
         "original destination {:i}:{} answered",

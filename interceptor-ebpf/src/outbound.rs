@@ -14,15 +14,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use interceptor_common::{
-    counter, Settings, SockAddr, FLAG_OUTBOUND_ALL_CIDRS, FLAG_REDIRECT_DNS, PORT_OUT_EXCLUDE,
-    PORT_OUT_INCLUDE,
+    counter, Settings, SockAddr, COOKIE_PREFIX_BITS, FLAG_OUTBOUND_ALL_CIDRS, FLAG_REDIRECT_DNS,
+    PORT_OUT_EXCLUDE, PORT_OUT_INCLUDE,
 };
 
 use crate::{
     addr::{self, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{
-        self, LOCAL_V4, LOCAL_V6, ORIG_BY_COOKIE, OUT_EXCLUDE_V4, OUT_EXCLUDE_V6, OUT_INCLUDE_V4, OUT_INCLUDE_V6, PORTS,
-    },
+    maps::{self, ORIG_BY_COOKIE, OUT_EXCLUDE_V4, OUT_EXCLUDE_V6, OUT_INCLUDE_V4, OUT_INCLUDE_V6},
 };
 
 const DNS_PORT: u16 = 53;
@@ -69,10 +67,8 @@ enum Call {
 }
 
 fn redirect(ctx: &SockAddrContext, family: Family, call: Call) -> Option<()> {
-    let s = maps::settings()?;
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != s.netns_cookie {
-        return None;
-    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let s = maps::settings(netns)?;
     let sa = ctx.sock_addr;
     let protocol = unsafe { read_volatile(addr_of!((*sa).protocol)) };
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
@@ -86,12 +82,12 @@ fn redirect(ctx: &SockAddrContext, family: Family, call: Call) -> Option<()> {
         Family::V4 => addr::v4(unsafe { read_volatile(addr_of!((*sa).user_ip4)) }, port),
         Family::V6 => addr::v6(unsafe { addr::read_ip6(addr_of!((*sa).user_ip6)) }, port),
     };
-    let loopback = is_loopback(&dst);
+    let loopback = is_loopback(netns, &dst);
 
     let to_port = if s.flags & FLAG_REDIRECT_DNS != 0 && port == DNS_PORT && !loopback {
         s.dns_port
     } else if protocol == IPPROTO_TCP && call == Call::Connect && !loopback {
-        if from_passthrough(ctx, family) || !outbound_redirected(s, &dst) {
+        if from_passthrough(ctx, family) || !outbound_redirected(netns, s, &dst) {
             return None;
         }
         s.proxy_port
@@ -113,9 +109,9 @@ fn redirect(ctx: &SockAddrContext, family: Family, call: Call) -> Option<()> {
         write_volatile(addr_of_mut!((*sa).user_port), u32::from(to_port.to_be()));
     }
     if to_port == s.dns_port && port == DNS_PORT {
-        maps::count(counter::DNS_REDIRECTED, 1);
+        maps::count(netns, counter::DNS_REDIRECTED, 1);
     } else {
-        maps::count(counter::CONNECT_REDIRECTED, 1);
+        maps::count(netns, counter::CONNECT_REDIRECTED, 1);
     }
     debug!(
         ctx,
@@ -146,11 +142,11 @@ fn is_proxy(s: &Settings) -> bool {
 
 /// Loopback, or one of the namespace's own addresses: the connection never leaves.
 #[inline(always)]
-fn is_loopback(dst: &SockAddr) -> bool {
+fn is_loopback(netns: u64, dst: &SockAddr) -> bool {
     if dst.family == interceptor_common::AF_INET {
-        addr::is_loopback_v4(dst.addr[0]) || unsafe { LOCAL_V4.get(&dst.addr[0]) }.is_some()
+        addr::is_loopback_v4(dst.addr[0]) || maps::netns_of_v4(dst.addr[0]) == Some(netns)
     } else {
-        dst.addr == addr::LOOPBACK_V6 || unsafe { LOCAL_V6.get(&dst.addr) }.is_some()
+        dst.addr == addr::LOOPBACK_V6 || maps::netns_of_v6(&dst.addr) == Some(netns)
     }
 }
 
@@ -169,19 +165,19 @@ fn from_passthrough(ctx: &SockAddrContext, family: Family) -> bool {
 
 /// Whether a TCP connect to `dst` goes to the proxy, by ports and CIDRs.
 #[inline(always)]
-fn outbound_redirected(s: &Settings, dst: &SockAddr) -> bool {
-    let ports = PORTS.get(u32::from(dst.port)).copied().unwrap_or(0);
+fn outbound_redirected(netns: u64, s: &Settings, dst: &SockAddr) -> bool {
+    let ports = maps::port_bits(netns, dst.port);
     if ports & PORT_OUT_EXCLUDE != 0 {
         return false;
     }
     let (excluded, included) = if dst.family == interceptor_common::AF_INET {
-        let key = Key::new(32, dst.addr[0]);
+        let key = Key::new(COOKIE_PREFIX_BITS + 32, maps::v4_key(netns, dst.addr[0]));
         (
             OUT_EXCLUDE_V4.get(&key).is_some(),
             OUT_INCLUDE_V4.get(&key).is_some(),
         )
     } else {
-        let key = Key::new(128, dst.addr);
+        let key = Key::new(COOKIE_PREFIX_BITS + 128, maps::v6_key(netns, &dst.addr));
         (
             OUT_EXCLUDE_V6.get(&key).is_some(),
             OUT_INCLUDE_V6.get(&key).is_some(),
@@ -194,7 +190,7 @@ fn outbound_redirected(s: &Settings, dst: &SockAddr) -> bool {
 }
 
 fn restore_dns_source(ctx: &SockAddrContext) -> Option<()> {
-    let s = maps::settings()?;
+    let s = maps::settings(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) })?;
     if s.flags & FLAG_REDIRECT_DNS == 0 {
         return None;
     }

@@ -107,13 +107,16 @@ pub enum InitError {
     Unsupported(String),
     #[error("{0:#}")]
     Ebpf(anyhow::Error),
+    /// `--run-validation` in eBPF mode found connections not redirected.
+    #[error(transparent)]
+    EbpfValidation(#[from] ebpf::validate::ValidationError),
 }
 
 impl InitError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            InitError::Validation(_) => EXIT_VALIDATION_FAILED,
+            InitError::Validation(_) | InitError::EbpfValidation(_) => EXIT_VALIDATION_FAILED,
             _ => 1,
         }
     }
@@ -128,10 +131,12 @@ pub fn config(args: &IstioFlags) -> Result<Config, ConfigError> {
 /// sets it).
 pub fn init(args: &InitOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
-        let cfg = config(&args.flags)?;
-        let settings = ebpf::Settings::from_config(&cfg).map_err(InitError::Ebpf)?;
-        return ebpf::cli::init(&settings, args.cgroup.as_deref(), args.debug, stop)
-            .map_err(InitError::Ebpf);
+        // First, as the iptables mode does: the netns cookie, the sk_lookup attachment and
+        // the namespace's addresses are all taken from the namespace this thread is in.
+        if let Some(ns) = &args.compat.network_namespace {
+            enter_netns(ns)?;
+        }
+        return ebpf::cli::init(args, stop);
     }
     if args.debug {
         return Err(InitError::Unsupported(
@@ -156,6 +161,8 @@ pub fn init(args: &InitOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
         return cleanup(args, out);
     }
     let cfg = config(&args.flags)?;
+    // As istio-init: the configuration first, so a pod's log says what was asked for.
+    tracing::info!("Istio config:\n{}", cfg.describe().trim_end());
     let rules = istio::build(&cfg);
     if args.compat.skip_rule_apply {
         if cfg.run_validation {
@@ -164,7 +171,9 @@ pub fn init(args: &InitOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
         return Ok(());
     }
     if cfg.dry_run {
-        let _ = out.write_all(restore::dry_run(&rules).as_bytes());
+        // The `ip` commands as `# ip ...` comment lines, then the restore input(s).
+        let text = routes::dry_run(&cfg) + &restore::dry_run(&rules);
+        let _ = out.write_all(text.as_bytes());
         return Ok(());
     }
     if !iptables::has_net_admin() {
@@ -193,7 +202,11 @@ pub fn init(args: &InitOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
         }
     };
     for a in &applied {
-        tracing::info!(restore = %a.tools.restore.display(), "applied:\n{}", a.input);
+        tracing::info!(
+            "{} --noflush applied:\n{}",
+            a.tools.restore.display(),
+            a.input.trim_end()
+        );
     }
     if cfg.run_validation {
         validation::run(&cfg)?;
@@ -202,10 +215,15 @@ pub fn init(args: &InitOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
 }
 
 /// `interceptor cleanup`. With `--dry-run` it prints the iptables-restore input per
-/// family (`# iptables-restore`, `# ip6tables-restore`) and changes nothing.
+/// iptables variant that holds rules of ours (headed `# iptables-nft-restore`,
+/// `# ip6tables-legacy-restore`, ...) and changes nothing.
 pub fn cleanup(args: &InitOptions, out: &mut dyn Write) -> Result<(), InitError> {
     if args.mode == Mechanism::Ebpf {
-        return ebpf::cli::cleanup(args.cgroup.as_deref()).map_err(InitError::Ebpf);
+        // The pin directory is named by the namespace's cookie: enter it first.
+        if let Some(ns) = &args.compat.network_namespace {
+            enter_netns(ns)?;
+        }
+        return ebpf::cli::cleanup(args);
     }
     if let Some(ns) = &args.compat.network_namespace {
         enter_netns(ns)?;
@@ -213,14 +231,18 @@ pub fn cleanup(args: &InitOptions, out: &mut dyn Write) -> Result<(), InitError>
     let cfg = config(&args.flags)?;
     let done = iptables::cleanup(&cfg)?;
     if cfg.dry_run {
-        for (tools, input) in done {
-            let head = if tools.family == crate::rules::Family::V4 {
-                "# iptables-restore\n"
-            } else {
-                "# ip6tables-restore\n"
-            };
-            let _ = out.write_all(head.as_bytes());
-            let _ = out.write_all(input.as_bytes());
+        // Per variant with something to remove: `# <its restore binary>` and the input,
+        // then `# nft delete table ...` for each table init created that would be empty.
+        for c in done {
+            let restore = c.tools.restore.file_name().unwrap_or_default().to_string_lossy();
+            let mut text = String::new();
+            if !c.input.is_empty() {
+                text = format!("# {restore}\n{}", c.input);
+            }
+            for t in &c.tables_deleted {
+                text += &format!("# {}\n", iptables::tables::delete_command(c.tools.family, *t));
+            }
+            let _ = out.write_all(text.as_bytes());
         }
         return Ok(());
     }

@@ -6,10 +6,11 @@ mod init_args;
 mod signal;
 mod sniff_args;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use interceptor_intercept::init::{self, InitError, InitOptions};
 
@@ -34,26 +35,28 @@ enum Command {
     /// programs and pins of one cgroup and namespace (`--mode ebpf`).
     Cleanup(Box<init_args::InitArgs>),
     /// List the eBPF interception in place: where each program is attached, and its counters.
-    Status,
+    Status(StatusArgs),
     /// Sniff HTTP/1.1 like ngrep, with TCP reassembly and request/response pairing.
     Sniff(Box<sniff_args::Args>),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let init_opts = match &cli.command {
-        Command::Init(a) | Command::Cleanup(a) => Some(InitOptions::from(a.as_ref())),
-        Command::Status | Command::Sniff(_) => None,
+    // Parsed through ArgMatches, not Cli::parse(), to learn which values came from
+    // environment variables (init_args::init_options).
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let init_opts = match matches.subcommand() {
+        Some((name @ ("init" | "cleanup"), sub)) => {
+            let sub_command = command
+                .find_subcommand(name)
+                .expect("init and cleanup are subcommands");
+            Some(init_args::init_options(sub_command, sub).unwrap_or_else(|e| e.exit()))
+        }
+        _ => None,
     };
-    let level = init_opts.as_ref().and_then(|o| o.compat.log_level());
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l.as_str()),
-        None => tracing_subscriber::EnvFilter::from_default_env(),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let json = init_opts.as_ref().is_some_and(|o| o.compat.log_as_json);
+    init_logging(init_opts.as_ref());
     // Each command keeps the exit status its peers use: istio-init's 1 and 126 for `init`,
     // ngrep's 2 for `sniff`.
     let result = match (cli.command, init_opts) {
@@ -64,10 +67,15 @@ fn main() -> ExitCode {
         (Command::Cleanup(_), Some(opts)) => {
             init::cleanup(&opts, &mut std::io::stdout()).map_err(failed)
         }
-        (Command::Status, _) => interceptor_intercept::ebpf::cli::status()
+        (Command::Status(a), _) => interceptor_intercept::ebpf::cli::status(a.json)
             .map_err(|e| failed(InitError::Ebpf(e))),
         (Command::Sniff(args), _) => {
-            let live = args.input.is_none();
+            // A live capture, or a pipe (`-I -`: Ctrl-C reaches tcpdump and us alike),
+            // ends on SIGINT/SIGTERM with what it found and the summary.
+            let live = args
+                .input
+                .as_deref()
+                .is_none_or(|p| p == std::path::Path::new("-"));
             let stop = if live { stop_flag() } else { Ok(&NEVER) };
             stop.and_then(|stop| {
                 sniff_args::run(&args, stop).map_err(|e| (format!("{e:#}"), 2))
@@ -78,10 +86,57 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((message, code)) => {
-            eprintln!("interceptor: {message}");
+            if json {
+                // Every line of a --log_as_json run is a JSON object, the failure too.
+                tracing::error!("interceptor: {message}");
+            } else {
+                eprintln!("interceptor: {message}");
+            }
             ExitCode::from(code)
         }
     }
+}
+
+/// The log goes to stderr: stdout carries only what a command prints as its result
+/// (`init --dry-run`'s iptables-restore input, `sniff`'s exchanges), so it can be piped;
+/// `kubectl logs` shows both streams. Colour only on a terminal, so a container's log has
+/// no escape codes.
+///
+/// `init` and `cleanup` log at info unless told otherwise, as istio-init does (the
+/// configuration and the iptables-restore input applied): `--log_output_level` (istio's
+/// `default:info` form) wins, then `RUST_LOG`. `--log_as_json` writes one JSON object a
+/// line. Other commands log only errors unless `RUST_LOG` says more.
+fn init_logging(init_opts: Option<&InitOptions>) {
+    use tracing_subscriber::EnvFilter;
+    let level = init_opts.and_then(|o| o.compat.log_level());
+    let filter = match (level, init_opts) {
+        (Some(l), _) => EnvFilter::new(l.as_str()),
+        (None, Some(_)) if std::env::var_os(EnvFilter::DEFAULT_ENV).is_none() => {
+            EnvFilter::new("info")
+        }
+        _ => EnvFilter::from_default_env(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if init_opts.is_some_and(|o| o.compat.log_as_json) {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// `status`'s flags.
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print one JSON document: the pinned instances (cgroup, netns cookie, links,
+    /// counters), whether bpffs is visible here, and the programs the kernel reports.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A flag nothing sets, for runs that end by themselves.

@@ -1,5 +1,6 @@
 //! What only the eBPF mode has: pins, links, counters, debug logs, DNS by cgroup
-//! sendmsg/recvmsg, and its refusals on machines or flags it cannot serve.
+//! sendmsg/recvmsg, `status` (with and without bpffs in sight), and its refusals on
+//! machines, mounts or flags it cannot serve.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use interceptor_tests::pod::{Mode, Pod, APP_UID, PROXY_UID, SERVER_IP};
+use interceptor_tests::pod::{Mode, Pod, APP_UID, POD_IP, PROXY_UID, SERVER_IP};
 use interceptor_tests::{interceptor_bin, require_root, run};
 
 fn pin_dir(init_output: &str) -> PathBuf {
@@ -337,27 +338,133 @@ fn a_failed_attach_is_rolled_back() {
     std::fs::remove_dir(&dir).unwrap();
 }
 
-#[test]
-fn bpffs_is_mounted_when_missing() {
-    require_root!();
-    let pod = Pod::new(Mode::Ebpf).unwrap();
-    let bin = interceptor_bin();
-    // A private mount namespace without /sys/fs/bpf: init mounts it there and pins in it.
-    let script = format!(
-        "mount --make-rprivate / && umount /sys/fs/bpf && \
-         {bin} init --mode ebpf --cgroup {cg} >/dev/null && stat -f -c %T /sys/fs/bpf && \
-         {bin} cleanup --mode ebpf --cgroup {cg} >/dev/null",
-        bin = bin.display(),
-        cg = pod.cgroup.display()
-    );
-    let out = Command::new("nsenter")
+/// Runs `script` with `sh -c` in the pod's network namespace and a private mount namespace
+/// of its own (as a container has), where the script may unmount /sys/fs/bpf.
+fn in_private_mount_ns(pod: &Pod, script: &str) -> std::process::Output {
+    Command::new("nsenter")
         .args([
             &format!("--net={}", pod.ns.path()),
             "unshare",
-            "-m",
+            "--mount",
+            "--propagation",
+            "private",
             "sh",
             "-c",
-            &script,
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// The cgroup id (its inode) that names the pod's pin directories.
+fn cgroup_id(pod: &Pod) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&pod.cgroup).unwrap().ino()
+}
+
+/// Pin directories of this pod's cgroup under the host's /sys/fs/bpf/interceptor.
+fn host_pins_of(pod: &Pod) -> Vec<String> {
+    let prefix = format!("{}-", cgroup_id(pod));
+    std::fs::read_dir("/sys/fs/bpf/interceptor")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The cookie of a network namespace (`SO_NETNS_COOKIE`), read from inside it.
+fn netns_cookie(ns: Option<&interceptor_tests::Netns>) -> u64 {
+    let py = "import socket;s=socket.socket();print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET,71,8),'little'))";
+    let out = match ns {
+        Some(ns) => ns.command("python3").args(["-c", py]).output().unwrap(),
+        None => Command::new("python3").args(["-c", py]).output().unwrap(),
+    };
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// `interceptor status --json` run on the host, parsed.
+fn status_json() -> serde_json::Value {
+    let out = Command::new(interceptor_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints one JSON document")
+}
+
+#[test]
+fn init_refuses_a_bpffs_that_would_vanish_with_its_mount_namespace() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let init = format!(
+        "exec {} init --mode ebpf --cgroup {}",
+        interceptor_bin().display(),
+        pod.cgroup.display()
+    );
+    // An init container without the hostPath mount: no bpffs at /sys/fs/bpf, or one of
+    // its own. Mounting or using it would print "attached", exit 0, and lose everything
+    // when the container's mount namespace ends.
+    for setup in [
+        "umount -l /sys/fs/bpf",
+        "umount -l /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf",
+    ] {
+        let out = in_private_mount_ns(&pod, &format!("{setup} && {init}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{setup}: init succeeded: {err}");
+        assert!(
+            err.contains("/sys/fs/bpf is not the host's bpffs")
+                && err.contains("mount the host's /sys/fs/bpf into the container (hostPath)"),
+            "{setup}: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("attached"),
+            "{setup}"
+        );
+        assert!(cgroup_programs(&pod.cgroup).is_empty(), "{setup}");
+        assert_eq!(sk_lookup_links(&pod), 0, "{setup}");
+        assert!(host_pins_of(&pod).is_empty(), "{setup}");
+    }
+    // A private mount namespace that still has the host's bpffs (hostPath) is fine, and
+    // the pins land on the host's.
+    let out = in_private_mount_ns(&pod, &init);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host_pins_of(&pod).len(), 1);
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+    pod.cleanup().unwrap();
+    assert!(host_pins_of(&pod).is_empty());
+}
+
+#[test]
+fn network_namespace_flag_attaches_to_that_namespace_from_the_host() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let bin = interceptor_bin();
+    let cg = pod.cgroup.display().to_string();
+    let ns = pod.ns.path();
+    let pod_cookie = netns_cookie(Some(&pod.ns));
+    assert_ne!(pod_cookie, netns_cookie(None));
+
+    // Run from the host's namespace, not through nsenter.
+    let out = Command::new(&bin)
+        .args([
+            "init",
+            "--mode",
+            "ebpf",
+            "--cgroup",
+            &cg,
+            "--network-namespace",
+            &ns,
         ])
         .output()
         .unwrap();
@@ -366,7 +473,293 @@ fn bpffs_is_mounted_when_missing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bpf_fs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("in netns cookie {pod_cookie},")),
+        "{text}"
+    );
+    let dir = pin_dir(&text);
+    assert!(
+        dir.to_string_lossy().ends_with(&format!("-{pod_cookie}")),
+        "{text}"
+    );
+    assert_eq!(
+        sk_lookup_links(&pod),
+        1,
+        "sk_lookup is on the pod's namespace"
+    );
+
+    let status = status_json();
+    let inst = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["pin_dir"] == dir.display().to_string())
+        .unwrap_or_else(|| panic!("{} not in {status}", dir.display()));
+    assert_eq!(inst["netns_cookie"], pod_cookie);
+    let ino = run("stat", &["-L", "-c", "%i", &ns]).unwrap();
+    let ino: u64 = String::from_utf8_lossy(&ino.stdout).trim().parse().unwrap();
+    let sklookup = inst["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["program"] == "sklookup")
+        .unwrap();
+    assert_eq!(sklookup["target"]["netns_inode"], ino, "{inst}");
+
+    // Interception works inside the namespace, both ways (inbound is sk_lookup's).
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    pod.start_app_server(8081).unwrap();
+    let r = pod
+        .get_from_pod(APP_UID, APP_UID, &format!("http://{SERVER_IP}:8080/who"))
+        .unwrap();
+    assert_eq!(r.sidecar.as_deref(), Some("outbound"));
+    let r = pod
+        .get_from_outside(&format!("http://{POD_IP}:8081/who"))
+        .unwrap();
+    assert_eq!(r.sidecar.as_deref(), Some("inbound"));
+
+    // cleanup from the host with the same flag finds and removes it.
+    let out = Command::new(&bin)
+        .args([
+            "cleanup",
+            "--mode",
+            "ebpf",
+            "--cgroup",
+            &cg,
+            "--network-namespace",
+            &ns,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached and unpinned"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!dir.exists());
+    assert_eq!(sk_lookup_links(&pod), 0);
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+}
+
+#[test]
+fn istio_init_flags_are_honoured_or_refused_by_name() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    for (flags, name) in [
+        (&["-t", "5"][..], "-t/--istio-inbound-tproxy-mark"),
+        (&["-r", "200"][..], "-r/--istio-inbound-tproxy-route-table"),
+        (&["--native-nftables"][..], "--native-nftables"),
+        (
+            &["--force-iptables-binary", "nft"][..],
+            "--force-iptables-binary",
+        ),
+        (&["-c", "eth9"][..], "-c/--istio-exclude-interfaces"),
+        (&["--drop-invalid"][..], "--drop-invalid"),
+    ] {
+        let out = pod.interceptor(&pod.init_args(flags)).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(
+            err.contains(name) && err.contains("eBPF mode"),
+            "{flags:?}: {err}"
+        );
+    }
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    // The injector's defaults, spelled out, are not refused.
+    pod.intercept(&["-m", "REDIRECT", "-t", "1337", "-r", "133"])
+        .unwrap();
+    pod.cleanup().unwrap();
+
+    // --skip-rule-apply attaches nothing.
+    let out = pod.intercept(&["--skip-rule-apply"]).unwrap();
+    assert!(out.contains("nothing attached"), "{out}");
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert_eq!(sk_lookup_links(&pod), 0);
+
+    // --cleanup-only removes what init made.
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    let out = pod.intercept(&["--cleanup-only"]).unwrap();
+    assert!(out.contains("detached and unpinned"), "{out}");
+    assert!(!dir.exists());
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert_eq!(sk_lookup_links(&pod), 0);
+}
+
+#[test]
+fn run_validation_probes_the_redirection_from_the_pods_cgroup() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let cg = pod.cgroup.display().to_string();
+    // As the validation container runs: inside the pod's cgroup.
+    let in_pod = |extra: &str| {
+        pod.ns
+            .sh_output(&format!(
+                "echo $$ > {cg}/cgroup.procs && exec {} init --mode ebpf --cgroup {cg} {extra}",
+                interceptor_bin().display()
+            ))
+            .unwrap()
+    };
+    // Nothing attached yet: the probe is not redirected, exit 126 as istio-validation.
+    let out = in_pod("--skip-rule-apply --run-validation --probe-timeout 1s");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("eBPF validation failed") && err.contains("not being redirected"),
+        "{err}"
+    );
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+
+    // init + validation, then validation alone.
+    let out = in_pod("--run-validation");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validation passed"));
+    let out = in_pod("--skip-rule-apply --run-validation");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Outside the intercepted cgroup a probe proves nothing: refused, saying why.
+    let out = pod
+        .interceptor(&pod.init_args(&["--skip-rule-apply", "--run-validation"]))
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains(&format!("is not --cgroup {cg}")), "{err}");
+}
+
+#[test]
+fn status_json_and_status_where_bpffs_is_not_visible() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    let cookie = netns_cookie(Some(&pod.ns));
+    let cg_id = cgroup_id(&pod);
+
+    let v = status_json();
+    assert_eq!(v["bpffs_visible"], true);
+    let inst = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["pin_dir"] == dir.display().to_string())
+        .unwrap_or_else(|| panic!("{} not in {v}", dir.display()));
+    assert_eq!(inst["netns_cookie"], cookie);
+    assert_eq!(inst["cgroup_id"], cg_id);
+    assert_eq!(inst["cgroup"], pod.cgroup.display().to_string());
+    assert_eq!(inst["links"].as_array().unwrap().len(), 7, "{inst}");
+    assert!(inst["counters"]["connects_redirected"].is_u64(), "{inst}");
+    assert_eq!(inst["settings"]["proxy_port"], 15001);
+
+    // A mount namespace without bpffs: the pins are out of sight, the programs are not.
+    let bin = interceptor_bin();
+    let out = in_private_mount_ns(
+        &pod,
+        &format!("umount -l /sys/fs/bpf && exec {} status", bin.display()),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("bpffs is not visible here"), "{text}");
+    assert!(!text.contains("nothing attached"), "{text}");
+    assert!(
+        text.contains(&format!("cgroup {} (id {cg_id})", pod.cgroup.display())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("netns cookie {cookie}")), "{text}");
+    for prog in [
+        "connect4",
+        "track_sockets",
+        "getsockopt",
+        "sklookup",
+        "skmsg",
+    ] {
+        assert!(
+            text.contains(&format!("program {prog} (id ")),
+            "{prog}: {text}"
+        );
+    }
+
+    let out = in_private_mount_ns(
+        &pod,
+        &format!(
+            "umount -l /sys/fs/bpf && exec {} status --json",
+            bin.display()
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bpffs_visible"], false);
+    assert!(v["instances"].as_array().unwrap().is_empty());
+    let ours = v["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| {
+            g["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["netns_cookie"] == cookie)
+        })
+        .unwrap_or_else(|| panic!("cookie {cookie} not in {v}"));
+    assert!(
+        ours["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == cg_id),
+        "{ours}"
+    );
+    assert_eq!(ours["programs"].as_array().unwrap().len(), 8, "{ours}");
+}
+
+#[test]
+fn port_22_is_captured_unless_d_lists_it() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    pod.start_sidecar().unwrap();
+    // An app server on 22 (root: a privileged port).
+    let content = std::env::temp_dir().join(interceptor_tests::unique("ssh"));
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("who"), "port22\n").unwrap();
+    pod.spawn_as(
+        0,
+        0,
+        &format!(
+            "/usr/bin/python3 -m http.server 22 --directory {}",
+            content.display()
+        ),
+    )
+    .unwrap();
+    pod.ns.wait_listen(22).unwrap();
+    let url = format!("http://{POD_IP}:22/who");
+
+    // As istio-iptables: with -b '*', only what -d lists is spared; 22 is not special.
+    pod.intercept(&["-b", "*", "-d", "15090"]).unwrap();
+    let r = pod.get_from_outside(&url).unwrap();
+    assert_eq!(
+        (r.sidecar.as_deref(), r.body.trim()),
+        (Some("inbound"), "port22")
+    );
+    pod.intercept(&["-b", "*", "-d", "22,15090"]).unwrap();
+    let r = pod.get_from_outside(&url).unwrap();
+    assert_eq!((r.sidecar.as_deref(), r.body.trim()), (None, "port22"));
+    let _ = std::fs::remove_dir_all(&content);
 }
 
 /// A stand-in proxy that answers each connection with the original destination it reads

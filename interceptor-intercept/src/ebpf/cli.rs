@@ -15,19 +15,32 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 
-use super::{cleanup, load, logs, status, Settings, Target};
+use super::{cleanup, flags, load, logs, report, validate, Settings, Target};
+use crate::config::Config;
+use crate::init::{InitError, InitOptions};
 
-/// `interceptor init --mode ebpf`: attaches (or updates) the programs for `cgroup` (default:
-/// this process's own) in the current network namespace; with `debug`, follows the
-/// programs' logs until `stop` is set.
-pub fn init(
-    settings: &Settings,
-    cgroup: Option<&Path>,
-    debug: bool,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let target = Target::resolve(cgroup)?;
-    let mut loaded = load::init(&target, settings, debug)?;
+/// `interceptor init --mode ebpf`, in the network namespace the caller has entered
+/// (`--network-namespace`): refuses the flags it cannot honour, then removes
+/// (`--cleanup-only`), validates only (`--skip-rule-apply`), or attaches (or updates) the
+/// programs for `--cgroup` (default: this process's own) and validates when asked. With
+/// `--debug`, follows the programs' logs until `stop` is set.
+pub fn init(opts: &InitOptions, stop: &AtomicBool) -> Result<(), InitError> {
+    flags::check(&opts.flags, &opts.compat, opts.debug).map_err(|e| InitError::Ebpf(e.into()))?;
+    if opts.compat.cleanup_only {
+        return remove(opts.cgroup.as_deref()).map_err(InitError::Ebpf);
+    }
+    let cfg = crate::init::config(&opts.flags)?;
+    let settings = Settings::from_config(&cfg).map_err(InitError::Ebpf)?;
+    if opts.compat.skip_rule_apply {
+        say!("ebpf: --skip-rule-apply: nothing attached or changed");
+        if cfg.run_validation {
+            let target = Target::resolve(opts.cgroup.as_deref()).map_err(InitError::Ebpf)?;
+            run_validation(&target, &settings, &cfg)?;
+        }
+        return Ok(());
+    }
+    let target = Target::resolve(opts.cgroup.as_deref()).map_err(InitError::Ebpf)?;
+    let mut loaded = load::init(&target, &settings, opts.debug).map_err(InitError::Ebpf)?;
     say!(
         "ebpf: intercepting cgroup {} in netns cookie {}, pinned at {}",
         target.cgroup.display(),
@@ -41,15 +54,46 @@ pub fn init(
         };
         say!("ebpf: {name} {what}");
     }
-    if debug {
-        logs::follow(&mut loaded.ebpf, stop)?;
+    // As istio-init: the interception stays when validation fails; the exit status says it.
+    if cfg.run_validation {
+        run_validation(&target, &settings, &cfg)?;
+    }
+    if opts.debug {
+        logs::follow(&mut loaded.ebpf, stop).map_err(InitError::Ebpf)?;
     }
     Ok(())
 }
 
-/// `interceptor cleanup --mode ebpf`: detaches and unpins what `init` made for `cgroup` in
-/// the current network namespace.
-pub fn cleanup(cgroup: Option<&Path>) -> Result<()> {
+fn run_validation(target: &Target, settings: &Settings, cfg: &Config) -> Result<(), InitError> {
+    validate::run(target, settings, cfg.probe_port, cfg.probe_timeout)?;
+    say!(
+        "ebpf: validation passed: a connection from this process was redirected to 127.0.0.1:{} with its original destination",
+        settings.proxy_port
+    );
+    Ok(())
+}
+
+/// `interceptor cleanup --mode ebpf`, in the network namespace the caller has entered:
+/// detaches and unpins what `init` made for `--cgroup` there. The interception flags do
+/// not matter (the pin directory alone names what to remove), but those `init` refuses
+/// are refused here too, so one command line serves both.
+pub fn cleanup(opts: &InitOptions) -> Result<(), InitError> {
+    flags::check(&opts.flags, &opts.compat, false).map_err(|e| InitError::Ebpf(e.into()))?;
+    if opts.debug {
+        return Err(InitError::Ebpf(
+            flags::Unsupported {
+                flag: "--debug",
+                value: "with cleanup".into(),
+                reason: "nothing is loaded whose logs could be followed",
+                env: None,
+            }
+            .into(),
+        ));
+    }
+    remove(opts.cgroup.as_deref()).map_err(InitError::Ebpf)
+}
+
+fn remove(cgroup: Option<&Path>) -> Result<()> {
     let target = Target::resolve(cgroup)?;
     match cleanup::cleanup(&target)? {
         Some(dir) => say!("ebpf: detached and unpinned {}", dir.display()),
@@ -61,7 +105,13 @@ pub fn cleanup(cgroup: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub fn status() -> Result<()> {
-    say!("{}", status::render(&status::instances()?).trim_end());
+/// `interceptor status [--json]`.
+pub fn status(json: bool) -> Result<()> {
+    let r = report::report()?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&report::to_json(&r))?);
+    } else {
+        say!("{}", report::render(&r).trim_end());
+    }
     Ok(())
 }

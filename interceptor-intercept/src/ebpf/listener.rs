@@ -10,7 +10,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// `LISTENER` index each belongs at (0 for IPv4, 1 for IPv6).
 pub fn find(port: u16) -> Vec<(u32, OwnedFd)> {
     let mut wanted = Vec::new();
-    for (table, index) in [("/proc/net/tcp", 0u32), ("/proc/net/tcp6", 1u32)] {
+    // /proc/net is the main thread's namespace; `--network-namespace` moves this thread.
+    for (table, index) in [
+        ("/proc/thread-self/net/tcp", 0u32),
+        ("/proc/thread-self/net/tcp6", 1u32),
+    ] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
         };

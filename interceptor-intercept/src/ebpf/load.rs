@@ -8,20 +8,19 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, MapData, SockHash, SockMap};
+use aya::maps::{MapData, SockHash};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
-use interceptor_common::{self as common, map, program, SockTuple};
+use interceptor_common::{map, program, ListenerKey, NetnsTuple};
 
 use super::listener;
-use super::settings::{v4_key, v6_key};
 use super::sys::{self, attach};
 use super::target::{ensure_bpffs, Target};
-use super::{object, Settings, USE_IPTABLES};
+use super::{netns_entries, object, Settings, USE_IPTABLES};
 
 /// Programs attached to the cgroup, with their attach types.
 pub const CGROUP_PROGRAMS: [(&str, u32); 6] = [
@@ -118,7 +117,9 @@ fn load_and_attach(
         let change = link(&ebpf, name, cgroup.as_fd(), attach_type, pin_dir, undo)?;
         links.push((name.to_string(), change));
     }
-    let netns = File::open("/proc/self/ns/net").context("opening /proc/self/ns/net")?;
+    // The calling thread's namespace: `--network-namespace` moves this thread only.
+    let netns =
+        File::open("/proc/thread-self/ns/net").context("opening /proc/thread-self/ns/net")?;
     let change = link(
         &ebpf,
         program::SKLOOKUP,
@@ -131,33 +132,39 @@ fn load_and_attach(
 
     // sk_msg is held by the sockhash (pinned with the maps); attaching again replaces it.
     {
-        let sockets: SockHash<&MapData, SockTuple> =
+        let sockets: SockHash<&MapData, NetnsTuple> =
             SockHash::try_from(map_ref(&ebpf, map::SOCKETS)?)?;
         let prog = prog_fd(&ebpf, program::SKMSG)?;
         sys::prog_attach_to_map(prog, sockets.fd().as_fd(), attach::SK_MSG_VERDICT)
             .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
     }
 
-    record_existing_listener(&mut ebpf, settings.inbound_capture_port)?;
+    record_existing_listener(&mut ebpf, target.netns_cookie, settings.inbound_capture_port)?;
     write_settings(&mut ebpf, target, settings)?;
     Ok((ebpf, links))
 }
 
 /// Puts an inbound capture listener that already exists into `LISTENER`.
-fn record_existing_listener(ebpf: &mut Ebpf, port: u16) -> Result<()> {
+fn record_existing_listener(ebpf: &mut Ebpf, netns_cookie: u64, port: u16) -> Result<()> {
     let found = listener::find(port);
     if found.is_empty() {
         return Ok(());
     }
-    let mut map: SockMap<&mut MapData> = SockMap::try_from(map_mut(ebpf, map::LISTENER)?)?;
+    let mut map: SockHash<&mut MapData, ListenerKey> =
+        SockHash::try_from(map_mut(ebpf, map::LISTENER)?)?;
     for (index, sock) in found {
-        map.set(index, &sock, 0)
+        let key = ListenerKey {
+            netns_cookie,
+            index,
+            _pad: 0,
+        };
+        map.insert(key, sock.as_raw_fd(), 0)
             .context("recording the inbound capture listener")?;
     }
     Ok(())
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+pub(super) fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
@@ -181,7 +188,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     })
 }
 
-fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
+pub(super) fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     let prog = ebpf
         .program(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
@@ -233,83 +240,9 @@ fn link(
 }
 
 fn write_settings(ebpf: &mut Ebpf, target: &Target, settings: &Settings) -> Result<()> {
-    {
-        let mut ports: Array<&mut MapData, u8> = Array::try_from(map_mut(ebpf, map::PORTS)?)?;
-        let mut bits = vec![0u8; 65536];
-        for (p, b) in settings.port_bits() {
-            bits[usize::from(p)] = b;
-        }
-        for (port, b) in bits.iter().enumerate() {
-            ports
-                .set(port as u32, b, 0)
-                .context("writing the PORTS map")?;
-        }
-    }
-    let v4: Vec<(u32, u32)> = settings
-        .outbound_exclude_cidrs
-        .iter()
-        .filter_map(v4_key)
-        .collect();
-    replace_trie(ebpf, map::OUT_EXCLUDE_V4, &v4)?;
-    let v6: Vec<(u32, [u32; 4])> = settings
-        .outbound_exclude_cidrs
-        .iter()
-        .filter_map(v6_key)
-        .collect();
-    replace_trie(ebpf, map::OUT_EXCLUDE_V6, &v6)?;
-    let v4: Vec<(u32, u32)> = settings.include_cidrs().iter().filter_map(v4_key).collect();
-    replace_trie(ebpf, map::OUT_INCLUDE_V4, &v4)?;
-    let v6: Vec<(u32, [u32; 4])> = settings.include_cidrs().iter().filter_map(v6_key).collect();
-    replace_trie(ebpf, map::OUT_INCLUDE_V6, &v6)?;
-
-    let (v4, v6) = local_addresses()?;
-    replace_set(ebpf, map::LOCAL_V4, &v4)?;
-    replace_set(ebpf, map::LOCAL_V6, &v6)?;
-
-    let mut entry: Array<&mut MapData, common::Settings> =
-        Array::try_from(map_mut(ebpf, map::SETTINGS)?)?;
-    entry
-        .set(0, settings.to_map_entry(target.netns_cookie), 0)
-        .context("writing the SETTINGS map")?;
-    Ok(())
-}
-
-/// The namespace's own addresses, as the programs store them (network-order words).
-fn local_addresses() -> Result<(Vec<u32>, Vec<[u32; 4]>)> {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().context("listing this namespace's addresses")? {
-        let Some(addr) = ifa.address else { continue };
-        if let Some(sin) = addr.as_sockaddr_in() {
-            v4.push(u32::from_ne_bytes(sin.ip().octets()));
-        } else if let Some(sin6) = addr.as_sockaddr_in6() {
-            if let Some((_, words)) = v6_key(&ipnet::IpNet::from(std::net::IpAddr::V6(sin6.ip()))) {
-                v6.push(words);
-            }
-        }
-    }
-    v4.sort_unstable();
-    v4.dedup();
-    v6.sort_unstable();
-    v6.dedup();
-    Ok((v4, v6))
-}
-
-/// Makes the hash map `name` hold exactly the keys `wanted`.
-fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &str, wanted: &[K]) -> Result<()> {
-    let mut set: HashMap<&mut MapData, K, u8> = HashMap::try_from(map_mut(ebpf, name)?)?;
-    for k in wanted {
-        set.insert(k, 1, 0)
-            .with_context(|| format!("writing {name}"))?;
-    }
-    let present: Vec<K> = set
-        .keys()
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading {name}"))?;
-    for k in present.iter().filter(|k| !wanted.contains(k)) {
-        set.remove(k).with_context(|| format!("clearing {name}"))?;
-    }
-    Ok(())
+    // The maps are keyed by namespace (see `netns_entries`); this instance serves one.
+    let local = netns_entries::LocalAddrs::current()?;
+    netns_entries::write(ebpf, target.netns_cookie, settings, &local)
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -317,34 +250,7 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
-/// Makes the trie hold exactly `wanted`: new keys first, stale ones removed after.
-fn replace_trie<K: aya::Pod + PartialEq>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    wanted: &[(u32, K)],
-) -> Result<()> {
-    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
-    for (prefix, addr) in wanted {
-        trie.insert(&lpm_trie::Key::new(*prefix, *addr), 1, 0)
-            .with_context(|| format!("writing {name}"))?;
-    }
-    let present: Vec<lpm_trie::Key<K>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading {name}"))?;
-    for key in present {
-        if !wanted
-            .iter()
-            .any(|(p, a)| *p == key.prefix_len() && *a == key.data())
-        {
-            trie.remove(&key)
-                .with_context(|| format!("clearing {name}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn kernel_error(what: &str, e: io::Error) -> anyhow::Error {
+pub(super) fn kernel_error(what: &str, e: io::Error) -> anyhow::Error {
     match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => anyhow!(
             "{what}: permission denied ({e}); eBPF mode needs root or CAP_BPF and CAP_NET_ADMIN; {USE_IPTABLES}"
@@ -357,7 +263,7 @@ fn kernel_error(what: &str, e: io::Error) -> anyhow::Error {
 }
 
 /// Capabilities this needs, checked up front so a non-root run fails before loading.
-fn check_privileges() -> Result<()> {
+pub(super) fn check_privileges() -> Result<()> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_BPF: u32 = 39;

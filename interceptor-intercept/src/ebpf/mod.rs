@@ -8,7 +8,12 @@
 //!   the process. A second `init` for the same pair updates the pinned links in place
 //!   (`BPF_LINK_UPDATE`) and rewrites the settings: nothing stacks.
 //! - `cleanup` unpins exactly that directory, which detaches everything.
-//! - `status` lists what is pinned, where it is attached, and the programs' counters.
+//! - `status` lists what is pinned, where it is attached, and the programs' counters;
+//!   where bpffs is not visible it lists what the kernel reports attached instead.
+//!
+//! `init` refuses, by name, the istio-iptables flags it cannot honour (`flags`), enters
+//! `--network-namespace` first, and pins only on the host's bpffs: outside the initial
+//! mount namespace it never mounts one itself (`target::ensure_bpffs`).
 //!
 //! The inbound capture listener is not found by `init`: the sockops program records the
 //! socket that starts listening on the inbound capture port in the pod's namespace
@@ -18,14 +23,20 @@
 
 pub mod cleanup;
 pub mod cli;
+pub mod flags;
+pub mod kernel;
 mod listener;
 pub mod load;
 mod logs;
+pub mod netns_entries;
+pub mod node;
 mod object;
+pub mod report;
 pub mod settings;
 pub mod status;
 mod sys;
 pub mod target;
+pub mod validate;
 
 pub use settings::{CidrSet, PortSet, Settings};
 pub use target::Target;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::{bail, Result};
 use interceptor_common as common;
 
-use crate::config::{Config, InboundPorts, InterceptionMode};
+use crate::config::{Config, InboundPorts};
 use ipnet::IpNet;
 
 /// Ports given as a list, or `*` for all.
@@ -24,17 +24,14 @@ pub enum CidrSet {
     List(Vec<IpNet>),
 }
 
-/// Ports istio never captures inbound: HBONE (15008) always, ssh (22) when every port is
-/// captured. `-d` adds to these.
-pub const ALWAYS_EXCLUDED_INBOUND: [u16; 1] = [15008];
-pub const SSH_PORT: u16 = 22;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// `-p`: the proxy's outbound listener.
     pub proxy_port: u16,
     /// `-z`: the proxy's inbound capture listener.
     pub inbound_capture_port: u16,
+    /// `-e`: the HBONE tunnel port, never captured inbound (istio's first ISTIO_INBOUND rule).
+    pub inbound_tunnel_port: u16,
     /// The proxy's DNS listener, used with `redirect_dns`.
     pub dns_port: u16,
     /// `-u`, `-g`: the proxy's identities; their connects are never redirected.
@@ -42,7 +39,8 @@ pub struct Settings {
     pub proxy_gids: Vec<u32>,
     /// `-b`: inbound ports captured.
     pub inbound_ports: PortSet,
-    /// `-d`: inbound ports left alone.
+    /// `-d`: inbound ports left alone when every port is captured (`-b '*'`); as in
+    /// istio-iptables, a `-b` list ignores it.
     pub inbound_exclude_ports: Vec<u16>,
     /// `-i`: outbound destinations redirected.
     pub outbound_cidrs: CidrSet,
@@ -57,16 +55,17 @@ pub struct Settings {
 }
 
 impl Default for Settings {
-    /// The values istio's sidecar injector passes to istio-iptables.
+    /// The values of `init` with no flags ([`crate::config::IstioFlags::default`]).
     fn default() -> Settings {
         Settings {
             proxy_port: 15001,
             inbound_capture_port: 15006,
+            inbound_tunnel_port: 15008,
             dns_port: 15053,
             proxy_uids: vec![1337],
             proxy_gids: vec![1337],
             inbound_ports: PortSet::All,
-            inbound_exclude_ports: vec![15090, 15021, 15020],
+            inbound_exclude_ports: vec![22, 15090, 15021, 15020],
             outbound_cidrs: CidrSet::All,
             outbound_exclude_cidrs: Vec::new(),
             outbound_ports: Vec::new(),
@@ -77,44 +76,11 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The eBPF settings a checked istio-iptables configuration asks for. Flags that only
-    /// mean something with iptables rules are refused by name, so nobody believes a flag
-    /// took effect when it did not.
+    /// The eBPF settings a checked istio-iptables configuration asks for. The flags the
+    /// programs cannot honour are refused before, by name ([`super::flags::check`]); what
+    /// is left here is what only the checked configuration shows (the owner-group
+    /// environment, port ranges the port map cannot hold).
     pub fn from_config(cfg: &Config) -> Result<Settings> {
-        if cfg.mode == InterceptionMode::Tproxy {
-            bail!(
-                "-m/--istio-inbound-interception-mode `TPROXY` is not supported in eBPF mode: sk_lookup \
-                 already keeps the original destination as TPROXY does; drop the flag, or use --mode iptables"
-            );
-        }
-        for (flag, values) in [
-            ("-k/--kube-virt-interfaces", &cfg.kube_virt_interfaces),
-            ("-c/--istio-exclude-interfaces", &cfg.exclude_interfaces),
-        ] {
-            if !values.is_empty() {
-                bail!(
-                    "{flag} `{}` is not supported in eBPF mode; use --mode iptables for it",
-                    values.join(",")
-                );
-            }
-        }
-        for (flag, set) in [
-            ("--drop-invalid", cfg.drop_invalid),
-            ("--capture-all-dns", cfg.capture_all_dns),
-            ("--run-validation", cfg.run_validation),
-            ("-n/--dry-run", cfg.dry_run),
-        ] {
-            if set {
-                bail!("{flag} is not supported in eBPF mode; use --mode iptables for it");
-            }
-        }
-        if cfg.inbound_tunnel_port != ALWAYS_EXCLUDED_INBOUND[0] {
-            bail!(
-                "-e/--inbound-tunnel-port `{}` is not supported in eBPF mode (the programs always spare {}); use --mode iptables for it",
-                cfg.inbound_tunnel_port,
-                ALWAYS_EXCLUDED_INBOUND[0]
-            );
-        }
         if !cfg.owner_groups.values.is_empty() {
             bail!(
                 "ISTIO_OUTBOUND_OWNER_GROUPS / ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE are not supported in eBPF mode; unset them, or use --mode iptables"
@@ -124,6 +90,7 @@ impl Settings {
         let s = Settings {
             proxy_port: cfg.proxy_port,
             inbound_capture_port: cfg.inbound_capture_port,
+            inbound_tunnel_port: cfg.inbound_tunnel_port,
             proxy_uids: parse_ids("-u/--proxy-uid", &cfg.proxy_uids.join(","))?,
             proxy_gids: parse_ids("-g/--proxy-gid", &cfg.proxy_gids.join(","))?,
             inbound_ports: match &cfg.inbound_ports {
@@ -185,6 +152,7 @@ impl Settings {
         for (flag, port) in [
             ("-p/--envoy-port", self.proxy_port),
             ("-z/--inbound-capture-port", self.inbound_capture_port),
+            ("-e/--inbound-tunnel-port", self.inbound_tunnel_port),
             ("DNS port", self.dns_port),
         ] {
             if port == 0 {
@@ -194,12 +162,13 @@ impl Settings {
         Ok(())
     }
 
-    /// Inbound ports never captured, `-d` plus istio's fixed exceptions.
+    /// Inbound ports never captured, as istio-iptables' ISTIO_INBOUND chain has them: the
+    /// tunnel port always, `-d` only with `-b '*'`. Nothing else: ssh (22) is spared only
+    /// when `-d` lists it, as `init`'s default `-d` does.
     pub fn inbound_excluded(&self) -> Vec<u16> {
-        let mut ports = self.inbound_exclude_ports.clone();
-        ports.extend(ALWAYS_EXCLUDED_INBOUND);
+        let mut ports = vec![self.inbound_tunnel_port];
         if self.inbound_ports == PortSet::All {
-            ports.push(SSH_PORT);
+            ports.extend(&self.inbound_exclude_ports);
         }
         ports.sort_unstable();
         ports.dedup();
@@ -389,30 +358,24 @@ mod tests {
         );
         assert_eq!(s.inbound_ports, PortSet::All);
         assert_eq!(s.outbound_cidrs, CidrSet::All);
-        // The seed listing's ISTIO_INBOUND exceptions: 15008, 22, 15090, 15021, 15020.
+        // The seed listing's ISTIO_INBOUND exceptions: 15008, then `-d` 22,15090,15021,15020.
         assert_eq!(s.inbound_excluded(), vec![22, 15008, 15020, 15021, 15090]);
+        assert_eq!(s, d);
     }
 
     #[test]
-    fn iptables_only_flags_are_refused_by_name() {
-        for (argv, flag) in [
-            (
-                &["-m", "TPROXY"][..],
-                "-m/--istio-inbound-interception-mode",
-            ),
-            (&["-k", "eth1"][..], "-k/--kube-virt-interfaces"),
-            (&["-c", "eth2"][..], "-c/--istio-exclude-interfaces"),
-            (&["--drop-invalid"][..], "--drop-invalid"),
-            (&["--capture-all-dns"][..], "--capture-all-dns"),
-            (&["-e", "15009"][..], "-e/--inbound-tunnel-port"),
-        ] {
-            let err = format!("{:#}", from_flags(argv).unwrap_err());
-            assert!(
-                err.contains(flag) && err.contains("--mode iptables"),
-                "{argv:?}: {err}"
-            );
-        }
-        assert!(from_flags(&["-m", "REDIRECT"]).is_ok());
+    fn the_owner_group_environment_is_refused_by_name() {
+        let env = IstioEnv {
+            owner_groups: Some("1000".into()),
+            ..IstioEnv::default()
+        };
+        let err = Settings::from_config(&config_from_flags(&[], &env).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ISTIO_OUTBOUND_OWNER_GROUPS") && err.contains("--mode iptables"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -447,18 +410,24 @@ mod tests {
     }
 
     #[test]
-    fn inbound_exclusions_follow_istio() {
-        let s = Settings::default();
-        assert_eq!(s.inbound_excluded(), vec![22, 15008, 15020, 15021, 15090]);
-        let listed = Settings {
-            inbound_ports: PortSet::List(vec![8080]),
-            ..Settings::default()
-        };
-        // ssh is only spared when every port is captured.
-        assert!(!listed.inbound_excluded().contains(&22));
+    fn inbound_exclusions_follow_istio_iptables() {
+        // -b '*': the tunnel port and `-d`, nothing more (22 only when `-d` lists it).
+        let s = from_flags(&["-b", "*", "-d", "15090"]).unwrap();
+        assert_eq!(s.inbound_excluded(), vec![15008, 15090]);
+        assert!(!s.port_bits().iter().any(|(p, _)| *p == 22));
+        let s = from_flags(&["-b", "*", "-d", "22,15090"]).unwrap();
+        assert_eq!(s.inbound_excluded(), vec![22, 15008, 15090]);
+        assert!(s.port_bits().contains(&(22, common::PORT_IN_EXCLUDE)));
+        // A `-b` list: istio-iptables writes no `-d` RETURN rules, only the tunnel's.
+        let listed = from_flags(&["-b", "8080,22", "-d", "22"]).unwrap();
+        assert_eq!(listed.inbound_excluded(), vec![15008]);
         let bits = listed.port_bits();
         assert!(bits.contains(&(8080, common::PORT_IN_INCLUDE)));
+        assert!(bits.contains(&(22, common::PORT_IN_INCLUDE)));
         assert!(bits.contains(&(15008, common::PORT_IN_EXCLUDE)));
+        // -e moves the tunnel port.
+        let e = from_flags(&["-e", "15009"]).unwrap();
+        assert!(e.inbound_excluded().contains(&15009) && !e.inbound_excluded().contains(&15008));
     }
 
     #[test]

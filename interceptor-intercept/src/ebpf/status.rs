@@ -7,10 +7,10 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use aya::maps::{Array, Map, MapData, PerCpuArray};
-use interceptor_common::{self as common, counter, map};
+use interceptor_common::{self as common, map};
 
 use super::sys::{self, attach, LinkInfo, LinkTarget};
+use super::netns_entries;
 use super::target::cgroup_path_by_id;
 use super::PIN_ROOT;
 
@@ -73,23 +73,14 @@ fn read_instance(pin_dir: PathBuf, cgroup_id: u64, netns_cookie: u64) -> Instanc
     let skmsg_programs = sys::obj_get(&pin_dir.join(map::SOCKETS))
         .and_then(|fd| sys::prog_query(fd.as_fd(), attach::SK_MSG_VERDICT))
         .map_err(|e| e.to_string());
-    let settings = open(&pin_dir, map::SETTINGS).and_then(|m| {
-        let a: Array<MapData, common::Settings> = Array::try_from(m).ok()?;
-        a.get(&0, 0).ok()
-    });
-    let counters = open(&pin_dir, map::COUNTERS)
-        .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).ok())
-        .map(|a| {
-            (0..counter::COUNT)
-                .map(|i| {
-                    (
-                        counter::NAMES[i as usize],
-                        a.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // The maps are keyed by namespace; an instance serves its own one.
+    let mut maps = netns_entries::Pinned::new(&pin_dir);
+    let settings = netns_entries::read_settings(&mut maps, netns_cookie);
+    let counters = if settings.is_some() {
+        netns_entries::counters(&mut maps, netns_cookie)
+    } else {
+        Vec::new()
+    };
     Instance {
         cgroup: cgroup_path_by_id(cgroup_id),
         pin_dir,
@@ -100,10 +91,6 @@ fn read_instance(pin_dir: PathBuf, cgroup_id: u64, netns_cookie: u64) -> Instanc
         settings,
         counters,
     }
-}
-
-fn open(dir: &Path, name: &str) -> Option<Map> {
-    Map::from_map_data(MapData::from_pin(dir.join(name)).ok()?).ok()
 }
 
 pub fn render(instances: &[Instance]) -> String {
@@ -122,41 +109,12 @@ pub fn render(instances: &[Instance]) -> String {
         let _ = writeln!(s, "  cgroup {cg} (id {})", i.cgroup_id);
         let _ = writeln!(s, "  netns cookie {}", i.netns_cookie);
         if let Some(st) = &i.settings {
-            let ids = |v: &[u32], n: u16| {
-                v[..usize::from(n).min(v.len())]
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            let _ = writeln!(
-                s,
-                "  settings: proxy port {}, inbound capture port {}, proxy uids {}, proxy gids {}, outbound {}, inbound {}, dns {}{}",
-                st.proxy_port,
-                st.inbound_port,
-                ids(&st.proxy_uids, st.n_uids),
-                ids(&st.proxy_gids, st.n_gids),
-                if st.flags & common::FLAG_OUTBOUND_ALL_CIDRS != 0 { "all CIDRs" } else { "listed CIDRs" },
-                if st.flags & common::FLAG_INBOUND_ALL_PORTS != 0 { "all ports" } else { "listed ports" },
-                if st.flags & common::FLAG_REDIRECT_DNS != 0 { st.dns_port.to_string() } else { "off".into() },
-                if st.flags & common::FLAG_ENABLED == 0 { " (disabled)" } else { "" },
-            );
+            let _ = writeln!(s, "  settings: {}", describe_settings(st));
         }
         for (name, info) in &i.links {
             match info {
                 Ok(l) => {
-                    let on = match l.target {
-                        LinkTarget::Cgroup(id) => format!("cgroup {id}"),
-                        LinkTarget::Netns(ino) => format!("netns inode {ino}"),
-                        LinkTarget::Other(t) => format!("link type {t}"),
-                    };
-                    let _ = writeln!(
-                        s,
-                        "  link {name}: {} on {on} (link id {}, program id {})",
-                        attach::name(l.attach_type),
-                        l.id,
-                        l.prog_id
-                    );
+                    let _ = writeln!(s, "  link {name}: {}", describe_link(l));
                 }
                 Err(e) => {
                     let _ = writeln!(s, "  link {name}: unreadable ({e})");
@@ -185,4 +143,41 @@ pub fn render(instances: &[Instance]) -> String {
         }
     }
     s
+}
+
+/// A `SETTINGS` entry in one line (also `report`'s for namespaces found by id).
+pub fn describe_settings(st: &common::Settings) -> String {
+    let ids = |v: &[u32], n: u16| {
+        v[..usize::from(n).min(v.len())]
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "proxy port {}, inbound capture port {}, proxy uids {}, proxy gids {}, outbound {}, inbound {}, dns {}{}",
+        st.proxy_port,
+        st.inbound_port,
+        ids(&st.proxy_uids, st.n_uids),
+        ids(&st.proxy_gids, st.n_gids),
+        if st.flags & common::FLAG_OUTBOUND_ALL_CIDRS != 0 { "all CIDRs" } else { "listed CIDRs" },
+        if st.flags & common::FLAG_INBOUND_ALL_PORTS != 0 { "all ports" } else { "listed ports" },
+        if st.flags & common::FLAG_REDIRECT_DNS != 0 { st.dns_port.to_string() } else { "off".into() },
+        if st.flags & common::FLAG_ENABLED == 0 { " (disabled)" } else { "" },
+    )
+}
+
+/// Where a link is attached, as the kernel reports it.
+pub fn describe_link(l: &LinkInfo) -> String {
+    let on = match l.target {
+        LinkTarget::Cgroup(id) => format!("cgroup {id}"),
+        LinkTarget::Netns(ino) => format!("netns inode {ino}"),
+        LinkTarget::Other(t) => format!("link type {t}"),
+    };
+    format!(
+        "{} on {on} (link id {}, program id {})",
+        attach::name(l.attach_type),
+        l.id,
+        l.prog_id
+    )
 }
