@@ -11,11 +11,14 @@
 //! As in istio-iptables, each flag but `--envoy-port` can also come from the environment
 //! variable named like it (`ISTIO_INBOUND_PORTS` for `--istio-inbound-ports`); DNS
 //! capture, drop-invalid and dual-stack read `ISTIO_META_DNS_CAPTURE`, `INVALID_DROP` and
-//! `ISTIO_DUAL_STACK`. The command line wins over the environment.
+//! `ISTIO_DUAL_STACK`. The command line wins over the environment. Which variable a value
+//! came from is the caller's knowledge ([`IstioFlags::env_sources`]).
 //!
-//! Every check names the flag (or environment variable) and the value it rejects; nothing
-//! is applied before the whole configuration has been checked.
+//! Every check names the flag (or, for a value taken from the environment, the variable)
+//! and the value it rejects; nothing is applied before the whole configuration has been
+//! checked.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -198,6 +201,19 @@ pub struct IstioFlags {
     pub dns_servers: Option<String>,
     /// Which iptables variant to use (default: the one holding rules, else the system's).
     pub force_iptables_binary: Option<String>,
+    /// The flags whose value came from an environment variable rather than the command
+    /// line: long flag (`--inbound-capture-port`) to variable (`INBOUND_CAPTURE_PORT`).
+    /// A rejected value is reported under the variable's name, the one the user set. Empty
+    /// when every value came from the command line or the defaults.
+    pub env_sources: BTreeMap<String, String>,
+}
+
+impl IstioFlags {
+    /// The name to report a value of `flag` under: its environment variable when the value
+    /// came from there (see [`IstioFlags::env_sources`]), else the flag itself.
+    pub fn source_name<'a>(&'a self, flag: &'a str) -> &'a str {
+        self.env_sources.get(flag).map_or(flag, String::as_str)
+    }
 }
 
 impl Default for IstioFlags {
@@ -231,6 +247,7 @@ impl Default for IstioFlags {
             ipv6: false,
             dns_servers: None,
             force_iptables_binary: None,
+            env_sources: BTreeMap::new(),
         }
     }
 }
@@ -273,16 +290,28 @@ impl HostFacts {
     }
 }
 
-/// Splits a comma list the way istio does: empty items are dropped.
-pub fn split_list(s: &str) -> Vec<&str> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .collect()
+/// The items of a comma list. An empty (or all-blank) value is the empty list, which
+/// istio reads as "none" (`-x ""`, `-b ""`); an empty item inside a non-empty list
+/// (`1337,,`, `80,,81`) is refused: istio would pass it on to iptables as an empty port or
+/// id, and a stray comma is more likely a typo than a wish.
+pub fn list_items<'a>(flag: &str, v: &'a str) -> Result<Vec<&'a str>, ConfigError> {
+    if v.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<&str> = v.split(',').map(str::trim).collect();
+    if items.iter().any(|x| x.is_empty()) {
+        return Err(bad(
+            flag,
+            v,
+            "empty item in the list (a leading, trailing or doubled comma)",
+        ));
+    }
+    Ok(items)
 }
 
 fn parse_port(flag: &str, v: &str) -> Result<u16, ConfigError> {
-    match v.trim().parse::<u32>() {
+    // Wider than u16 so that -1 or 70000 are called out of range, not "not a number".
+    match v.trim().parse::<i64>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(_) => Err(bad(flag, v, "port out of range 1-65535")),
         Err(_) => Err(bad(flag, v, "not a port number")),
@@ -292,7 +321,7 @@ fn parse_port(flag: &str, v: &str) -> Result<u16, ConfigError> {
 /// A port list item: a port or an iptables `first:last` range.
 fn parse_port_list(flag: &str, v: &str) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
-    for item in split_list(v) {
+    for item in list_items(flag, v)? {
         match item.split_once(':') {
             Some((a, b)) => {
                 let (a, b) = (parse_port(flag, a)?, parse_port(flag, b)?);
@@ -310,7 +339,7 @@ fn parse_port_list(flag: &str, v: &str) -> Result<Vec<String>, ConfigError> {
 /// A uid/gid list: numbers, or names looked up in the user/group database (iptables itself
 /// would look them up; doing it here turns a typo into an error that names the flag).
 fn parse_id_list(flag: &str, v: &str, group: bool) -> Result<Vec<String>, ConfigError> {
-    let items = split_list(v);
+    let items = list_items(flag, v)?;
     if items.is_empty() {
         return Err(bad(
             flag,
@@ -367,7 +396,7 @@ fn parse_u32(flag: &str, v: &str) -> Result<u32, ConfigError> {
 }
 
 fn parse_ifaces(flag: &str, v: &str) -> Result<Vec<String>, ConfigError> {
-    split_list(v)
+    list_items(flag, v)?
         .into_iter()
         .map(|i| {
             let ok = i.len() <= 15
@@ -389,7 +418,7 @@ fn parse_ranges(flag: &str, v: &str) -> Result<NetworkRange, ConfigError> {
         });
     }
     let mut r = NetworkRange::default();
-    for item in split_list(v) {
+    for item in list_items(flag, v)? {
         let net: IpNet = item
             .parse()
             .map_err(|_| bad(flag, item, "not a CIDR (address/prefix-length)"))?;
@@ -448,12 +477,20 @@ pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, ConfigError> {
 }
 
 impl Config {
-    /// Checks flags and environment into a configuration.
+    /// Checks flags and environment into a configuration. A rejected value that came from
+    /// an environment variable is reported under the variable's name.
     pub fn from_args(
         args: &IstioFlags,
         env: &IstioEnv,
         host: &HostFacts,
     ) -> Result<Config, ConfigError> {
+        Config::check(args, env, host).map_err(|mut e| {
+            e.flag = args.source_name(&e.flag).to_string();
+            e
+        })
+    }
+
+    fn check(args: &IstioFlags, env: &IstioEnv, host: &HostFacts) -> Result<Config, ConfigError> {
         let proxy_uids = parse_id_list("--proxy-uid", &args.proxy_uid, false)?;
         // istio: "For TPROXY as its uid and gid are same" -- the gid list defaults to the uids.
         let proxy_gids = match &args.proxy_gid {
@@ -461,7 +498,9 @@ impl Config {
             None => proxy_uids.clone(),
         };
         let mode = match args.interception_mode.trim() {
-            "REDIRECT" => InterceptionMode::Redirect,
+            // istio-iptables' flag is unset (empty) unless the injector passes it, and
+            // empty means REDIRECT there.
+            "REDIRECT" | "" => InterceptionMode::Redirect,
             "TPROXY" => InterceptionMode::Tproxy,
             other => {
                 return Err(bad(
@@ -496,7 +535,7 @@ impl Config {
             let include = env.owner_groups.clone().unwrap_or_else(|| "*".to_string());
             let exclude = env.owner_groups_exclude.clone().unwrap_or_default();
             if include.trim() == "*" {
-                let values = split_list(&exclude)
+                let values = list_items("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", &exclude)?
                     .into_iter()
                     .map(|g| parse_id("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", g, true))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -505,7 +544,7 @@ impl Config {
                     values,
                 }
             } else {
-                let values = split_list(&include)
+                let values = list_items("ISTIO_OUTBOUND_OWNER_GROUPS", &include)?
                     .into_iter()
                     .map(|g| parse_id("ISTIO_OUTBOUND_OWNER_GROUPS", g, true))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -558,7 +597,7 @@ impl Config {
 
         let (dns_servers_v4, dns_servers_v6) = {
             let servers: Vec<IpAddr> = match &args.dns_servers {
-                Some(list) => split_list(list)
+                Some(list) => list_items("--dns-servers", list)?
                     .into_iter()
                     .map(|s| {
                         s.parse::<IpAddr>()
@@ -662,6 +701,96 @@ impl Config {
                 || !self.dns_servers_v4.is_empty()
                 || !self.dns_servers_v6.is_empty())
     }
+
+    /// The checked configuration as `KEY=VALUE` lines under istio-iptables' names (its
+    /// `config.Print`, which istio-init logs before applying), plus our own settings.
+    pub fn describe(&self) -> String {
+        fn ranges(r: &NetworkRange) -> String {
+            if r.wildcard {
+                return "*".into();
+            }
+            let all: Vec<String> = r.v4.iter().chain(&r.v6).map(ToString::to_string).collect();
+            all.join(",")
+        }
+        let (groups_include, groups_exclude) = if self.owner_groups.except {
+            ("*".to_string(), self.owner_groups.values.join(","))
+        } else {
+            (self.owner_groups.values.join(","), String::new())
+        };
+        let dns: Vec<String> = self
+            .dns_servers_v4
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.dns_servers_v6.iter().map(ToString::to_string))
+            .collect();
+        let pairs: [(&str, String); 30] = [
+            ("PROXY_PORT", self.proxy_port.to_string()),
+            (
+                "PROXY_INBOUND_CAPTURE_PORT",
+                self.inbound_capture_port.to_string(),
+            ),
+            ("PROXY_TUNNEL_PORT", self.inbound_tunnel_port.to_string()),
+            ("PROXY_UID", self.proxy_uids.join(",")),
+            ("PROXY_GID", self.proxy_gids.join(",")),
+            (
+                "INBOUND_INTERCEPTION_MODE",
+                match self.mode {
+                    InterceptionMode::Redirect => "REDIRECT".into(),
+                    InterceptionMode::Tproxy => "TPROXY".into(),
+                },
+            ),
+            ("INBOUND_TPROXY_MARK", self.tproxy_mark.to_string()),
+            (
+                "INBOUND_TPROXY_ROUTE_TABLE",
+                self.tproxy_route_table.to_string(),
+            ),
+            (
+                "INBOUND_PORTS_INCLUDE",
+                match &self.inbound_ports {
+                    InboundPorts::None => String::new(),
+                    InboundPorts::All => "*".into(),
+                    InboundPorts::Only(p) => p.join(","),
+                },
+            ),
+            (
+                "INBOUND_PORTS_EXCLUDE",
+                self.inbound_ports_exclude.join(","),
+            ),
+            ("OUTBOUND_OWNER_GROUPS_INCLUDE", groups_include),
+            ("OUTBOUND_OWNER_GROUPS_EXCLUDE", groups_exclude),
+            ("OUTBOUND_IP_RANGES_INCLUDE", ranges(&self.outbound_include)),
+            ("OUTBOUND_IP_RANGES_EXCLUDE", ranges(&self.outbound_exclude)),
+            (
+                "OUTBOUND_PORTS_INCLUDE",
+                self.outbound_ports_include.join(","),
+            ),
+            (
+                "OUTBOUND_PORTS_EXCLUDE",
+                self.outbound_ports_exclude.join(","),
+            ),
+            (
+                "OUTBOUND_IPV4_LOOPBACK_CIDR",
+                self.loopback_cidr_v4.to_string(),
+            ),
+            ("KUBE_VIRT_INTERFACES", self.kube_virt_interfaces.join(",")),
+            ("ENABLE_INBOUND_IPV6", self.ipv6.to_string()),
+            ("DUAL_STACK", self.dual_stack.to_string()),
+            ("DNS_CAPTURE", self.redirect_dns.to_string()),
+            ("DROP_INVALID", self.drop_invalid.to_string()),
+            ("CAPTURE_ALL_DNS", self.capture_all_dns.to_string()),
+            ("DNS_SERVERS", dns.join(",")),
+            ("EXCLUDE_INTERFACES", self.exclude_interfaces.join(",")),
+            (
+                "FORCE_IPTABLES_BINARY",
+                self.backend.map(Backend::name).unwrap_or_default().into(),
+            ),
+            ("DRY_RUN", self.dry_run.to_string()),
+            ("RUN_VALIDATION", self.run_validation.to_string()),
+            ("IPTABLES_PROBE_PORT", self.probe_port.to_string()),
+            ("PROBE_TIMEOUT", format!("{:?}", self.probe_timeout)),
+        ];
+        pairs.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
 }
 
 /// istio decides IPv6 from the pod's first global address (any, with dual-stack).
@@ -740,7 +869,7 @@ pub(crate) fn flags_from_argv(argv: &[&str]) -> IstioFlags {
             .into_iter()
             .find(|(short, long, _)| name == *long || (!short.is_empty() && name == *short))
         {
-            *b = inline.map_or(true, |v| v == "true");
+            *b = inline.is_none_or(|v| v == "true");
             continue;
         }
         let mut value = || inline.clone().or_else(|| args.next()).expect("flag value");
@@ -759,7 +888,9 @@ pub(crate) fn flags_from_argv(argv: &[&str]) -> IstioFlags {
             "-i" | "--istio-service-cidr" => f.service_cidr = value(),
             "-x" | "--istio-service-exclude-cidr" => f.service_exclude_cidr = value(),
             "-q" | "--istio-outbound-ports" => f.outbound_ports = value(),
-            "-o" | "--istio-local-outbound-ports-exclude" => f.local_outbound_ports_exclude = value(),
+            "-o" | "--istio-local-outbound-ports-exclude" => {
+                f.local_outbound_ports_exclude = value()
+            }
             "-k" | "--kube-virt-interfaces" => f.kube_virt_interfaces = value(),
             "--iptables-probe-port" => f.iptables_probe_port = value(),
             "--probe-timeout" => f.probe_timeout = value(),
@@ -812,136 +943,6 @@ mod tests {
         assert_eq!(c.loopback_cidr_v4.to_string(), "127.0.0.1/32");
         assert_eq!(c.probe_port, 15002);
         assert_eq!(c.probe_timeout, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn short_and_long_flags_match_istio() {
-        let c = parse(&[
-            "-p",
-            "16001",
-            "-z",
-            "16006",
-            "-e",
-            "16008",
-            "-u",
-            "1000,1001",
-            "-g",
-            "2000",
-            "-m",
-            "TPROXY",
-            "-t",
-            "7",
-            "-r",
-            "99",
-            "-b",
-            "80,8080",
-            "-d",
-            "9",
-            "-c",
-            "eth9",
-            "-i",
-            "10.0.0.0/8,fd00::/8",
-            "-x",
-            "10.1.0.0/16",
-            "-q",
-            "3306",
-            "-o",
-            "25",
-            "-k",
-            "virt0",
-            "-n",
-        ])
-        .unwrap();
-        assert_eq!(
-            (c.proxy_port, c.inbound_capture_port, c.inbound_tunnel_port),
-            (16001, 16006, 16008)
-        );
-        assert_eq!(c.proxy_uids, vec!["1000", "1001"]);
-        assert_eq!(c.proxy_gids, vec!["2000"]);
-        assert_eq!(
-            (c.mode, c.tproxy_mark, c.tproxy_route_table),
-            (InterceptionMode::Tproxy, 7, 99)
-        );
-        assert_eq!(
-            c.inbound_ports,
-            InboundPorts::Only(vec!["80".into(), "8080".into()])
-        );
-        assert_eq!(c.exclude_interfaces, vec!["eth9"]);
-        assert_eq!(c.outbound_include.v4.len(), 1);
-        assert_eq!(c.outbound_include.v6.len(), 1);
-        assert_eq!(c.outbound_ports_include, vec!["3306"]);
-        assert_eq!(c.outbound_ports_exclude, vec!["25"]);
-        assert_eq!(c.kube_virt_interfaces, vec!["virt0"]);
-        assert!(c.dry_run);
-        let l = parse(&[
-            "--envoy-port",
-            "1",
-            "--inbound-capture-port",
-            "2",
-            "--inbound-tunnel-port",
-            "3",
-            "--proxy-uid",
-            "4",
-            "--proxy-gid",
-            "5",
-            "--istio-inbound-interception-mode",
-            "REDIRECT",
-            "--istio-inbound-tproxy-mark",
-            "6",
-            "--istio-inbound-tproxy-route-table",
-            "7",
-            "--istio-inbound-ports",
-            "",
-            "--istio-local-exclude-ports",
-            "",
-            "--istio-exclude-interfaces",
-            "",
-            "--istio-service-cidr",
-            "",
-            "--istio-service-exclude-cidr",
-            "",
-            "--istio-outbound-ports",
-            "",
-            "--istio-local-outbound-ports-exclude",
-            "",
-            "--kube-virt-interfaces",
-            "",
-            "--dry-run",
-            "--redirect-dns",
-            "--capture-all-dns",
-            "--drop-invalid",
-            "--dual-stack",
-            "--run-validation",
-            "--iptables-probe-port",
-            "9",
-            "--probe-timeout",
-            "1m30s",
-            "--ipv6",
-            "--dns-servers",
-            "10.0.0.10,fd00::a",
-        ])
-        .unwrap();
-        assert_eq!(l.inbound_ports, InboundPorts::None);
-        assert!(!l.outbound_include.wildcard && l.outbound_include.v4.is_empty());
-        assert!(
-            l.redirect_dns
-                && l.capture_all_dns
-                && l.drop_invalid
-                && l.dual_stack
-                && l.run_validation
-                && l.ipv6
-        );
-        assert_eq!(l.probe_timeout, Duration::from_secs(90));
-        assert_eq!(
-            l.dns_servers_v4,
-            vec!["10.0.0.10".parse::<Ipv4Addr>().unwrap()]
-        );
-        assert_eq!(
-            l.dns_servers_v6,
-            vec!["fd00::a".parse::<Ipv6Addr>().unwrap()]
-        );
-        // istio's boolean flags also take an explicit value.
-        assert!(!parse(&["--redirect-dns=false"]).unwrap().redirect_dns);
     }
 
     #[test]
@@ -999,6 +1000,158 @@ mod tests {
         assert_eq!(e.flag, "--force-iptables-binary");
         let e = err(&["-q", "5:4"]);
         assert_eq!(e.flag, "--istio-outbound-ports");
+    }
+
+    #[test]
+    fn empty_values_mean_none_but_empty_items_are_refused() {
+        // istio's injector passes `-x ""`, and `-b ""` turns inbound capture off.
+        let c = parse(&[
+            "-x",
+            "",
+            "-b",
+            "",
+            "-i",
+            "",
+            "-d",
+            "",
+            "-q",
+            " ",
+            "--dns-servers",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(c.inbound_ports, InboundPorts::None);
+        assert!(c.inbound_ports_exclude.is_empty() && c.outbound_ports_include.is_empty());
+        assert!(!c.outbound_include.wildcard && c.outbound_include.v4.is_empty());
+        assert_eq!(c.outbound_exclude, NetworkRange::default());
+        assert!(c.dns_servers_v4.is_empty() && c.dns_servers_v6.is_empty());
+        for (argv, flag, value) in [
+            (&["-u", "1337,,"][..], "--proxy-uid", "1337,,"),
+            (&["-g", ",1337"][..], "--proxy-gid", ",1337"),
+            (&["-b", "80,,81"][..], "--istio-inbound-ports", "80,,81"),
+            (
+                &["-d", "15090,,"][..],
+                "--istio-local-exclude-ports",
+                "15090,,",
+            ),
+            (
+                &["-o", "25,"][..],
+                "--istio-local-outbound-ports-exclude",
+                "25,",
+            ),
+            (
+                &["-i", "10.0.0.0/8, ,"][..],
+                "--istio-service-cidr",
+                "10.0.0.0/8, ,",
+            ),
+            (
+                &["-x", ",10.0.0.0/8"][..],
+                "--istio-service-exclude-cidr",
+                ",10.0.0.0/8",
+            ),
+            (
+                &["-c", "eth0,,eth1"][..],
+                "--istio-exclude-interfaces",
+                "eth0,,eth1",
+            ),
+            (&["-k", "virt0,"][..], "--kube-virt-interfaces", "virt0,"),
+            (
+                &["--dns-servers", "10.0.0.10,,"][..],
+                "--dns-servers",
+                "10.0.0.10,,",
+            ),
+        ] {
+            let e = err(argv);
+            assert_eq!(
+                (e.flag.as_str(), e.value.as_str()),
+                (flag, value),
+                "{argv:?}"
+            );
+            assert!(e.reason.contains("empty item"), "{argv:?}: {e}");
+        }
+        let env = IstioEnv {
+            owner_groups: Some("100,,200".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            config_from_flags(&[], &env).unwrap_err().flag,
+            "ISTIO_OUTBOUND_OWNER_GROUPS"
+        );
+    }
+
+    #[test]
+    fn empty_mode_is_redirect_as_in_istio() {
+        assert_eq!(parse(&["-m", ""]).unwrap().mode, InterceptionMode::Redirect);
+        assert_eq!(
+            parse(&["-m", "TPROXY"]).unwrap().mode,
+            InterceptionMode::Tproxy
+        );
+    }
+
+    #[test]
+    fn negative_numbers_are_out_of_range() {
+        for (argv, flag) in [
+            (&["-p", "-1"][..], "--envoy-port"),
+            (&["-z", "-15006"][..], "--inbound-capture-port"),
+            (
+                &["--iptables-probe-port", "-2"][..],
+                "--iptables-probe-port",
+            ),
+            (&["-d", "-5"][..], "--istio-local-exclude-ports"),
+        ] {
+            let e = err(argv);
+            assert_eq!((e.flag.as_str(), e.value.as_str()), (flag, argv[1]));
+            assert_eq!(e.reason, "port out of range 1-65535");
+        }
+        let e = err(&["-t", "-1"]);
+        assert_eq!(
+            (e.flag.as_str(), e.value.as_str()),
+            ("--istio-inbound-tproxy-mark", "-1")
+        );
+        let e = err(&["-u", "-1"]);
+        assert_eq!(e.flag, "--proxy-uid");
+    }
+
+    #[test]
+    fn a_value_from_the_environment_is_reported_under_its_variable() {
+        let mut f = flags_from_argv(&["-z", "70000", "-p", "0"]);
+        f.env_sources.insert(
+            "--inbound-capture-port".into(),
+            "INBOUND_CAPTURE_PORT".into(),
+        );
+        // -p came from the command line: still named by its flag.
+        let e = Config::from_args(&f, &IstioEnv::default(), &HostFacts::default()).unwrap_err();
+        assert_eq!(e.flag, "--envoy-port");
+        f.envoy_port = "15001".into();
+        let e = Config::from_args(&f, &IstioEnv::default(), &HostFacts::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value '70000' for INBOUND_CAPTURE_PORT: port out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn describe_lists_the_settings_under_istio_names() {
+        let d = parse(&["-d", "15090,15021,15020", "-x", "10.1.0.0/16,fd01::/16"])
+            .unwrap()
+            .describe();
+        for line in [
+            "PROXY_PORT=15001\n",
+            "PROXY_INBOUND_CAPTURE_PORT=15006\n",
+            "PROXY_UID=1337\n",
+            "PROXY_GID=1337\n",
+            "INBOUND_INTERCEPTION_MODE=REDIRECT\n",
+            "INBOUND_PORTS_INCLUDE=*\n",
+            "INBOUND_PORTS_EXCLUDE=15090,15021,15020\n",
+            "OUTBOUND_IP_RANGES_INCLUDE=*\n",
+            "OUTBOUND_IP_RANGES_EXCLUDE=10.1.0.0/16,fd01::/16\n",
+            "OUTBOUND_OWNER_GROUPS_INCLUDE=*\n",
+            "DNS_CAPTURE=false\n",
+            "PROBE_TIMEOUT=5s\n",
+        ] {
+            assert!(d.contains(line), "{line:?} missing from\n{d}");
+        }
+        assert!(d.lines().all(|l| l.contains('=')));
     }
 
     #[test]
@@ -1074,9 +1227,7 @@ mod tests {
             resolv_conf_servers: vec![],
         };
         let on = |a: &IstioFlags, f: HostFacts| {
-            Config::from_args(a, &IstioEnv::default(), &f)
-                .unwrap()
-                .ipv6
+            Config::from_args(a, &IstioEnv::default(), &f).unwrap().ipv6
         };
         assert!(!on(&t, facts(vec![lo, v4, v6])));
         assert!(on(&t, facts(vec![lo, v6, v4])));

@@ -6,9 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-
 use crate::config::{
-    IstioFlags, IstioEnv, Config, ConfigError, HostFacts, InboundPorts, InterceptionMode,
+    Config, ConfigError, HostFacts, InboundPorts, InterceptionMode, IstioEnv, IstioFlags,
 };
 use crate::ebpf;
 use crate::iptables::{self, routes, IptablesError};
@@ -55,7 +54,7 @@ pub struct Compat {
     pub network_namespace: Option<PathBuf>,
     /// istio log levels (`default:debug` or `debug`): sets this command's log level.
     pub log_output_level: Option<String>,
-    /// Accepted for istio-iptables compatibility; logs stay plain text.
+    /// Write the log as JSON lines (the binary sets up logging from it).
     pub log_as_json: bool,
 }
 
@@ -234,13 +233,21 @@ pub fn cleanup(args: &InitOptions, out: &mut dyn Write) -> Result<(), InitError>
         // Per variant with something to remove: `# <its restore binary>` and the input,
         // then `# nft delete table ...` for each table init created that would be empty.
         for c in done {
-            let restore = c.tools.restore.file_name().unwrap_or_default().to_string_lossy();
+            let restore = c
+                .tools
+                .restore
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
             let mut text = String::new();
             if !c.input.is_empty() {
                 text = format!("# {restore}\n{}", c.input);
             }
             for t in &c.tables_deleted {
-                text += &format!("# {}\n", iptables::tables::delete_command(c.tools.family, *t));
+                text += &format!(
+                    "# {}\n",
+                    iptables::tables::delete_command(c.tools.family, *t)
+                );
             }
             let _ = out.write_all(text.as_bytes());
         }

@@ -1,19 +1,26 @@
 //! `--run-validation`: proof that the installed rules really redirect, in the manner of
-//! istio-validation (`tools/istio-iptables/pkg/validation`).
+//! istio-validation (`tools/istio-iptables/pkg/validation/validator.go`).
 //!
 //! Probe listeners bind 127.0.0.1 on the outbound and the inbound capture ports; nothing
-//! else listens there during `init`, so a connection arriving on one, with
+//! else listens there before the sidecar starts, so a connection arriving on one, with
 //! `SO_ORIGINAL_DST` naming the probe port, can only have been redirected. Two probes:
 //!
-//! - istio's: a client thread with the proxy's uid/gid connects to 127.0.0.6:<probe port>;
-//!   only the `ISTIO_OUTPUT` rule that sends the proxy's loopback calls to the inbound side
-//!   can deliver it.
-//! - the app's: a client thread with a uid/gid that is not the proxy's connects to a test
-//!   address (192.0.2.1, TEST-NET-1, never a real host) on the probe port, which outbound
-//!   capture must deliver to the outbound listener. It runs only when that address is
-//!   captured by the configuration (`-i '*'`, not excluded) and routable from the pod.
+//! - istio's: a client with the proxy's uid/gid connects from 127.0.0.1 to
+//!   127.0.0.6:<probe port>; only the `ISTIO_OUTPUT` rule that sends the proxy's loopback
+//!   calls to the inbound side (`-o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1337 -j
+//!   ISTIO_IN_REDIRECT`) can deliver it. This is all istio's validator checks, and it needs
+//!   no privilege: istio-cni's istio-validation container runs it as uid/gid 1337 with no
+//!   capability and a read-only root filesystem. When this process is not the proxy and
+//!   can switch (CAP_SETUID and CAP_SETGID), the client thread takes the proxy's ids;
+//!   otherwise it connects with its own, as istio's does.
+//! - the app's: a client with a uid/gid that is not the proxy's connects to a test address
+//!   (192.0.2.1, TEST-NET-1, never a real host) on the probe port, which outbound capture
+//!   must deliver to the outbound listener. It runs only when this process has such ids
+//!   or can take them, and when that address is captured by the configuration (`-i '*'`,
+//!   not excluded) and routable from the pod.
 //!
-//! Validation fails when any probe that runs is not delivered within `--probe-timeout`.
+//! Validation fails when a probe that runs is not delivered within `--probe-timeout`.
+//! Nothing is written anywhere.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -46,8 +53,8 @@ pub enum ValidationError {
     NoListener(String),
     #[error("iptables validation failed: proxy uid/gid '{0}' is not numeric")]
     BadId(String),
-    #[error("iptables validation failed: cannot switch to uid {0} gid {1} to probe (needs CAP_SETUID and CAP_SETGID, or run as that user)")]
-    CannotSwitch(u32, u32),
+    #[error("iptables validation failed: the probe client thread for {0} could not take its ids")]
+    CannotSwitch(String),
 }
 
 /// Where a redirected connection was originally addressed (`SO_ORIGINAL_DST`).
@@ -85,21 +92,45 @@ fn become_on_this_thread(uid: u32, gid: u32) -> bool {
     }
 }
 
+/// Whether this process may take other uids/gids (CAP_SETUID and CAP_SETGID effective).
+fn can_switch_ids() -> bool {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SETUID) != 0 && caps & (1 << CAP_SETGID) != 0)
+}
+
+/// This process's effective ids.
+fn own_ids() -> (u32, u32) {
+    (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
+}
+
 /// One probe: who connects where.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
     uid: u32,
     gid: u32,
+    /// Whether the client thread must take `uid`/`gid` (they are not the process's own).
+    switch: bool,
+    /// The local address to connect from (istio binds 127.0.0.1 for its probe).
+    from: Option<Ipv4Addr>,
     to: SocketAddrV4,
-    /// Skipped, rather than failed, when this process cannot take the probe's ids (the
-    /// istio-cni validation container runs as the proxy user without capabilities).
-    optional: bool,
 }
 
 impl Probe {
     fn describe(&self) -> String {
+        let from = self.from.map(|a| format!(" from {a}")).unwrap_or_default();
         format!(
-            "a connection to {} from uid {} gid {}",
+            "a connection{from} to {} by uid {} gid {}",
             self.to, self.uid, self.gid
         )
     }
@@ -108,18 +139,45 @@ impl Probe {
     /// `failed` when it cannot take the probe's ids.
     fn start(self, stop: Arc<AtomicBool>, failed: Arc<AtomicBool>) -> JoinHandle<()> {
         std::thread::spawn(move || {
-            let already = nix::unistd::geteuid().as_raw() == self.uid
-                && nix::unistd::getegid().as_raw() == self.gid;
-            if !already && !become_on_this_thread(self.uid, self.gid) {
+            if self.switch && !become_on_this_thread(self.uid, self.gid) {
                 failed.store(true, Ordering::Relaxed);
                 return;
             }
-            let target = SocketAddr::V4(self.to);
             while !stop.load(Ordering::Relaxed) {
-                let _ = TcpStream::connect_timeout(&target, Duration::from_millis(500));
+                let _ = self.connect();
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
+    }
+
+    fn connect(&self) -> std::io::Result<()> {
+        use nix::sys::socket::{
+            bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+            SockaddrIn,
+        };
+        use nix::sys::time::{TimeVal, TimeValLike};
+        let Some(from) = self.from else {
+            return TcpStream::connect_timeout(
+                &SocketAddr::V4(self.to),
+                Duration::from_millis(500),
+            )
+            .map(drop);
+        };
+        // std has no bind-before-connect. The send timeout bounds the connect too, should
+        // a rule drop the SYN, so the thread notices `stop` soon.
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::milliseconds(500))?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+        )?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(self.to))?;
+        Ok(())
     }
 }
 
@@ -138,8 +196,38 @@ fn port_listed(list: &[String], port: u16) -> bool {
     })
 }
 
-/// Whether the app-side probe applies: the test address is captured and routable.
-fn app_probe(cfg: &Config) -> Option<Probe> {
+/// istio's probe: from the proxy's ids when this process has or can take them, else from
+/// its own (as istio's validator, which never switches).
+fn proxy_probe(cfg: &Config, own: (u32, u32), can_switch: bool) -> Result<Probe, ValidationError> {
+    let id = |list: &[String]| -> Result<u32, ValidationError> {
+        let s = list.first().cloned().unwrap_or_default();
+        s.parse().map_err(|_| ValidationError::BadId(s))
+    };
+    let proxy = (id(&cfg.proxy_uids)?, id(&cfg.proxy_gids)?);
+    let (uid, gid) = if own == proxy || !can_switch {
+        own
+    } else {
+        proxy
+    };
+    if (uid, gid) != proxy {
+        tracing::warn!(
+            "running as uid {uid} gid {gid}, not the proxy's {} {}, without CAP_SETUID/CAP_SETGID: the probe will not be redirected unless these ids are captured as the proxy's",
+            proxy.0,
+            proxy.1
+        );
+    }
+    Ok(Probe {
+        uid,
+        gid,
+        switch: (uid, gid) != own,
+        from: Some(Ipv4Addr::LOCALHOST),
+        to: SocketAddrV4::new(PASSTHROUGH, cfg.probe_port),
+    })
+}
+
+/// The app-side probe, when it applies: the test address is captured and routable, and
+/// this process has, or can take, ids that are not the proxy's.
+fn app_probe(cfg: &Config, own: (u32, u32), can_switch: bool) -> Option<Probe> {
     let covered = cfg.outbound_include.wildcard
         || cfg
             .outbound_include
@@ -152,16 +240,19 @@ fn app_probe(cfg: &Config) -> Option<Probe> {
         .iter()
         .any(|n: &IpNet| n.contains(&std::net::IpAddr::V4(TEST_ADDRESS)))
         || port_listed(&cfg.outbound_ports_exclude, cfg.probe_port);
-    // Our own ids when they are not the proxy's (no switch needed), else a free one.
-    let pick = |own: u32, proxy: &[String]| {
-        if proxy.iter().any(|p| p == &own.to_string()) {
-            non_proxy_id(proxy)
-        } else {
-            own
-        }
+    let is_proxy = |id: u32, proxy: &[String]| proxy.iter().any(|p| p == &id.to_string());
+    let own_is_app = !is_proxy(own.0, &cfg.proxy_uids) && !is_proxy(own.1, &cfg.proxy_gids);
+    // Our own ids when they are not the proxy's (no switch needed), else free ones.
+    let (uid, gid) = if own_is_app {
+        own
+    } else if can_switch {
+        (non_proxy_id(&cfg.proxy_uids), non_proxy_id(&cfg.proxy_gids))
+    } else {
+        tracing::info!(
+            "running as the proxy's ids without CAP_SETUID/CAP_SETGID: only istio's probe runs, not the app-side one"
+        );
+        return None;
     };
-    let uid = pick(nix::unistd::geteuid().as_raw(), &cfg.proxy_uids);
-    let gid = pick(nix::unistd::getegid().as_raw(), &cfg.proxy_gids);
     let groups_captured = if cfg.owner_groups.except {
         !cfg.owner_groups
             .values
@@ -176,8 +267,9 @@ fn app_probe(cfg: &Config) -> Option<Probe> {
     (covered && !excluded && groups_captured && routable(TEST_ADDRESS)).then_some(Probe {
         uid,
         gid,
+        switch: (uid, gid) != own,
+        from: None,
         to: SocketAddrV4::new(TEST_ADDRESS, cfg.probe_port),
-        optional: true,
     })
 }
 
@@ -189,28 +281,29 @@ fn routable(addr: Ipv4Addr) -> bool {
 }
 
 pub fn run(cfg: &Config) -> Result<(), ValidationError> {
-    let id = |list: &[String]| -> Result<u32, ValidationError> {
-        let s = list.first().cloned().unwrap_or_default();
-        s.parse().map_err(|_| ValidationError::BadId(s))
-    };
-    let mut probes = vec![Probe {
-        uid: id(&cfg.proxy_uids)?,
-        gid: id(&cfg.proxy_gids)?,
-        to: SocketAddrV4::new(PASSTHROUGH, cfg.probe_port),
-        optional: false,
-    }];
-    probes.extend(app_probe(cfg));
+    tracing::info!("Starting iptables validation. This check verifies that iptables rules are properly established for the network.");
+    let own = own_ids();
+    let can_switch = can_switch_ids();
+    let mut probes = vec![proxy_probe(cfg, own, can_switch)?];
+    probes.extend(app_probe(cfg, own, can_switch));
 
     let ports = [cfg.proxy_port, cfg.inbound_capture_port];
     let listen_desc = format!("{{{},{}}}", ports[0], ports[1]);
-    let listeners: Vec<TcpListener> = ports
+    let listeners: Vec<(u16, TcpListener)> = ports
         .iter()
-        .filter_map(|p| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *p)).ok())
+        .filter_map(|p| {
+            let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *p));
+            if let Err(e) = &l {
+                tracing::warn!("cannot listen on 127.0.0.1:{p}: {e}");
+            }
+            l.ok().map(|l| (*p, l))
+        })
         .collect();
     if listeners.is_empty() {
         return Err(ValidationError::NoListener(listen_desc));
     }
-    for l in &listeners {
+    for (p, l) in &listeners {
+        tracing::info!("Listening on 127.0.0.1:{p}");
         let _ = l.set_nonblocking(true);
     }
 
@@ -226,26 +319,17 @@ pub fn run(cfg: &Config) -> Result<(), ValidationError> {
         .collect();
     let mut arrived = vec![false; probes.len()];
     let deadline = Instant::now() + cfg.probe_timeout;
-    // Done when every probe has arrived or cannot run.
-    let settled = |arrived: &[bool]| {
-        arrived
-            .iter()
-            .zip(&failed)
-            .all(|(a, f)| *a || f.load(Ordering::Relaxed))
-    };
-    let must_fail = || {
-        probes
-            .iter()
-            .zip(&failed)
-            .any(|(p, f)| !p.optional && f.load(Ordering::Relaxed))
-    };
-    while Instant::now() < deadline && !settled(&arrived) && !must_fail() {
-        for l in &listeners {
+    let any_failed = || failed.iter().any(|f| f.load(Ordering::Relaxed));
+    while Instant::now() < deadline && !arrived.iter().all(|a| *a) && !any_failed() {
+        for (port, l) in &listeners {
             match l.accept() {
                 Ok((s, _)) => {
                     if let Some(dst) = original_dst(&s) {
                         for (i, p) in probes.iter().enumerate() {
-                            arrived[i] |= dst == p.to;
+                            if dst == p.to && !arrived[i] {
+                                tracing::info!("{} reached 127.0.0.1:{port}", p.describe());
+                                arrived[i] = true;
+                            }
                         }
                     }
                 }
@@ -264,10 +348,13 @@ pub fn run(cfg: &Config) -> Result<(), ValidationError> {
         .zip(&failed)
         .find(|(_, f)| f.load(Ordering::Relaxed))
     {
-        return Err(ValidationError::CannotSwitch(p.uid, p.gid));
+        return Err(ValidationError::CannotSwitch(p.describe()));
     }
     match probes.iter().zip(&arrived).find(|(_, a)| !**a) {
-        None => Ok(()),
+        None => {
+            tracing::info!("Validation passed, iptables rules established");
+            Ok(())
+        }
         Some((p, _)) => Err(ValidationError::NotRedirected {
             what: p.describe(),
             listen: listen_desc,
@@ -284,6 +371,44 @@ mod tests {
     fn non_proxy_ids() {
         assert_eq!(non_proxy_id(&["1337".into()]), 65534);
         assert_eq!(non_proxy_id(&["65534".into(), "65533".into()]), 65532);
+    }
+
+    fn cfg(argv: &[&str]) -> Config {
+        crate::config::config_from_flags(argv, &crate::config::IstioEnv::default()).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_probe_needs_no_privilege() {
+        let c = cfg(&[]);
+        // istio-validation: uid/gid 1337, no capability: no switch, from 127.0.0.1.
+        let p = proxy_probe(&c, (1337, 1337), false).unwrap();
+        assert_eq!((p.uid, p.gid, p.switch), (1337, 1337, false));
+        assert_eq!(p.from, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.to, SocketAddrV4::new(PASSTHROUGH, 15002));
+        // Root in istio-init: takes the proxy's ids on the probe thread.
+        let p = proxy_probe(&c, (0, 0), true).unwrap();
+        assert_eq!((p.uid, p.gid, p.switch), (1337, 1337, true));
+        // Someone else without capabilities: probes as itself, as istio's validator does.
+        let p = proxy_probe(&c, (1000, 1000), false).unwrap();
+        assert_eq!((p.uid, p.gid, p.switch), (1000, 1000, false));
+        assert!(matches!(
+            proxy_probe(&cfg(&["-u", "root"]), (0, 0), true),
+            Ok(Probe { uid: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn the_app_probe_runs_only_with_non_proxy_ids_at_hand() {
+        let c = cfg(&[]);
+        // The proxy's ids and no capability: no app probe at all (routable or not).
+        assert!(app_probe(&c, (1337, 1337), false).is_none());
+        if routable(TEST_ADDRESS) {
+            let p = app_probe(&c, (1337, 1337), true).unwrap();
+            assert_eq!((p.uid, p.gid, p.switch), (65534, 65534, true));
+            let p = app_probe(&c, (0, 0), false).unwrap();
+            assert_eq!((p.uid, p.gid, p.switch), (0, 0, false));
+            assert!(app_probe(&cfg(&["-x", "192.0.2.0/24"]), (0, 0), true).is_none());
+        }
     }
 
     #[test]

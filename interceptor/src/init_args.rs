@@ -1,11 +1,20 @@
 //! `init` and `cleanup`: istio-iptables' flags, names and environment variables as istio
 //! defines them (`tools/istio-iptables/pkg/cmd/root.go`), turned into the interception
 //! library's [`IstioFlags`] and [`InitOptions`].
+//!
+//! clap only collects strings here; the library checks them and names the flag and value
+//! it rejects. So every value-taking istio flag takes the next argument whatever it looks
+//! like (`allow_hyphen_values`, as Go's pflag does): `-p -1` reaches the port check
+//! (exit 1, "invalid value '-1' for --envoy-port") instead of clap's "unexpected
+//! argument". Where a value came from the environment, [`init_options`] records the
+//! variable so that the check names it instead of the flag.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
 
 use interceptor_intercept::config::IstioFlags;
 use interceptor_intercept::init::{Compat, InitOptions, Mechanism};
@@ -70,7 +79,7 @@ pub struct CompatArgs {
     /// istio log levels (`default:debug` or `debug`): sets this command's log level.
     #[arg(long = "log_output_level", value_name = "LEVELS")]
     pub log_output_level: Option<String>,
-    /// Accepted for istio-iptables compatibility; logs stay plain text.
+    /// Write the log as JSON lines (one object per line) instead of plain text.
     #[arg(long = "log_as_json")]
     pub log_as_json: bool,
 }
@@ -83,6 +92,7 @@ pub struct IstioArgs {
     #[arg(
         short = 'p',
         long = "envoy-port",
+        allow_hyphen_values = true,
         value_name = "PORT",
         default_value = "15001"
     )]
@@ -92,6 +102,7 @@ pub struct IstioArgs {
         short = 'z',
         long = "inbound-capture-port",
         env = "INBOUND_CAPTURE_PORT",
+        allow_hyphen_values = true,
         value_name = "PORT",
         default_value = "15006"
     )]
@@ -101,6 +112,7 @@ pub struct IstioArgs {
         short = 'e',
         long = "inbound-tunnel-port",
         env = "INBOUND_TUNNEL_PORT",
+        allow_hyphen_values = true,
         value_name = "PORT",
         default_value = "15008"
     )]
@@ -110,6 +122,7 @@ pub struct IstioArgs {
         short = 'u',
         long = "proxy-uid",
         env = "PROXY_UID",
+        allow_hyphen_values = true,
         value_name = "UIDS",
         default_value = "1337"
     )]
@@ -119,6 +132,7 @@ pub struct IstioArgs {
         short = 'g',
         long = "proxy-gid",
         env = "PROXY_GID",
+        allow_hyphen_values = true,
         value_name = "GIDS"
     )]
     pub proxy_gid: Option<String>,
@@ -127,6 +141,7 @@ pub struct IstioArgs {
         short = 'm',
         long = "istio-inbound-interception-mode",
         env = "ISTIO_INBOUND_INTERCEPTION_MODE",
+        allow_hyphen_values = true,
         value_name = "MODE",
         default_value = "REDIRECT"
     )]
@@ -136,6 +151,7 @@ pub struct IstioArgs {
         short = 't',
         long = "istio-inbound-tproxy-mark",
         env = "ISTIO_INBOUND_TPROXY_MARK",
+        allow_hyphen_values = true,
         value_name = "MARK",
         default_value = "1337"
     )]
@@ -145,6 +161,7 @@ pub struct IstioArgs {
         short = 'r',
         long = "istio-inbound-tproxy-route-table",
         env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        allow_hyphen_values = true,
         value_name = "TABLE",
         default_value = "133"
     )]
@@ -154,6 +171,7 @@ pub struct IstioArgs {
         short = 'b',
         long = "istio-inbound-ports",
         env = "ISTIO_INBOUND_PORTS",
+        allow_hyphen_values = true,
         value_name = "PORTS",
         default_value = "*"
     )]
@@ -163,6 +181,7 @@ pub struct IstioArgs {
         short = 'd',
         long = "istio-local-exclude-ports",
         env = "ISTIO_LOCAL_EXCLUDE_PORTS",
+        allow_hyphen_values = true,
         value_name = "PORTS",
         default_value = "22,15090,15021,15020"
     )]
@@ -172,6 +191,7 @@ pub struct IstioArgs {
         short = 'c',
         long = "istio-exclude-interfaces",
         env = "ISTIO_EXCLUDE_INTERFACES",
+        allow_hyphen_values = true,
         value_name = "IFACES",
         default_value = ""
     )]
@@ -181,6 +201,7 @@ pub struct IstioArgs {
         short = 'i',
         long = "istio-service-cidr",
         env = "ISTIO_SERVICE_CIDR",
+        allow_hyphen_values = true,
         value_name = "CIDRS",
         default_value = "*"
     )]
@@ -190,6 +211,7 @@ pub struct IstioArgs {
         short = 'x',
         long = "istio-service-exclude-cidr",
         env = "ISTIO_SERVICE_EXCLUDE_CIDR",
+        allow_hyphen_values = true,
         value_name = "CIDRS",
         default_value = ""
     )]
@@ -199,6 +221,7 @@ pub struct IstioArgs {
         short = 'q',
         long = "istio-outbound-ports",
         env = "ISTIO_OUTBOUND_PORTS",
+        allow_hyphen_values = true,
         value_name = "PORTS",
         default_value = ""
     )]
@@ -208,6 +231,7 @@ pub struct IstioArgs {
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
         env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        allow_hyphen_values = true,
         value_name = "PORTS",
         default_value = ""
     )]
@@ -217,6 +241,7 @@ pub struct IstioArgs {
         short = 'k',
         long = "kube-virt-interfaces",
         env = "KUBE_VIRT_INTERFACES",
+        allow_hyphen_values = true,
         value_name = "IFACES",
         default_value = ""
     )]
@@ -249,6 +274,7 @@ pub struct IstioArgs {
     #[arg(
         long = "iptables-probe-port",
         env = "IPTABLES_PROBE_PORT",
+        allow_hyphen_values = true,
         value_name = "PORT",
         default_value = "15002"
     )]
@@ -257,6 +283,7 @@ pub struct IstioArgs {
     #[arg(
         long = "probe-timeout",
         env = "PROBE_TIMEOUT",
+        allow_hyphen_values = true,
         value_name = "DURATION",
         default_value = "5s"
     )]
@@ -265,18 +292,18 @@ pub struct IstioArgs {
     #[arg(long = "ipv6")]
     pub ipv6: bool,
     /// DNS servers whose traffic --redirect-dns captures (default: nameservers in /etc/resolv.conf).
-    #[arg(long = "dns-servers", value_name = "LIST")]
+    #[arg(long = "dns-servers", allow_hyphen_values = true, value_name = "LIST")]
     pub dns_servers: Option<String>,
     /// Which iptables variant to use (default: the one holding rules, else the system's).
     #[arg(
         long = "force-iptables-binary",
         alias = "iptables-backend",
+        allow_hyphen_values = true,
         value_name = "legacy|nft",
         env = "FORCE_IPTABLES_BINARY"
     )]
     pub force_iptables_binary: Option<String>,
 }
-
 
 impl From<&IstioArgs> for IstioFlags {
     fn from(a: &IstioArgs) -> IstioFlags {
@@ -297,17 +324,18 @@ impl From<&IstioArgs> for IstioFlags {
             outbound_ports: a.outbound_ports.clone(),
             local_outbound_ports_exclude: a.local_outbound_ports_exclude.clone(),
             kube_virt_interfaces: a.kube_virt_interfaces.clone(),
-            dry_run: a.dry_run.clone(),
-            redirect_dns: a.redirect_dns.clone(),
-            capture_all_dns: a.capture_all_dns.clone(),
-            drop_invalid: a.drop_invalid.clone(),
-            dual_stack: a.dual_stack.clone(),
-            run_validation: a.run_validation.clone(),
+            dry_run: a.dry_run,
+            redirect_dns: a.redirect_dns,
+            capture_all_dns: a.capture_all_dns,
+            drop_invalid: a.drop_invalid,
+            dual_stack: a.dual_stack,
+            run_validation: a.run_validation,
             iptables_probe_port: a.iptables_probe_port.clone(),
             probe_timeout: a.probe_timeout.clone(),
-            ipv6: a.ipv6.clone(),
+            ipv6: a.ipv6,
             dns_servers: a.dns_servers.clone(),
             force_iptables_binary: a.force_iptables_binary.clone(),
+            env_sources: BTreeMap::new(),
         }
     }
 }
@@ -315,14 +343,14 @@ impl From<&IstioArgs> for IstioFlags {
 impl From<&CompatArgs> for Compat {
     fn from(a: &CompatArgs) -> Compat {
         Compat {
-            skip_rule_apply: a.skip_rule_apply.clone(),
-            cleanup_only: a.cleanup_only.clone(),
-            reconcile: a.reconcile.clone(),
-            force_apply: a.force_apply.clone(),
-            native_nftables: a.native_nftables.clone(),
+            skip_rule_apply: a.skip_rule_apply,
+            cleanup_only: a.cleanup_only,
+            reconcile: a.reconcile,
+            force_apply: a.force_apply,
+            native_nftables: a.native_nftables,
             network_namespace: a.network_namespace.clone(),
             log_output_level: a.log_output_level.clone(),
-            log_as_json: a.log_as_json.clone(),
+            log_as_json: a.log_as_json,
         }
     }
 }
@@ -339,5 +367,323 @@ impl From<&InitArgs> for InitOptions {
             flags: IstioFlags::from(&a.flags),
             compat: Compat::from(&a.compat),
         }
+    }
+}
+
+/// The arguments of `cmd` (the `init` or `cleanup` command) whose value clap took from
+/// their environment variable: long flag (`--inbound-capture-port`) to variable
+/// (`INBOUND_CAPTURE_PORT`).
+fn env_sources(cmd: &Command, m: &ArgMatches) -> BTreeMap<String, String> {
+    cmd.get_arguments()
+        .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::EnvVariable))
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let var = a.get_env()?;
+            Some((format!("--{long}"), var.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// `init`'s or `cleanup`'s options from their matches (`cmd` is that subcommand), with
+/// [`IstioFlags::env_sources`] filled in.
+pub fn init_options(cmd: &Command, m: &ArgMatches) -> Result<InitOptions, clap::Error> {
+    let args = InitArgs::from_arg_matches(m)?;
+    let mut opts = InitOptions::from(&args);
+    opts.flags.env_sources = env_sources(cmd, m);
+    Ok(opts)
+}
+
+/// Flag parsing: names, short letters, value forms and environment variables as istio's.
+/// What the values mean once checked is `interceptor_intercept::config`'s to test.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use interceptor_intercept::config::{
+        Config, ConfigError, HostFacts, InboundPorts, InterceptionMode, IstioEnv,
+    };
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        init: InitArgs,
+    }
+
+    /// clap reads the process environment: the tests here parse under this lock, so a
+    /// variable one of them sets is never seen by another. (Other modules' parsing tests do
+    /// not take it; the variables set here are all of flags those pass explicitly.)
+    static ENV: Mutex<()> = Mutex::new(());
+
+    /// Parses `argv` (after `init`) with `vars` set in the environment.
+    fn parse_env(argv: &[&str], vars: &[(&str, &str)]) -> Result<InitOptions, clap::Error> {
+        let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let cmd = TestCli::command();
+        let got = cmd
+            .clone()
+            .try_get_matches_from(std::iter::once("init").chain(argv.iter().copied()))
+            .and_then(|m| init_options(&cmd, &m));
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        got
+    }
+
+    fn parse(argv: &[&str]) -> Result<InitOptions, clap::Error> {
+        parse_env(argv, &[])
+    }
+
+    fn config(o: &InitOptions) -> Result<Config, ConfigError> {
+        Config::from_args(&o.flags, &IstioEnv::default(), &HostFacts::default())
+    }
+
+    #[test]
+    fn short_and_long_flags_match_istio() {
+        let o = parse(&[
+            "-p",
+            "16001",
+            "-z",
+            "16006",
+            "-e",
+            "16008",
+            "-u",
+            "1000,1001",
+            "-g",
+            "2000",
+            "-m",
+            "TPROXY",
+            "-t",
+            "7",
+            "-r",
+            "99",
+            "-b",
+            "80,8080",
+            "-d",
+            "9",
+            "-c",
+            "eth9",
+            "-i",
+            "10.0.0.0/8,fd00::/8",
+            "-x",
+            "10.1.0.0/16",
+            "-q",
+            "3306",
+            "-o",
+            "25",
+            "-k",
+            "virt0",
+            "-n",
+        ])
+        .unwrap();
+        let c = config(&o).unwrap();
+        assert_eq!(
+            (c.proxy_port, c.inbound_capture_port, c.inbound_tunnel_port),
+            (16001, 16006, 16008)
+        );
+        assert_eq!(c.proxy_uids, vec!["1000", "1001"]);
+        assert_eq!(c.proxy_gids, vec!["2000"]);
+        assert_eq!(
+            (c.mode, c.tproxy_mark, c.tproxy_route_table),
+            (InterceptionMode::Tproxy, 7, 99)
+        );
+        assert_eq!(
+            c.inbound_ports,
+            InboundPorts::Only(vec!["80".into(), "8080".into()])
+        );
+        assert_eq!(c.inbound_ports_exclude, vec!["9"]);
+        assert_eq!(c.exclude_interfaces, vec!["eth9"]);
+        assert_eq!(
+            (c.outbound_include.v4.len(), c.outbound_include.v6.len()),
+            (1, 1)
+        );
+        assert_eq!(c.outbound_exclude.v4.len(), 1);
+        assert_eq!(c.outbound_ports_include, vec!["3306"]);
+        assert_eq!(c.outbound_ports_exclude, vec!["25"]);
+        assert_eq!(c.kube_virt_interfaces, vec!["virt0"]);
+        assert!(c.dry_run);
+
+        let l = parse(&[
+            "--envoy-port",
+            "1",
+            "--inbound-capture-port",
+            "2",
+            "--inbound-tunnel-port",
+            "3",
+            "--proxy-uid",
+            "4",
+            "--proxy-gid",
+            "5",
+            "--istio-inbound-interception-mode",
+            "REDIRECT",
+            "--istio-inbound-tproxy-mark",
+            "6",
+            "--istio-inbound-tproxy-route-table",
+            "7",
+            "--istio-inbound-ports",
+            "",
+            "--istio-local-exclude-ports",
+            "",
+            "--istio-exclude-interfaces",
+            "",
+            "--istio-service-cidr",
+            "",
+            "--istio-service-exclude-cidr",
+            "",
+            "--istio-outbound-ports",
+            "",
+            "--istio-local-outbound-ports-exclude",
+            "",
+            "--kube-virt-interfaces",
+            "",
+            "--dry-run",
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--drop-invalid",
+            "--dual-stack",
+            "--run-validation",
+            "--iptables-probe-port",
+            "9",
+            "--probe-timeout",
+            "1m30s",
+            "--ipv6",
+            "--dns-servers",
+            "10.0.0.10,fd00::a",
+            "--iptables-backend",
+            "nft",
+        ])
+        .unwrap();
+        let c = config(&l).unwrap();
+        assert_eq!(
+            (c.proxy_port, c.inbound_capture_port, c.inbound_tunnel_port),
+            (1, 2, 3)
+        );
+        assert_eq!(
+            (c.proxy_uids[0].as_str(), c.proxy_gids[0].as_str()),
+            ("4", "5")
+        );
+        assert_eq!(
+            (c.tproxy_mark, c.tproxy_route_table, c.probe_port),
+            (6, 7, 9)
+        );
+        assert_eq!(c.inbound_ports, InboundPorts::None);
+        assert!(!c.outbound_include.wildcard && c.outbound_include.v4.is_empty());
+        assert!(
+            c.redirect_dns
+                && c.capture_all_dns
+                && c.drop_invalid
+                && c.dual_stack
+                && c.run_validation
+                && c.ipv6
+                && c.dry_run
+        );
+        assert_eq!(c.probe_timeout, Duration::from_secs(90));
+        assert_eq!(
+            c.dns_servers_v4,
+            vec!["10.0.0.10".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            c.dns_servers_v6,
+            vec!["fd00::a".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert_eq!(c.backend.map(|b| b.name()), Some("nft"));
+        assert!(l.flags.env_sources.is_empty());
+    }
+
+    #[test]
+    fn boolean_flags_take_an_optional_value_as_in_istio() {
+        let f = |argv: &[&str]| parse(argv).unwrap().flags;
+        assert!(f(&["--redirect-dns"]).redirect_dns);
+        assert!(f(&["--redirect-dns=true"]).redirect_dns);
+        assert!(!f(&["--redirect-dns=false"]).redirect_dns);
+        assert!(!f(&["--dry-run=false"]).dry_run);
+        assert!(f(&["-n"]).dry_run);
+        assert!(!f(&["--run-validation=0"]).run_validation);
+        // A bare boolean does not swallow the next flag.
+        let o = f(&["--redirect-dns", "-p", "16001"]);
+        assert!(o.redirect_dns && o.envoy_port == "16001");
+        let c = parse(&["--skip-rule-apply", "--cleanup-only=false"])
+            .unwrap()
+            .compat;
+        assert!(c.skip_rule_apply && !c.cleanup_only && c.reconcile);
+    }
+
+    #[test]
+    fn values_that_look_like_flags_reach_the_checks() {
+        // clap would call these "unexpected argument" (exit 2); istio's pflag takes them as
+        // the value, and the check names the flag.
+        let o = parse(&[
+            "-p",
+            "-1",
+            "-t",
+            "-7",
+            "--iptables-probe-port",
+            "-2",
+            "-x",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.flags.envoy_port.as_str(), o.flags.tproxy_mark.as_str()),
+            ("-1", "-7")
+        );
+        let e = config(&o).unwrap_err();
+        assert_eq!((e.flag.as_str(), e.value.as_str()), ("--envoy-port", "-1"));
+        // An empty value followed by another flag stays empty.
+        let o = parse(&["-x", "", "-b", "*"]).unwrap();
+        assert_eq!(
+            (
+                o.flags.service_exclude_cidr.as_str(),
+                o.flags.inbound_ports.as_str()
+            ),
+            ("", "*")
+        );
+    }
+
+    #[test]
+    fn environment_variables_fill_flags_and_name_bad_values() {
+        let o = parse_env(
+            &["-b", "8082"],
+            &[
+                ("INBOUND_CAPTURE_PORT", "16006"),
+                ("ISTIO_INBOUND_PORTS", "8081"),
+                ("ISTIO_META_DNS_CAPTURE", "true"),
+                ("INVALID_DROP", "1"),
+                ("ISTIO_DUAL_STACK", "false"),
+            ],
+        )
+        .unwrap();
+        // The command line wins over the environment.
+        assert_eq!(o.flags.inbound_ports, "8082");
+        assert_eq!(o.flags.inbound_capture_port, "16006");
+        assert!(o.flags.redirect_dns && o.flags.drop_invalid && !o.flags.dual_stack);
+        assert_eq!(
+            o.flags
+                .env_sources
+                .get("--inbound-capture-port")
+                .map(String::as_str),
+            Some("INBOUND_CAPTURE_PORT")
+        );
+        assert!(!o.flags.env_sources.contains_key("--istio-inbound-ports"));
+        assert!(!o.flags.env_sources.contains_key("--envoy-port"));
+
+        let o = parse_env(&[], &[("INBOUND_CAPTURE_PORT", "70000")]).unwrap();
+        assert_eq!(
+            config(&o).unwrap_err().to_string(),
+            "invalid value '70000' for INBOUND_CAPTURE_PORT: port out of range 1-65535"
+        );
+        let o = parse_env(&[], &[("PROXY_UID", "1337,,")]).unwrap();
+        let e = config(&o).unwrap_err();
+        assert_eq!((e.flag.as_str(), e.value.as_str()), ("PROXY_UID", "1337,,"));
+        // The same value on the command line is named by its flag.
+        let o = parse_env(&["-z", "70000"], &[("INBOUND_CAPTURE_PORT", "15006")]).unwrap();
+        assert_eq!(config(&o).unwrap_err().flag, "--inbound-capture-port");
+        // --envoy-port has no variable in istio.
+        let o = parse_env(&[], &[("ENVOY_PORT", "1")]).unwrap();
+        assert_eq!(o.flags.envoy_port, "15001");
     }
 }

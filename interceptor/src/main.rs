@@ -2,7 +2,10 @@
 //! (`interceptor-intercept` for `init`, `cleanup` and `status`, `interceptor-sniff` for
 //! `sniff`), and each command wires its pieces together.
 
+mod agent_args;
+mod cni_plugin;
 mod init_args;
+mod inspect_args;
 mod signal;
 mod sniff_args;
 
@@ -38,9 +41,17 @@ enum Command {
     Status(StatusArgs),
     /// Sniff HTTP/1.1 like ngrep, with TCP reassembly and request/response pairing.
     Sniff(Box<sniff_args::Args>),
+    /// The node agent (the DaemonSet's process): installs this binary as a chained CNI
+    /// plugin, keeps it in the CNI configuration, repairs pods' interception, serves
+    /// metrics; uninstalls on SIGTERM.
+    Agent(Box<agent_args::AgentArgs>),
 }
 
 fn main() -> ExitCode {
+    // Run by the container runtime as a CNI plugin: no arguments, CNI_* variables.
+    if cni_plugin::requested() && std::env::args_os().len() == 1 {
+        return cni_plugin::run();
+    }
     // Parsed through ArgMatches, not Cli::parse(), to learn which values came from
     // environment variables (init_args::init_options).
     let command = Cli::command();
@@ -56,6 +67,11 @@ fn main() -> ExitCode {
         _ => None,
     };
     let json = init_opts.as_ref().is_some_and(|o| o.compat.log_as_json);
+    if matches.subcommand_name() == Some("agent") && std::env::var_os("RUST_LOG").is_none() {
+        // The agent says what it installs, repairs and removes unless told otherwise.
+        // (`init`'s own lines for each repair, the ruleset applied, stay at debug.)
+        std::env::set_var("RUST_LOG", "info,interceptor_intercept=warn");
+    }
     init_logging(init_opts.as_ref());
     // Each command keeps the exit status its peers use: istio-init's 1 and 126 for `init`,
     // ngrep's 2 for `sniff`.
@@ -68,14 +84,21 @@ fn main() -> ExitCode {
             init::cleanup(&opts, &mut std::io::stdout()).map_err(failed)
         }
         (Command::Status(a), _) => interceptor_intercept::ebpf::cli::status(a.json)
-            .map_err(|e| failed(InitError::Ebpf(e))),
+            .map_err(|e| failed(InitError::Ebpf(e)))
+            .and_then(|()| node_status(&a)),
+        (Command::Agent(args), _) => stop_flag().and_then(|stop| {
+            let opts = interceptor_agent::agent::AgentOptions::from(args.as_ref());
+            interceptor_agent::agent::run(&opts, stop).map_err(|e| (e.to_string(), 1))
+        }),
         (Command::Sniff(args), _) => {
             // A live capture, or a pipe (`-I -`: Ctrl-C reaches tcpdump and us alike),
             // ends on SIGINT/SIGTERM with what it found and the summary.
             let live = args
                 .input
                 .as_deref()
-                .is_none_or(|p| p == std::path::Path::new("-"));
+                .is_none_or(|p| p == std::path::Path::new("-"))
+                // --serve keeps serving after a file is read, until interrupted.
+                || args.inspect.serve.is_some();
             let stop = if live { stop_flag() } else { Ok(&NEVER) };
             stop.and_then(|stop| {
                 sniff_args::run(&args, stop).map_err(|e| (format!("{e:#}"), 2))
@@ -137,6 +160,21 @@ struct StatusArgs {
     /// counters), whether bpffs is visible here, and the programs the kernel reports.
     #[arg(long)]
     json: bool,
+    /// The node agent's state dir: its pods are listed with their mode and health.
+    #[arg(long, value_name = "DIR", default_value = "/var/run/interceptor")]
+    state_dir: std::path::PathBuf,
+}
+
+/// `status`' node part: the pods the CNI plugin recorded, checked now (text output only;
+/// `interceptor_agent::status::pods` has them for the JSON document).
+fn node_status(a: &StatusArgs) -> Result<(), (String, u8)> {
+    if a.json {
+        return Ok(());
+    }
+    let pods = interceptor_agent::status::pods(&a.state_dir, cni_plugin::parse_init_args)
+        .map_err(|e| (e, 1))?;
+    print!("{}", interceptor_agent::status::render(&a.state_dir, &pods));
+    Ok(())
 }
 
 /// A flag nothing sets, for runs that end by themselves.

@@ -332,6 +332,16 @@ fn ruleset_equals_istio_default_profile() {
 }
 
 #[test]
+fn empty_interception_mode_is_redirect() {
+    require_root!();
+    // istio-iptables' -m is empty unless given, and empty means REDIRECT.
+    assert_eq!(
+        ours(&["-m", ""], false),
+        istio_reference("istio-default.v4.rules", "iptables-restore")
+    );
+}
+
+#[test]
 fn ruleset_equals_istio_tproxy_dns_and_more() {
     require_root!();
     let flags = [
@@ -715,6 +725,7 @@ fn dry_run_prints_restore_input_and_applies_nothing() {
     require_root!();
     let ns = Netns::new("idry").unwrap();
     let before = save4(&ns);
+    let addrs_before = ns.sh("ip -6 addr show dev lo").unwrap();
     let out = ns
         .command(interceptor_bin().to_str().unwrap())
         .args(["init", "-n", "--ipv6"])
@@ -722,7 +733,12 @@ fn dry_run_prints_restore_input_and_applies_nothing() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("# iptables-restore\n*nat\n"), "{text}");
+    // The `ip` change init would make comes first, as a comment line.
+    assert!(
+        text.starts_with("# ip -6 addr add ::6/128 dev lo\n# iptables-restore\n*nat\n"),
+        "{text}"
+    );
+    assert_eq!(ns.sh("ip -6 addr show dev lo").unwrap(), addrs_before);
     let (v4, v6) = text.split_once("# ip6tables-restore\n").expect("IPv6 part");
     assert_eq!(save4(&ns), before, "dry run changed the ruleset");
     // The printed input is exactly what loads the ruleset.
@@ -781,6 +797,18 @@ fn bad_input_fails_naming_flag_and_value_and_applies_nothing() {
         ),
         (&["-u", ""][..], "--proxy-uid", ""),
         (&["-b", "80,0"][..], "--istio-inbound-ports", "0"),
+        // Values that look like flags reach the checks (clap would say "unexpected
+        // argument" and exit 2).
+        (&["-p", "-1"][..], "--envoy-port", "-1"),
+        (&["-z", "-15006"][..], "--inbound-capture-port", "-15006"),
+        // Empty items inside a list; a wholly empty list (-x '') is fine.
+        (&["-u", "1337,,"][..], "--proxy-uid", "1337,,"),
+        (&["-b", "80,,81"][..], "--istio-inbound-ports", "80,,81"),
+        (
+            &["-d", "15090,,"][..],
+            "--istio-local-exclude-ports",
+            "15090,,",
+        ),
     ] {
         let mut all = vec!["init"];
         all.extend_from_slice(args);
@@ -794,6 +822,27 @@ fn bad_input_fails_naming_flag_and_value_and_applies_nothing() {
         assert!(
             err.contains(flag) && err.contains(&format!("'{value}'")),
             "{args:?}: {err}"
+        );
+        assert_eq!(save4(&ns), before);
+    }
+    // A bad value from an environment variable is named by the variable.
+    for (var, value, flags) in [
+        ("INBOUND_CAPTURE_PORT", "70000", &[][..]),
+        ("PROXY_UID", "1337,,", &[][..]),
+        ("ISTIO_INBOUND_PORTS", "80,,81", &["-m", ""][..]),
+    ] {
+        let out = ns
+            .command(interceptor_bin().to_str().unwrap())
+            .arg("init")
+            .args(flags)
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for {var}:")),
+            "{var}={value}: {err}"
         );
         assert_eq!(save4(&ns), before);
     }
@@ -999,45 +1048,72 @@ fn istio_init_command_line_is_accepted_unchanged() {
     assert_eq!(save4(&ns), save4(&reference));
 }
 
+/// Runs the rest of its command line with every mount read-only (in a mount namespace of
+/// its own), after checking that /tmp cannot be written: a read-only root filesystem.
+const READ_ONLY: &str = r#"
+for m in $(awk '{print $2}' /proc/self/mounts); do mount -o remount,bind,ro "$m" 2>/dev/null; done
+if touch /tmp/.interceptor-rw-check 2>/dev/null; then rm -f /tmp/.interceptor-rw-check; echo "still writable" >&2; exit 99; fi
+exec "$@"
+"#;
+
 #[test]
 fn cni_validation_container_validates_as_the_proxy_user() {
     require_root!();
     let b = interceptor_bin();
-    // istio-cni's istio-validation: uid/gid 1337, no capabilities, rules made by someone else.
+    let dir = TempDir::new();
+    let read_only = dir.write("read-only.sh", READ_ONLY);
+    // istio-cni's istio-validation: the injector's arguments plus --run-validation
+    // --skip-rule-apply, uid/gid 1337, no capabilities, a read-only root filesystem, the
+    // rules made by someone else.
     let validate = |ns: &Netns| {
         ns.sh_output(&format!(
-            "setpriv --reuid={PROXY} --regid={PROXY} --clear-groups --inh-caps=-all --bounding-set=-all -- {} {} --run-validation --skip-rule-apply --probe-timeout 3s",
+            "unshare --mount --propagation private sh {read_only} \
+             setpriv --reuid {PROXY} --regid {PROXY} --clear-groups --inh-caps=-all --bounding-set=-all -- \
+             {} {} --run-validation --skip-rule-apply --probe-timeout 3s",
             b.display(),
             INJECTOR_ARGS.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
         ))
         .unwrap()
     };
-    let with_rules = Netns::new("icni").unwrap();
+    // A pod with a default route, as every real pod has: the app-side probe's test
+    // address is routable, and must not make a proxy-uid validation without capabilities
+    // fail (it can only run istio's own probe).
+    let pod_with_route = || {
+        let pod = Netns::new("icni").unwrap();
+        let peer = Netns::new("icnip").unwrap();
+        veth(&pod, &format!("{POD4}/24"), &peer, &format!("{PEER4}/24")).unwrap();
+        pod.sh(&format!("ip route add default via {PEER4}"))
+            .unwrap();
+        (pod, peer)
+    };
+
+    let (with_rules, _peer) = pod_with_route();
     let out = with_rules
         .command(b.to_str().unwrap())
-        .args(["init"])
+        .args(INJECTOR_ARGS)
         .output()
         .unwrap();
     assert!(out.status.success());
     let before = save4(&with_rules);
     let out = validate(&with_rules);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    assert!(err.contains("Validation passed"), "{err}");
     assert_eq!(
         save4(&with_rules),
         before,
         "--skip-rule-apply changed rules"
     );
-    let without = Netns::new("icni").unwrap();
+
+    let (without, _peer) = pod_with_route();
     let out = validate(&without);
-    assert_eq!(
-        out.status.code(),
-        Some(126),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("iptables validation failed")
+            && err.contains("127.0.0.6:15002")
+            && err.contains("uid 1337"),
+        "{err}"
     );
 }
 
@@ -1089,21 +1165,466 @@ fn network_namespace_flag_and_cleanup_only() {
 #[test]
 fn a_failing_family_leaves_nothing_applied() {
     require_root!();
-    let ns = Netns::new("iall").unwrap();
-    // Someone else's IPv6 chain jumps into an ISTIO_ chain init would remove: the IPv6
-    // transaction fails after the IPv4 one went in, and IPv4 must be rolled back.
-    ns.sh("iptables -t nat -A POSTROUTING -p udp --dport 9 -j RETURN && ip6tables -N MINE && ip6tables -N ISTIO_OLD && ip6tables -A MINE -j ISTIO_OLD")
-        .unwrap();
-    let before4 = save4(&ns);
-    let before6 = save6(&ns);
+    // Someone else's IPv6 chain jumps into an istio chain init would remove (ISTIO_DIVERT is
+    // TPROXY's, stale under REDIRECT): the IPv6 transaction fails after the IPv4 one went
+    // in, and IPv4 must be rolled back. With an IPv4 nat table before, and without one (the
+    // nat table the IPv4 transaction created is deleted again, with the nft backend).
+    let v6_trap =
+        "ip6tables -N MINE && ip6tables -N ISTIO_DIVERT && ip6tables -A MINE -j ISTIO_DIVERT";
+    for v4_before in [
+        "iptables -t nat -A POSTROUTING -p udp --dport 9 -j RETURN && ",
+        "",
+    ] {
+        let ns = Netns::new("iall").unwrap();
+        ns.sh(&format!("{v4_before}{v6_trap}")).unwrap();
+        let before4 = save4(&ns);
+        let before6 = save6(&ns);
+        let out = ns
+            .command(interceptor_bin().to_str().unwrap())
+            .args(["init", "--ipv6", "--force-iptables-binary", "nft"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("ip6tables"), "{err}");
+        assert_eq!(
+            save4(&ns),
+            before4,
+            "IPv4 rules left behind ({v4_before:?})"
+        );
+        assert_eq!(save6(&ns), before6);
+    }
+}
+
+#[test]
+fn chains_of_other_tools_that_share_the_prefix_survive() {
+    require_root!();
+    let ns = Netns::new("ipfx").unwrap();
+    let b = interceptor_bin();
+    let b = b.to_str().unwrap();
+    // Another tool's ISTIO_-prefixed chains, in nat and filter, jumped to from built-in
+    // chains.
+    ns.sh(
+        "iptables -t nat -N ISTIO_CUSTOM && iptables -t nat -A ISTIO_CUSTOM -p udp -j RETURN && \
+           iptables -t nat -A OUTPUT -p udp -j ISTIO_CUSTOM && iptables -N ISTIO_CUSTOM && \
+           iptables -A INPUT -j ISTIO_CUSTOM && iptables -t mangle -N ISTIO_OUTPUT_X",
+    )
+    .unwrap();
+    let before = save4(&ns);
+    // cleanup with nothing of ours installed.
+    let out = ns.command(b).args(["cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(save4(&ns), before, "cleanup removed another tool's chains");
+    // init (twice) and cleanup.
+    for _ in 0..2 {
+        let out = ns
+            .command(b)
+            .args(["init", "-m", "TPROXY"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now = save4(&ns);
+        assert_eq!(now["nat"]["ISTIO_CUSTOM"], before["nat"]["ISTIO_CUSTOM"]);
+        assert!(now["nat"]["OUTPUT"]
+            .1
+            .contains(&"-p udp -j ISTIO_CUSTOM".to_string()));
+    }
+    let out = ns.command(b).args(["cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(without_new_empty_tables(save4(&ns), &before), before);
+}
+
+/// Whether a variant's ruleset holds any of istio's chains.
+fn holds_istio(ns: &Netns, save: &str) -> bool {
+    save_has(&ns.sh(save).unwrap())
+}
+
+fn save_has(text: &str) -> bool {
+    [
+        "ISTIO_OUTPUT",
+        "ISTIO_INBOUND",
+        "ISTIO_REDIRECT",
+        "ISTIO_IN_REDIRECT",
+    ]
+    .iter()
+    .any(|c| text.contains(&format!(":{c} ")))
+}
+
+#[test]
+fn cleanup_cleans_every_iptables_variant() {
+    require_root!();
+    let b = interceptor_bin();
+    let b = b.to_str().unwrap();
+    let both = |ns: &Netns| {
+        for backend in ["legacy", "nft"] {
+            let out = ns
+                .command(b)
+                .args(["init", "--ipv6", "--force-iptables-binary", backend])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for save in [
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "ip6tables-legacy-save",
+            "ip6tables-nft-save",
+        ] {
+            assert!(holds_istio(ns, save), "{save} holds no rules after init");
+        }
+    };
+    let clean = |ns: &Netns| {
+        for save in [
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "ip6tables-legacy-save",
+            "ip6tables-nft-save",
+        ] {
+            assert!(
+                !holds_istio(ns, save),
+                "{save} still holds rules after cleanup"
+            );
+        }
+    };
+
+    // Plain cleanup: both variants, both families.
+    let ns = Netns::new("ivar").unwrap();
+    both(&ns);
     let out = ns
-        .command(interceptor_bin().to_str().unwrap())
-        .args(["init", "--ipv6"])
+        .command(b)
+        .args(["cleanup", "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for head in [
+        "# iptables-legacy-restore\n",
+        "# iptables-nft-restore\n",
+        "# ip6tables-legacy-restore\n",
+        "# ip6tables-nft-restore\n",
+    ] {
+        assert!(
+            text.contains(head),
+            "{head:?} missing from the dry run:\n{text}"
+        );
+    }
+    let out = ns.command(b).args(["cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clean(&ns);
+
+    // A forced cleanup cleans its variant and fails naming what the other still holds;
+    // a plain one then finishes the job.
+    let ns = Netns::new("ivar").unwrap();
+    both(&ns);
+    let out = ns
+        .command(b)
+        .args(["cleanup", "--force-iptables-binary", "nft"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("ip6tables"), "{err}");
-    assert_eq!(save4(&ns), before4, "IPv4 rules left behind");
-    assert_eq!(save6(&ns), before6);
+    assert!(
+        err.contains("iptables-legacy") && err.contains("ISTIO_OUTPUT"),
+        "{err}"
+    );
+    assert!(!holds_istio(&ns, "iptables-nft-save") && !holds_istio(&ns, "ip6tables-nft-save"));
+    assert!(holds_istio(&ns, "iptables-legacy-save"));
+    let out = ns.command(b).args(["cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clean(&ns);
+}
+
+/// `nft list tables` and both families' iptables-nft-save, normalised: what "as before"
+/// means for the nf_tables backend.
+fn nft_state(ns: &Netns) -> (String, String, String) {
+    let norm = |cmd: &str| normalise_save(&ns.sh(cmd).unwrap());
+    (
+        ns.sh("nft list tables").unwrap(),
+        norm("iptables-nft-save"),
+        norm("ip6tables-nft-save"),
+    )
+}
+
+/// iptables-save output without comments and counters.
+fn normalise_save(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_prefix(':') {
+            Some(decl) => {
+                let mut w = decl.split_whitespace();
+                format!(":{} {}\n", w.next().unwrap_or(""), w.next().unwrap_or(""))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
+#[test]
+fn cleanup_deletes_the_nft_tables_init_created() {
+    require_root!();
+    let b = interceptor_bin();
+    let b = b.to_str().unwrap();
+    // Every table: mangle (TPROXY, drop-invalid), nat, raw (DNS), both families.
+    let flags = [
+        "init",
+        "--force-iptables-binary",
+        "nft",
+        "--ipv6",
+        "-m",
+        "TPROXY",
+        "--drop-invalid",
+        "--redirect-dns",
+        "--dns-servers",
+        "10.96.0.10,fd00::10",
+    ];
+    for preexisting in [
+        None,
+        Some("iptables-nft -t nat -A POSTROUTING -p udp --dport 9 -j RETURN"),
+    ] {
+        let ns = Netns::new("itbl").unwrap();
+        if let Some(cmd) = preexisting {
+            ns.sh(cmd).unwrap();
+        }
+        let before = nft_state(&ns);
+        let out = ns.command(b).args(flags).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tables = ns.sh("nft list tables").unwrap();
+        for t in [
+            "ip nat",
+            "ip mangle",
+            "ip raw",
+            "ip6 nat",
+            "ip6 mangle",
+            "ip6 raw",
+        ] {
+            assert!(
+                tables.contains(&format!("table {t}\n")),
+                "{t} missing:\n{tables}"
+            );
+        }
+        // A second init with fewer tables keeps the record of what the first created.
+        let out = ns
+            .command(b)
+            .args(["init", "--force-iptables-binary", "nft"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = ns
+            .command(b)
+            .args(["cleanup", "--dry-run", "--force-iptables-binary", "nft"])
+            .output()
+            .unwrap();
+        let dry = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dry.contains("# nft delete table ip mangle\n")
+                && dry.contains("# nft delete table ip6 raw\n"),
+            "{dry}"
+        );
+        assert_eq!(
+            dry.contains("# nft delete table ip nat\n"),
+            preexisting.is_none(),
+            "{dry}"
+        );
+        let out = ns.command(b).args(["cleanup"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            nft_state(&ns),
+            before,
+            "after cleanup (preexisting: {preexisting:?})"
+        );
+    }
+    // A table someone else filled after init stays, with their rule.
+    let ns = Netns::new("itbl").unwrap();
+    let out = ns
+        .command(b)
+        .args(["init", "--force-iptables-binary", "nft", "--drop-invalid"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    ns.sh("iptables-nft -t mangle -A OUTPUT -p udp --dport 9 -j RETURN")
+        .unwrap();
+    let out = ns.command(b).args(["cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = ns.sh("nft list tables").unwrap();
+    assert!(
+        tables.contains("table ip mangle") && !tables.contains("table ip nat"),
+        "{tables}"
+    );
+    assert!(ns
+        .sh("iptables-nft-save -t mangle")
+        .unwrap()
+        .contains("-A OUTPUT -p udp -m udp --dport 9 -j RETURN"));
+}
+
+#[test]
+fn tproxy_dry_run_shows_the_ip_commands_and_stays_restore_input() {
+    require_root!();
+    let ns = Netns::new("itpd").unwrap();
+    let routing = |ns: &Netns| {
+        ns.sh("ip -4 rule; ip -6 rule; ip route show table all; ip -6 addr show dev lo")
+            .unwrap()
+    };
+    let before = routing(&ns);
+    let out = ns
+        .command(interceptor_bin().to_str().unwrap())
+        .args(["init", "-n", "-m", "TPROXY", "--ipv6"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "# ip -6 addr add ::6/128 dev lo\n",
+        "# ip -4 rule add fwmark 1337 lookup 133\n",
+        "# ip -4 route replace local default dev lo table 133\n",
+        "# ip -6 rule add fwmark 1337 lookup 133\n",
+        "# ip -6 route replace local default dev lo table 133\n",
+    ] {
+        assert!(text.contains(cmd), "{cmd:?} missing:\n{text}");
+    }
+    assert_eq!(routing(&ns), before, "the dry run changed routing");
+    // The output is still iptables-restore input, part by part.
+    let (v4, v6) = text.split_once("# ip6tables-restore\n").unwrap();
+    let dir = TempDir::new();
+    ns.sh(&format!(
+        "iptables-restore --noflush < {} && ip6tables-restore --noflush < {}",
+        dir.write("v4", v4),
+        dir.write("v6", v6)
+    ))
+    .unwrap();
+    assert!(save4(&ns)["mangle"].contains_key("ISTIO_TPROXY"));
+}
+
+#[test]
+fn init_logs_the_configuration_and_the_applied_input() {
+    require_root!();
+    let b = interceptor_bin();
+    let run = |args: &[&str]| {
+        let ns = Netns::new("ilog").unwrap();
+        let out = ns.command(b.to_str().unwrap()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?}: stdout is for --dry-run's input only"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let applied = [
+        "*nat\n",
+        ":ISTIO_OUTPUT - [0:0]\n",
+        "-A OUTPUT -j ISTIO_OUTPUT\n",
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n",
+        "COMMIT",
+    ];
+    // With no flag, and with the injector's (--log_output_level=default:info): plain text,
+    // no terminal colours.
+    let mut injector = vec!["init"];
+    injector.extend_from_slice(&INJECTOR_ARGS[1..]);
+    for args in [&["init"][..], &injector[..]] {
+        let log = run(args);
+        assert!(!log.contains('\x1b'), "{args:?}: ANSI codes in {log:?}");
+        assert!(log.contains("Istio config:\n"), "{args:?}: {log}");
+        for setting in [
+            "PROXY_PORT=15001\n",
+            "PROXY_UID=1337\n",
+            "INBOUND_INTERCEPTION_MODE=REDIRECT\n",
+            "OUTBOUND_IP_RANGES_INCLUDE=*\n",
+        ] {
+            assert!(
+                log.contains(setting),
+                "{args:?}: {setting:?} missing from\n{log}"
+            );
+        }
+        for line in applied {
+            assert!(log.contains(line), "{args:?}: {line:?} missing from\n{log}");
+        }
+    }
+    assert!(run(&injector).contains("INBOUND_PORTS_EXCLUDE=15090,15021,15020\n"));
+
+    // --log_as_json: every line a JSON object; the same content in the messages.
+    let mut json_args = injector.clone();
+    json_args.push("--log_as_json");
+    let log = run(&json_args);
+    let messages: Vec<String> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{log}"));
+            assert!(v.is_object(), "{l}");
+            v["message"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("PROXY_PORT=15001\n")),
+        "{log}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| applied.iter().all(|a| m.contains(a))),
+        "{log}"
+    );
+    // A failure is a JSON line too.
+    let ns = Netns::new("ilog").unwrap();
+    let out = ns
+        .command(b.to_str().unwrap())
+        .args(["init", "-p", "-1", "--log_as_json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid value '-1' for --envoy-port"))),
+        "{err}"
+    );
 }

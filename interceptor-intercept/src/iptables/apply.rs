@@ -3,14 +3,15 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::config::{Config, InterceptionMode};
+use crate::config::{Backend, Config, InterceptionMode};
 use crate::rules::builder::{is_builtin, is_own_chain};
 use crate::rules::restore::Transaction;
 use crate::rules::{istio, Family, Rule, RuleSet, Table};
 
-use super::backend::{detect, Tools};
+use super::backend::{available, detect, Tools};
 use super::save::{Saved, SavedTable};
 use super::state;
+use super::tables::{self, Fate};
 use super::{has_net_admin, IptablesError};
 
 /// What `init` did to one family.
@@ -166,31 +167,48 @@ pub fn apply(cfg: &Config, rules: &RuleSet) -> Result<Vec<Applied>, IptablesErro
         .map(|f| detect(f, cfg.backend))
         .collect::<Result<_, _>>()?;
     let previous = state::load();
-    let mut done: Vec<(Applied, String)> = Vec::new();
+    // Tables created by this init or an earlier one: cleanup deletes them when empty.
+    let mut created = previous.created.clone();
+    let mut done: Vec<(Applied, String, Vec<Table>)> = Vec::new();
     for t in tools {
         let before = t.save_text()?;
-        let earlier: Vec<&Rule> = previous
-            .iter()
-            .filter(|(f, _)| *f == t.family)
-            .map(|(_, r)| r)
-            .collect();
-        let tx = plan_init(rules, t.family, &t, &Saved::parse(&before), &earlier);
+        let saved = Saved::parse(&before);
+        let tx = plan_init(rules, t.family, &t, &saved, &previous.rules_of(t.family));
         let input = tx.render();
         if let Err(e) = run_restore(&t, &input, true) {
-            for (applied, before) in done.iter().rev() {
-                roll_back(&applied.tools, before);
+            for (applied, before, new_tables) in done.iter().rev() {
+                roll_back(&applied.tools, before, new_tables);
             }
             return Err(e);
         }
-        done.push((Applied { tools: t, input }, before));
+        let new_tables = new_tables(&t, &tx, &saved);
+        for table in &new_tables {
+            if !created.contains(&(t.family, *table)) {
+                created.push((t.family, *table));
+            }
+        }
+        done.push((Applied { tools: t, input }, before, new_tables));
     }
-    state::store(rules);
-    Ok(done.into_iter().map(|(a, _)| a).collect())
+    state::store(rules, &created);
+    Ok(done.into_iter().map(|(a, _, _)| a).collect())
+}
+
+/// The tables `tx` writes to that `saved` did not have: created by running it. Only
+/// nf_tables tables count, since only they can be deleted again.
+fn new_tables(tools: &Tools, tx: &Transaction, saved: &Saved) -> Vec<Table> {
+    if tools.backend != Backend::Nft {
+        return Vec::new();
+    }
+    tx.tables
+        .iter()
+        .filter(|(t, b)| !b.is_empty() && !saved.tables.contains_key(t.name()))
+        .map(|(t, _)| *t)
+        .collect()
 }
 
 /// Puts one family back to `before`: its tables restored whole, own chains removed from
-/// tables it did not have.
-fn roll_back(tools: &Tools, before: &str) {
+/// tables it did not have, and the nf_tables tables the failed init created deleted.
+fn roll_back(tools: &Tools, before: &str, new_tables: &[Table]) {
     let saved = Saved::parse(before);
     if !saved.tables.is_empty() {
         let _ = run_restore(tools, before, false);
@@ -204,15 +222,35 @@ fn roll_back(tools: &Tools, before: &str) {
             let _ = run_restore(tools, &tx.render(), true);
         }
     }
+    for table in new_tables {
+        tables::delete_if_empty(tools.family, *table);
+    }
+}
+
+/// What `cleanup` did (or, with `--dry-run`, would do) to one iptables variant of one
+/// family.
+#[derive(Debug)]
+pub struct Cleaned {
+    pub tools: Tools,
+    /// The restore input run (empty when the variant held nothing of ours).
+    pub input: String,
+    /// The nf_tables tables `init` had created, deleted since they were left empty.
+    pub tables_deleted: Vec<Table>,
 }
 
 /// Removes everything `init` adds, in every table and both families. Own chains and jumps
 /// into them are found in the ruleset; the few rules `init` puts in built-in chains that
 /// jump elsewhere are found from `init`'s record for this namespace (see [`state`]) and
-/// from `cfg` (both interception modes), for rules made without a record.
+/// from `cfg` (both interception modes), for rules made without a record. The nf_tables
+/// tables `init` created are deleted once empty (see [`tables`]).
+///
+/// Every installed variant (legacy and nft) is cleaned, since rules can be in both (an
+/// `init` forced to one after another went to the other). With `--force-iptables-binary`
+/// only that variant is; when another still holds rules of ours, that is an error naming
+/// them.
 ///
 /// With `cfg.dry_run` nothing changes; the inputs that would run are returned all the same.
-pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
+pub fn cleanup(cfg: &Config) -> Result<Vec<Cleaned>, IptablesError> {
     if !has_net_admin() {
         return Err(IptablesError::NoNetAdmin);
     }
@@ -221,33 +259,86 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
     let mut tproxy = both.clone();
     tproxy.mode = InterceptionMode::Tproxy;
     let sets = [istio::build(&both), istio::build(&tproxy)];
-    let recorded = state::load();
+    let record = state::load();
 
     let mut cleaned = Vec::new();
+    let mut remaining: Vec<(String, String)> = Vec::new();
     for family in Family::both() {
-        let tools = match detect(family, cfg.backend) {
-            Ok(t) => t,
-            // Without ip6tables there can be no IPv6 rules to remove.
-            Err(IptablesError::Missing(Family::V6)) => continue,
-            Err(e) => return Err(e),
+        let variants = match cfg.backend {
+            Some(b) => match detect(family, Some(b)) {
+                Ok(t) => vec![t],
+                Err(e) => return Err(e),
+            },
+            None => available(family),
         };
+        if variants.is_empty() {
+            // Without ip6tables there can be no IPv6 rules to remove.
+            if family == Family::V6 {
+                continue;
+            }
+            return Err(IptablesError::Missing(family));
+        }
         let known: Vec<&Rule> = sets
             .iter()
             .flat_map(|s| s.rules(family))
-            .chain(
-                recorded
-                    .iter()
-                    .filter(|(f, _)| *f == family)
-                    .map(|(_, r)| r),
-            )
+            .chain(record.rules_of(family))
             .collect();
-        let saved = Saved::parse(&tools.save_text()?);
-        let tx = plan_cleanup(&known, &tools, &saved);
-        let input = tx.render();
-        if !tx.is_empty() && !cfg.dry_run {
-            run_restore(&tools, &input, true)?;
+        for tools in variants {
+            let saved = Saved::parse(&tools.save_text()?);
+            let tx = plan_cleanup(&known, &tools, &saved);
+            let input = tx.render();
+            if !tx.is_empty() && !cfg.dry_run {
+                run_restore(&tools, &input, true)?;
+                tracing::info!("{} removed:\n{}", tools.restore.display(), input.trim_end());
+            }
+            let mut tables_deleted = Vec::new();
+            if tools.backend == Backend::Nft {
+                for table in record.created_in(family) {
+                    let gone = if cfg.dry_run {
+                        saved
+                            .tables
+                            .get(table.name())
+                            .is_some_and(|st| tables::empty_after(st, tx.tables.get(&table)))
+                    } else {
+                        tables::delete_if_empty(family, table) == Fate::Deleted
+                    };
+                    if gone {
+                        tables_deleted.push(table);
+                    }
+                }
+            }
+            cleaned.push(Cleaned {
+                tools,
+                input,
+                tables_deleted,
+            });
         }
-        cleaned.push((tools, input));
+        if let Some(forced) = cfg.backend {
+            for other in available(family)
+                .into_iter()
+                .filter(|t| t.backend != forced)
+            {
+                // A variant that cannot even be read holds nothing we could remove.
+                let Ok(text) = other.save_text() else {
+                    continue;
+                };
+                let tx = plan_cleanup(&known, &other, &Saved::parse(&text));
+                if !tx.is_empty() {
+                    remaining.push((other.name(), held(&tx)));
+                }
+            }
+        }
+    }
+    if let Some(forced) = cfg.backend.filter(|_| !remaining.is_empty()) {
+        // The record stays: it serves the cleanup that removes the rest.
+        let remaining: Vec<String> = remaining
+            .into_iter()
+            .map(|(variant, what)| format!("{variant} ({what})"))
+            .collect();
+        return Err(IptablesError::Remains {
+            forced,
+            remaining: remaining.join(", "),
+        });
     }
     if !cfg.dry_run {
         state::forget();
@@ -255,10 +346,26 @@ pub fn cleanup(cfg: &Config) -> Result<Vec<(Tools, String)>, IptablesError> {
     Ok(cleaned)
 }
 
+/// What a cleanup transaction would remove, by table: own chains and the count of rules
+/// in built-in chains.
+fn held(tx: &Transaction) -> String {
+    tx.tables
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(t, b)| {
+            let mut parts = b.remove.clone();
+            if !b.delete.is_empty() {
+                parts.push(format!("{} rule(s) in built-in chains", b.delete.len()));
+            }
+            format!("{t}: {}", parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backend;
     use std::path::PathBuf;
 
     /// Tools whose `iptables -C` always says "no such rule".
@@ -327,5 +434,38 @@ mod tests {
              -F ISTIO_IN_REDIRECT\n-F ISTIO_OUTPUT\n-X ISTIO_INBOUND\n-X ISTIO_IN_REDIRECT\n-X ISTIO_OUTPUT\nCOMMIT\n"
         );
         assert!(plan_cleanup(&[], &tools(), &Saved::default()).is_empty());
+    }
+
+    /// Another tool's chains that merely share istio's prefix.
+    const OTHERS: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_CUSTOM - [0:0]\n:ISTIO_OUTPUT_X - [0:0]\n-A OUTPUT -p udp -j ISTIO_CUSTOM\n-A PREROUTING -j ISTIO_OUTPUT_X\n-A ISTIO_CUSTOM -j RETURN\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:ISTIO_CUSTOM - [0:0]\n-A INPUT -j ISTIO_CUSTOM\nCOMMIT\n";
+
+    #[test]
+    fn chains_that_only_share_the_prefix_are_left_alone() {
+        assert!(plan_cleanup(&[], &tools(), &Saved::parse(OTHERS)).is_empty());
+        let tx = plan_init(&rules(), Family::V4, &tools(), &Saved::parse(OTHERS), &[]);
+        assert_eq!(tx, Transaction::from_rules(&rules(), Family::V4));
+        let mixed = format!("{EARLIER}{OTHERS}");
+        let text = plan_cleanup(&[], &tools(), &Saved::parse(&mixed)).render();
+        assert!(
+            text.contains("-X ISTIO_OUTPUT\n")
+                && !text.contains("CUSTOM")
+                && !text.contains("ISTIO_OUTPUT_X"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn new_nft_tables_are_the_ones_written_and_absent_before() {
+        let tx = Transaction::from_rules(&rules(), Family::V4);
+        assert_eq!(
+            new_tables(&tools(), &tx, &Saved::default()),
+            vec![Table::Nat]
+        );
+        assert!(new_tables(&tools(), &tx, &Saved::parse(EARLIER)).is_empty());
+        let legacy = Tools {
+            backend: Backend::Legacy,
+            ..tools()
+        };
+        assert!(new_tables(&legacy, &tx, &Saved::default()).is_empty());
     }
 }

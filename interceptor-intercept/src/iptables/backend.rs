@@ -38,6 +38,15 @@ impl Tools {
         })
     }
 
+    /// The variant's name, as its `iptables` binary is called (`iptables-nft`).
+    pub fn name(&self) -> String {
+        let base = match self.family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        format!("{base}-{}", self.backend.name())
+    }
+
     /// Command for `iptables`; legacy takes the xtables lock (`-w`), nft needs none.
     pub fn iptables_cmd(&self) -> Command {
         let mut c = Command::new(&self.iptables);
@@ -108,6 +117,14 @@ fn system_default(family: Family) -> Option<Backend> {
     } else {
         Backend::Legacy
     })
+}
+
+/// Every variant of one family that is installed (legacy first).
+pub fn available(family: Family) -> Vec<Tools> {
+    [Backend::Legacy, Backend::Nft]
+        .into_iter()
+        .filter_map(|b| Tools::find(b, family))
+        .collect()
 }
 
 /// Picks the variant for one family.

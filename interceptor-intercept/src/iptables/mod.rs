@@ -11,8 +11,9 @@ pub mod backend;
 pub mod routes;
 pub mod save;
 pub mod state;
+pub mod tables;
 
-pub use apply::{apply, cleanup};
+pub use apply::{apply, cleanup, Cleaned};
 pub use backend::{detect, Tools};
 
 use crate::config::Backend;
@@ -28,6 +29,12 @@ pub enum IptablesError {
     Exec(String, String),
     #[error("{what} failed: {stderr}")]
     Failed { what: String, stderr: String },
+    #[error("cleanup --force-iptables-binary {}: cleaned that variant only; rules or chains of ours remain in {remaining}; run `interceptor cleanup` without --force-iptables-binary to clean every variant", .forced.name())]
+    Remains {
+        forced: Backend,
+        /// Each other variant and what it holds (`iptables-legacy (nat: ISTIO_OUTPUT, ...)`).
+        remaining: String,
+    },
     #[error("missing CAP_NET_ADMIN: changing iptables rules needs it (run as root, or add the NET_ADMIN capability)")]
     NoNetAdmin,
 }

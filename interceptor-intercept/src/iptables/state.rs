@@ -1,10 +1,17 @@
-//! What `init` put into built-in chains that does not jump into an own chain (interface
-//! RETURNs, TPROXY marks), remembered per network namespace so that `cleanup`, or an `init`
-//! with other flags, can find those rules again without being told the old flags. Jumps
-//! into `ISTIO_*` chains need no record: they are recognised by their target.
+//! What `init` leaves that `cleanup` cannot recognise by itself, remembered per network
+//! namespace:
 //!
-//! The record lives in `/run/interceptor/netns-cookie-<netns cookie>.rules`, one rule a line:
-//! `<4|6> <table> <chain> <args...>`. Losing it only means falling back to the flags.
+//! - the rules it put into built-in chains that do not jump into one of istio's chains
+//!   (interface RETURNs, TPROXY marks), so that `cleanup`, or an `init` with other flags,
+//!   finds them without being told the old flags (jumps into istio's chains need no
+//!   record: their target gives them away);
+//! - the nf_tables tables it had to create (`nat`, `mangle`, `raw` absent before the first
+//!   `init`), so that `cleanup` deletes them again once they are empty, leaving
+//!   `iptables-save` as it was. A table that existed before is never deleted.
+//!
+//! The record lives in `/run/interceptor/netns-cookie-<netns cookie>.rules`, one item a
+//! line: `<4|6> <table> <chain> <args...>` for a rule, `created <4|6> <table>` for a table.
+//! Losing it only means falling back to the flags, and leaving created tables (empty).
 
 use std::path::PathBuf;
 
@@ -45,6 +52,51 @@ fn netns_cookie() -> Option<u64> {
     (rc == 0).then_some(cookie)
 }
 
+/// What one network namespace's record holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Rules in built-in chains that jump elsewhere than istio's chains.
+    pub rules: Vec<(Family, Rule)>,
+    /// nf_tables tables `init` created.
+    pub created: Vec<(Family, Table)>,
+}
+
+impl Record {
+    /// The recorded rules of one family.
+    pub fn rules_of(&self, family: Family) -> Vec<&Rule> {
+        self.rules
+            .iter()
+            .filter(|(f, _)| *f == family)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// The recorded created tables of one family.
+    pub fn created_in(&self, family: Family) -> Vec<Table> {
+        self.created
+            .iter()
+            .filter(|(f, _)| *f == family)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+fn family_digit(f: Family) -> &'static str {
+    if f == Family::V4 {
+        "4"
+    } else {
+        "6"
+    }
+}
+
+fn family_of(digit: &str) -> Option<Family> {
+    match digit {
+        "4" => Some(Family::V4),
+        "6" => Some(Family::V6),
+        _ => None,
+    }
+}
+
 /// The rules of `rules` that need remembering.
 pub fn remembered(rules: &RuleSet) -> Vec<(Family, Rule)> {
     let mut out = Vec::new();
@@ -58,58 +110,78 @@ pub fn remembered(rules: &RuleSet) -> Vec<(Family, Rule)> {
     out
 }
 
-pub fn render(rules: &[(Family, Rule)]) -> String {
-    rules
-        .iter()
-        .map(|(f, r)| {
-            let fam = if *f == Family::V4 { "4" } else { "6" };
-            format!("{fam} {} {} {}\n", r.table, r.chain, r.args.join(" "))
-        })
-        .collect()
+pub fn render(record: &Record) -> String {
+    let mut out = String::new();
+    for (f, r) in &record.rules {
+        out.push_str(&format!(
+            "{} {} {} {}\n",
+            family_digit(*f),
+            r.table,
+            r.chain,
+            r.args.join(" ")
+        ));
+    }
+    for (f, t) in &record.created {
+        out.push_str(&format!("created {} {t}\n", family_digit(*f)));
+    }
+    out
 }
 
-pub fn parse(text: &str) -> Vec<(Family, Rule)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let family = match w.next()? {
-                "4" => Family::V4,
-                "6" => Family::V6,
-                _ => return None,
-            };
-            let table = Table::from_name(w.next()?)?;
-            let chain = w.next()?.to_string();
-            let args = w.map(str::to_string).collect();
-            Some((
-                family,
-                Rule {
-                    table,
-                    chain,
-                    op: Op::Append,
-                    args,
-                },
-            ))
-        })
-        .collect()
+pub fn parse(text: &str) -> Record {
+    let mut record = Record::default();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let Some(first) = w.next() else { continue };
+        if first == "created" {
+            if let (Some(f), Some(t)) = (
+                w.next().and_then(family_of),
+                w.next().and_then(Table::from_name),
+            ) {
+                record.created.push((f, t));
+            }
+            continue;
+        }
+        let (Some(family), Some(table), Some(chain)) = (
+            family_of(first),
+            w.next().and_then(Table::from_name),
+            w.next(),
+        ) else {
+            continue;
+        };
+        record.rules.push((
+            family,
+            Rule {
+                table,
+                chain: chain.to_string(),
+                op: Op::Append,
+                args: w.map(str::to_string).collect(),
+            },
+        ));
+    }
+    record
 }
 
 /// The record for this network namespace (empty when there is none).
-pub fn load() -> Vec<(Family, Rule)> {
+pub fn load() -> Record {
     path()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .map(|t| parse(&t))
         .unwrap_or_default()
 }
 
-pub fn store(rules: &RuleSet) {
+/// Records what an `init` of `rules` leaves, and the tables `created` so far.
+pub fn store(rules: &RuleSet, created: &[(Family, Table)]) {
     let Some(p) = path() else { return };
-    let remembered = remembered(rules);
-    if remembered.is_empty() {
+    let record = Record {
+        rules: remembered(rules),
+        created: created.to_vec(),
+    };
+    if record == Record::default() {
         let _ = std::fs::remove_file(&p);
         return;
     }
     if std::fs::create_dir_all(DIR).is_ok() {
-        if let Err(e) = std::fs::write(&p, render(&remembered)) {
+        if let Err(e) = std::fs::write(&p, render(&record)) {
             tracing::warn!("cannot record rules in {}: {e}", p.display());
         }
     }
@@ -141,6 +213,17 @@ mod tests {
             2,
             "only the built-in chain rule without an own target, per family"
         );
-        assert_eq!(parse(&render(&r)), r);
+        let record = Record {
+            rules: r,
+            created: vec![(Family::V4, Table::Nat), (Family::V6, Table::Mangle)],
+        };
+        let text = render(&record);
+        assert!(
+            text.ends_with("created 4 nat\ncreated 6 mangle\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text), record);
+        assert_eq!(record.created_in(Family::V6), vec![Table::Mangle]);
+        assert_eq!(record.rules_of(Family::V4).len(), 1);
     }
 }

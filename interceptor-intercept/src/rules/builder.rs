@@ -64,9 +64,10 @@ pub fn is_builtin(chain_or_target: &str) -> bool {
     )
 }
 
-/// Whether a chain is one of the sidecar's own (istio names them all `ISTIO_*`).
+/// Whether a chain is one of the sidecar's own: one of the names istio-iptables creates
+/// ([`super::istio::CHAINS`]), not any `ISTIO_*` (another tool may use that prefix).
 pub fn is_own_chain(chain: &str) -> bool {
-    chain.starts_with("ISTIO_")
+    super::istio::CHAINS.contains(&chain)
 }
 
 /// Append to the end of a chain, or insert at a 1-based position.

@@ -25,6 +25,20 @@ pub const ISTIO_REDIRECT: &str = "ISTIO_REDIRECT";
 pub const ISTIO_IN_REDIRECT: &str = "ISTIO_IN_REDIRECT";
 pub const ISTIO_DROP: &str = "ISTIO_DROP";
 
+/// Every chain istio-iptables creates (its `constants.go`), in any table: the only chains
+/// `init` and `cleanup` ever flush or delete, and the only targets whose jumps they remove
+/// from built-in chains. Another tool's `ISTIO_CUSTOM` is not ours.
+pub const CHAINS: [&str; 8] = [
+    ISTIO_OUTPUT,
+    ISTIO_OUTPUT_DNS,
+    ISTIO_INBOUND,
+    ISTIO_DIVERT,
+    ISTIO_TPROXY,
+    ISTIO_REDIRECT,
+    ISTIO_IN_REDIRECT,
+    ISTIO_DROP,
+];
+
 /// Mark the proxy puts on its outbound-to-app packets in TPROXY mode (istio `OutboundMark`).
 pub const OUTBOUND_MARK: &str = "1338";
 /// The agent's DNS listener.
@@ -969,6 +983,40 @@ COMMIT
                 && got.contains("--dport 16008 -j RETURN")
         );
         assert!(got.contains("! --dport 16008 -m owner"));
+    }
+
+    #[test]
+    fn every_chain_built_is_one_of_istios() {
+        // The widest configuration: TPROXY, DNS, drop-invalid, IPv6, interfaces.
+        let c = cfg(&[
+            "-m",
+            "TPROXY",
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--drop-invalid",
+            "--ipv6",
+            "-c",
+            "eth1",
+            "-k",
+            "virt0",
+        ]);
+        let rules = build(&c);
+        let mut seen = Vec::new();
+        for family in Family::both() {
+            for table in rules.tables(family) {
+                for chain in rules.chains(family, table) {
+                    assert!(CHAINS.contains(&chain.as_str()), "{chain} in {table}");
+                    if !seen.contains(&chain) {
+                        seen.push(chain);
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            CHAINS.len(),
+            "a listed chain is never built: {seen:?}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct TableBlock {
 }
 
 impl TableBlock {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.declare.is_empty()
             && self.delete.is_empty()
             && self.remove.is_empty()
