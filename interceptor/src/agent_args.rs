@@ -1,0 +1,89 @@
+//! `interceptor agent`'s flags, turned into `interceptor_agent::agent::AgentOptions`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use interceptor_agent::agent::AgentOptions;
+use interceptor_agent::intercept::Mode;
+
+use crate::cni_plugin;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgentMode {
+    /// istio-iptables' rules in each pod's network namespace.
+    Iptables,
+    /// The node's eBPF programs (attached once at the cgroup root), registered per pod.
+    Ebpf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// How the plugin intercepts pods.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub mode: AgentMode,
+    /// The runtime's CNI configuration directory (the primary conflist is the first file).
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// The runtime's CNI plugin directory, where the plugin binary goes.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// Namespaces meshed when the runtime passes no pod annotations (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "")]
+    pub namespaces: Vec<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15014")]
+    pub listen: String,
+    /// Where the plugin records pods and the agent keeps its state (the same directory
+    /// for both: on the node, or mounted from it).
+    #[arg(long, value_name = "DIR", default_value = "/var/run/interceptor")]
+    pub state_dir: PathBuf,
+    /// The agent's own namespace, never meshed.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "POD_NAMESPACE",
+        default_value = "interceptor-system"
+    )]
+    pub agent_namespace: String,
+    /// Seconds between checks of every recorded pod's interception.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_secs)]
+    pub reconcile_interval: Duration,
+    /// eBPF mode: the cgroup v2 directory the node's programs attach to (default: the
+    /// cgroup2 mount point, i.e. the root).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+impl From<&AgentArgs> for AgentOptions {
+    fn from(a: &AgentArgs) -> AgentOptions {
+        AgentOptions {
+            mode: match a.mode {
+                AgentMode::Iptables => Mode::Iptables,
+                AgentMode::Ebpf => Mode::Ebpf,
+            },
+            cni_conf_dir: a.cni_conf_dir.clone(),
+            cni_bin_dir: a.cni_bin_dir.clone(),
+            namespaces: a
+                .namespaces
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            listen: a.listen.clone(),
+            state_dir: a.state_dir.clone(),
+            agent_namespace: a.agent_namespace.clone(),
+            reconcile_interval: a.reconcile_interval,
+            cgroup_root: a.cgroup_root.clone(),
+            self_exe: PathBuf::from("/proc/self/exe"),
+            parse: cni_plugin::parse_init_args,
+        }
+    }
+}
