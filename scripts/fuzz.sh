@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets in fuzz/ (packet decoder, reassembler, HTTP parser, and the
-# head fast path against httparse) for SECS seconds each, with AddressSanitizer. Any
-# panic, sanitizer report or memory over RSS_MB fails the run and leaves the input that did
-# it under fuzz/artifacts/. Installs cargo-fuzz on first use.
+# Runs the cargo-fuzz targets in fuzz/ (capture file reader, packet decoder, reassembler,
+# HTTP parser, and the head fast path against httparse; `cargo fuzz list`, i.e. every [[bin]]
+# of fuzz/Cargo.toml) for SECS seconds each, with AddressSanitizer. Any panic, sanitizer
+# report or memory over RSS_MB fails the run and leaves the input that did it under
+# fuzz/artifacts/. Installs cargo-fuzz on first use.
 #
 # Usage: scripts/fuzz.sh [TARGET...]   (env: SECS, default 60; RSS_MB, default 2048: the
 # limit includes AddressSanitizer's own quarantine, about 256 MB)

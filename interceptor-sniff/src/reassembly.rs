@@ -222,7 +222,28 @@ pub struct Table<H: Handler> {
     flows: HashMap<Key, Flow<H>, BuildHasherDefault<KeyHasher>>,
     cfg: Config,
     pub stats: Stats,
-    next_sweep: Option<SystemTime>,
+    next_sweep: Sweep,
+}
+
+/// How often idle flows are looked for, in capture time.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// When the next sweep for idle flows is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sweep {
+    /// No packet yet: the first one sets the clock.
+    Unset,
+    At(SystemTime),
+    /// A timestamp so late that a second more is no time at all (a hostile capture): no
+    /// later packet can be later, so nothing can turn idle after it.
+    Never,
+}
+
+impl Sweep {
+    /// The sweep after one at `now`.
+    fn after(now: SystemTime) -> Sweep {
+        now.checked_add(SWEEP_EVERY).map_or(Sweep::Never, Sweep::At)
+    }
 }
 
 /// Signed distance from `from` to `to` in sequence space.
@@ -236,7 +257,7 @@ impl<H: Handler> Table<H> {
             flows: HashMap::default(),
             cfg,
             stats: Stats::default(),
-            next_sweep: None,
+            next_sweep: Sweep::Unset,
         }
     }
 
@@ -376,17 +397,19 @@ impl<H: Handler> Table<H> {
     }
 
     fn maybe_sweep(&mut self, ctx: &mut H::Ctx, now: SystemTime) {
+        // Timestamps come from the capture: adding to them is checked.
         let due = match self.next_sweep {
-            None => {
-                self.next_sweep = Some(now + Duration::from_secs(1));
+            Sweep::Unset => {
+                self.next_sweep = Sweep::after(now);
                 false
             }
-            Some(t) => now >= t,
+            Sweep::At(t) => now >= t,
+            Sweep::Never => false,
         };
         if !due {
             return;
         }
-        self.next_sweep = Some(now + Duration::from_secs(1));
+        self.next_sweep = Sweep::after(now);
         let idle = self.cfg.idle_timeout;
         let stale: Vec<Key> = self
             .flows
@@ -774,6 +797,34 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out[0].starts_with("Reused|one|"));
         assert!(out[1].starts_with("Rst|two|"));
+    }
+
+    /// The latest time a `SystemTime` holds: a second more used to panic the sweep.
+    #[test]
+    fn timestamps_at_the_end_of_time_do_not_panic_and_still_time_out() {
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert!(end.checked_add(Duration::from_secs(1)).is_none());
+        let mut t: Table<Rec> = Table::new(Config {
+            idle_timeout: Duration::from_secs(10),
+            ..Config::default()
+        });
+        let mut out = Vec::new();
+        let c: SocketAddr = C.parse().unwrap();
+        let s: SocketAddr = S.parse().unwrap();
+        let early = end - Duration::from_secs(60);
+        // A flow seen a minute before the end, then packets at the very end.
+        let f = ethernet_tcp(c, s, 1, 0, A, b"old");
+        t.segment(&mut out, &decode(LinkType::Ethernet, &f).unwrap(), early);
+        let other: SocketAddr = "10.0.0.9:5".parse().unwrap();
+        for (seq, d) in [(1u32, &b"ab"[..]), (3, b"cd")] {
+            let f = ethernet_tcp(other, s, seq, 0, A, d);
+            t.segment(&mut out, &decode(LinkType::Ethernet, &f).unwrap(), end);
+        }
+        // The sweep at the first of them timed the old flow out; none is due after it.
+        assert_eq!(t.stats.timed_out, 1);
+        assert!(out[0].starts_with("Idle|old|"), "{out:?}");
+        t.finish(&mut out, end);
+        assert!(out[1].starts_with("EndOfCapture|abcd|"), "{out:?}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct TlsFlow {
 pub struct Summary {
     pub packets: u64,
     pub bytes: u64,
+    /// Packets captured shorter than they were on the wire (the snap length): the bytes
+    /// cut off are gaps in their streams.
+    pub truncated: u64,
     pub not_tcp: u64,
     pub undecodable: u64,
     /// TCP reassembly's counters.
@@ -37,8 +40,13 @@ pub struct Summary {
 /// What the parsers reported, counted as it is handed to the sink.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Every complete request, whether MATCH selects it or not.
     pub requests: u64,
+    /// Answered exchanges reported: those MATCH selected, up to `-n`.
     pub exchanges: u64,
+    /// Every answered exchange, reported or not.
+    pub exchanges_seen: u64,
+    /// Requests never answered (every one, reported or not).
     pub unanswered: u64,
     pub orphan_responses: u64,
     pub tls_flows: u64,

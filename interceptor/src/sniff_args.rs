@@ -2,8 +2,8 @@
 //! the wiring: the flags pick the sink (text, JSON or the shadow comparison) that the
 //! pipeline hands its records to.
 
-use std::io::{self, BufWriter};
-use std::path::PathBuf;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use interceptor_sniff::output::text::{Clock, Layout, Text};
 use interceptor_sniff::pipeline::{self, Input, Options};
 use interceptor_sniff::shadow::{self, report, Shadow, ShadowSink};
 use interceptor_sniff::sink::Sink;
+
+use crate::inspect_args::{Decor, InspectArgs, Serving};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -36,7 +38,14 @@ Examples:
 
   Keep the matching packets for Wireshark while watching:
     interceptor sniff -d eth0 -O out.pcap 'POST' 'port 8080'
+
+  tcpdump's pipes: a capture read from stdin, the matching packets written to stdout (the
+  exchanges then show on stderr):
+    tcpdump -U -w - -i eth0 port 80 | interceptor sniff -I - -O - 'POST' | tshark -r -
 ";
+
+/// tcpdump's default snap length, which `-s 0` stands for.
+pub const DEFAULT_SNAPLEN: i32 = 262_144;
 
 /// Options of `interceptor sniff`, following ngrep's letters.
 #[derive(clap::Args, Debug, Clone)]
@@ -68,7 +77,8 @@ pub struct Args {
     )]
     pub device: Option<String>,
 
-    /// Read packets from a pcap or pcapng file instead of an interface.
+    /// Read packets from a pcap or pcapng file instead of an interface; `-` reads standard
+    /// input, as tcpdump's `-r -` (a pipe or FIFO is read as it comes: `tcpdump -U -w - |`).
     #[arg(
         short = 'I',
         visible_short_alias = 'r',
@@ -77,7 +87,9 @@ pub struct Args {
     )]
     pub input: Option<PathBuf>,
 
-    /// Write the packets that pass FILTER (and MATCH, per packet) to a pcap file.
+    /// Write the packets that pass FILTER (and MATCH, per packet) to a pcap file. `-` writes
+    /// the pcap to stdout and nothing else there: the text or JSON output then goes to stderr
+    /// with the notices and the summary, so `-O - | tshark -r -` reads a clean pcap.
     #[arg(
         short = 'O',
         visible_short_alias = 'w',
@@ -127,12 +139,13 @@ pub struct Args {
     #[arg(short = 'p')]
     pub no_promisc: bool,
 
-    /// Bytes captured per packet (live).
+    /// Bytes captured per packet (live); 0 is the default, 262144, as in tcpdump. Packets
+    /// cut shorter are counted (`truncated` in the summary) and their missing bytes are gaps.
     #[arg(
         short = 's',
         long = "snaplen",
         value_name = "BYTES",
-        default_value_t = 262_144
+        default_value_t = DEFAULT_SNAPLEN
     )]
     pub snaplen: i32,
 
@@ -151,6 +164,9 @@ pub struct Args {
     // Last: its options print under a heading of their own.
     #[command(flatten)]
     pub shadow: ShadowArgs,
+
+    #[command(flatten)]
+    pub inspect: InspectArgs,
 }
 
 /// `-W`: how a message is laid out.
@@ -227,9 +243,9 @@ impl Args {
         if self.max_body > 1 << 30 {
             bail!("--max-body {}: at most 1 GiB", self.max_body);
         }
-        if self.snaplen < 64 {
+        if self.snaplen != 0 && self.snaplen < 64 {
             bail!(
-                "-s {}: the snap length must be at least 64 bytes",
+                "-s {}: the snap length is 0 (the default, {DEFAULT_SNAPLEN}) or at least 64 bytes",
                 self.snaplen
             );
         }
@@ -249,6 +265,19 @@ impl Args {
         Ok(())
     }
 
+    /// `-s`, with tcpdump's 0 for the default.
+    fn snaplen(&self) -> i32 {
+        match self.snaplen {
+            0 => DEFAULT_SNAPLEN,
+            n => n,
+        }
+    }
+
+    /// `-O -`: the pcap has stdout to itself.
+    fn pcap_to_stdout(&self) -> bool {
+        self.output.as_deref() == Some(Path::new("-"))
+    }
+
     fn matcher(&self) -> Result<Option<regex::bytes::Regex>> {
         match self.pattern.as_deref() {
             None | Some("") => Ok(None),
@@ -265,18 +294,25 @@ impl Args {
 /// `interceptor sniff`: checks the flags, picks the sink, runs the pipeline.
 pub fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
     args.validate()?;
+    let pods = args
+        .inspect
+        .pods(args.input.is_some(), &args.filter.join(" "))?;
     let input = match (&args.input, &args.device) {
         (Some(path), _) => Input::File(path.clone()),
         (None, dev) => Input::Live {
-            device: dev.clone().unwrap_or_else(|| "any".to_string()),
-            snaplen: args.snaplen,
+            device: (pods.as_ref().and_then(|p| p.device.clone()))
+                .or_else(|| dev.clone())
+                .unwrap_or_else(|| "any".to_string()),
+            snaplen: args.snaplen(),
             promisc: !args.no_promisc,
             buffer: args.buffer_mib << 20,
         },
     };
     let opts = Options {
         input,
-        filter: args.filter.join(" "),
+        filter: pods
+            .as_ref()
+            .map_or_else(|| args.filter.join(" "), |p| p.filter.clone()),
         matcher: args.matcher()?,
         savefile: args.output.clone(),
         count: args.count,
@@ -285,30 +321,59 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         quiet: args.quiet,
     };
-    let sink = sink(args, opts.is_live())?;
-    pipeline::run(&opts, sink, stop)
+    let tags = pods.map(|p| p.tags);
+    let serving = match &args.inspect.serve {
+        Some(addr) => Some(Serving::start(addr, tags.clone())?),
+        None => None,
+    };
+    let decor = Decor {
+        pods: tags.as_ref(),
+        feed: serving.as_ref().map(Serving::feed),
+    };
+    let sink = sink(args, opts.is_live(), decor)?;
+    match serving {
+        Some(s) => s.run(&opts, sink, stop, args.quiet),
+        None => pipeline::run(&opts, sink, stop),
+    }
+}
+
+/// Where the findings go: stdout, or stderr when `-O -` gives stdout to the pcap.
+fn findings(args: &Args) -> Box<dyn Write + Send> {
+    if args.pcap_to_stdout() {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    }
 }
 
 /// The sink the flags ask for: the shadow comparison, JSON lines, or ngrep's text.
-fn sink(args: &Args, live: bool) -> Result<Box<dyn Sink>> {
+fn sink(args: &Args, live: bool, decor: Decor) -> Result<Box<dyn Sink>> {
     if args.shadow.shadow {
         let (cfg, opts) = args.shadow.settings()?;
         let style = if args.json {
             report::Style::Json
+        } else if args.pcap_to_stdout() {
+            report::Style::Text {
+                color: io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                width: 120,
+            }
         } else {
             report::Style::text_for_stdout()
         };
-        let writer = BufWriter::with_capacity(256 * 1024, io::stdout());
-        return Ok(Box::new(ShadowSink::new(
-            Shadow::new(cfg, opts, report::Reporter::new(writer, style)),
-            live,
-        )));
+        let writer = BufWriter::with_capacity(256 * 1024, findings(args));
+        let shadow = decor.shadow(Shadow::new(cfg, opts, report::Reporter::new(writer, style)));
+        return Ok(decor.wrap(Box::new(ShadowSink::new(shadow, live)), true));
     }
     if args.json {
         // The JSON writer buffers by itself and writes stdout in large blocks.
-        return Ok(Box::new(Json::new(io::stdout())));
+        let json = Json::new(findings(args));
+        let json = match decor.pods {
+            Some(p) => json.with_pods(p.clone()),
+            None => json,
+        };
+        return Ok(decor.wrap(Box::new(json), false));
     }
-    let writer = BufWriter::with_capacity(256 * 1024, io::stdout());
+    let writer = BufWriter::with_capacity(256 * 1024, findings(args));
     let clock = if args.absolute {
         Clock::Absolute
     } else if args.delta {
@@ -316,5 +381,10 @@ fn sink(args: &Args, live: bool) -> Result<Box<dyn Sink>> {
     } else {
         Clock::None
     };
-    Ok(Box::new(Text::new(writer, args.layout.into(), clock)))
+    let text = Text::new(writer, args.layout.into(), clock);
+    let text = match decor.pods {
+        Some(p) => text.with_pods(p.clone()),
+        None => text,
+    };
+    Ok(decor.wrap(Box::new(text), false))
 }

@@ -837,14 +837,37 @@ fn live_sniffer(p: &Pair, args: &[&str]) -> Child {
         line.contains("listening on"),
         "sniffer did not start: {line}"
     );
-    // Keep draining stderr into a shared buffer for the summary line.
+    // Keep draining stderr into a file of this sniffer's own (tests run side by side) for
+    // the summary line.
     child.stderr = None;
+    let file = stderr_file(&child);
     std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
-        let _ = std::fs::write(format!("/tmp/sniff-stderr-{}", std::process::id()), rest);
+        let _ = std::fs::write(file, rest);
     });
     child
+}
+
+/// Where `live_sniffer` keeps what its sniffer wrote on stderr after it started.
+fn stderr_file(child: &Child) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "sniff-stderr-{}-{}",
+        std::process::id(),
+        child.id()
+    ))
+}
+
+/// What a `live_sniffer` that has exited wrote on stderr (the drain may lag its exit).
+fn sniffer_stderr(child: &Child) -> String {
+    let file = stderr_file(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let _ = std::fs::remove_file(&file);
+    text
 }
 
 #[test]
@@ -880,7 +903,7 @@ fn live_capture_with_cap_net_raw_only_stops_at_count() {
 }
 
 #[test]
-fn live_capture_stops_on_sigterm_and_when_the_interface_goes() {
+fn live_capture_stops_on_sigterm() {
     require_root!();
     let mut p = Pair::new(67).unwrap();
     p.python(8000).unwrap();
@@ -908,22 +931,168 @@ fn live_capture_stops_on_sigterm_and_when_the_interface_goes() {
         "/before-term"
     );
     assert!(stats(&records)["kernel_dropped"].is_u64());
+}
 
-    // The interface disappears (the pod was deleted): reported, clean exit.
-    let mut child = live_sniffer(&p, &["-d", &ifc, "", "tcp"]);
+/// The interface disappears (the pod was deleted): what was found and the summary are
+/// written, then the run fails naming the interface, with a non-zero status as tcpdump's,
+/// so a script can tell it from a capture that ended as asked.
+#[test]
+fn live_capture_fails_when_the_interface_goes() {
+    require_root!();
+    let mut p = Pair::new(69).unwrap();
+    p.python(8000).unwrap();
+    let ifc = p.client_if.clone();
+    let mut child = live_sniffer(&p, &["--json", "-d", &ifc, "", "tcp port 8000"]);
+    p.client
+        .sh(&format!(
+            "curl -sf http://{}:8000/before-gone -o /dev/null",
+            p.server_ip
+        ))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     p.client.sh(&format!("ip link del {ifc}")).unwrap();
     let status =
         wait_for(&mut child, Duration::from_secs(10)).expect("exits when the interface goes");
-    assert!(status.success());
-    std::thread::sleep(Duration::from_millis(200));
-    let err = std::fs::read_to_string(format!("/tmp/sniff-stderr-{}", std::process::id()))
-        .unwrap_or_default();
+    assert_eq!(status.code(), Some(2));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let records = parse_lines(&out).unwrap();
+    assert_eq!(
+        of_type(&records, "exchange")[0]["request"]["target"],
+        "/before-gone"
+    );
+    assert_eq!(stats(&records)["exchanges"], 1);
+    let err = sniffer_stderr(&child);
+    assert!(err.contains("dropped by kernel"), "stderr: {err}");
     assert!(
-        err.contains(&format!("interface {ifc} is gone")),
+        err.contains(&format!("interceptor: interface {ifc} is gone"))
+            && err.trim_end().ends_with("; the capture ended early"),
         "stderr: {err}"
     );
-    assert!(err.contains("dropped by kernel"), "stderr: {err}");
+}
+
+/// `-s 0` is tcpdump's default (whole packets); a snap length that cuts packets is
+/// reported (a notice, `truncated` in the stats) rather than only showing as gaps.
+#[test]
+fn live_snaplen_zero_keeps_whole_packets_and_cut_ones_are_reported() {
+    require_root!();
+    let mut p = Pair::new(70).unwrap();
+    p.python(8000).unwrap();
+    let ifc = p.client_if.clone();
+    // 100 bytes cut every packet that carries data (its headers take 66).
+    for (snaplen, cut) in [("0", false), ("100", true)] {
+        let mut child = live_sniffer(
+            &p,
+            &["--json", "-s", snaplen, "-d", &ifc, "", "tcp port 8000"],
+        );
+        p.client
+            .sh(&format!(
+                "curl -sf http://{}:8000/snap-{snaplen} -o /dev/null",
+                p.server_ip
+            ))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = wait_for(&mut child, Duration::from_secs(10)).expect("exits on SIGTERM");
+        assert!(status.success(), "-s {snaplen}");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let records = parse_lines(&out).unwrap();
+        let st = stats(&records);
+        let err = sniffer_stderr(&child);
+        let noticed = err.contains("(snap length)") && err.contains("-s 0 captures whole packets");
+        if cut {
+            assert!(st["truncated"].as_u64().unwrap() >= 1, "-s {snaplen}: {st}");
+            assert!(st["gap_bytes"].as_u64().unwrap() >= 1, "-s {snaplen}: {st}");
+            assert!(noticed, "-s {snaplen}: {err}");
+        } else {
+            assert_eq!(
+                (&st["truncated"], &st["gaps"]),
+                (&0.into(), &0.into()),
+                "-s {snaplen}"
+            );
+            assert!(!noticed, "-s {snaplen}: {err}");
+            let body = of_type(&records, "exchange")[0]["response"]["body"].clone();
+            assert_eq!(body, "you asked for /snap-0\n".repeat(3), "-s {snaplen}");
+        }
+    }
+}
+
+/// tcpdump writing to a pipe (`-U -w -`) and the sniffer reading it (`-I -`): exchanges are
+/// reported while tcpdump still runs, and the end of the pipe ends the run cleanly.
+#[test]
+fn a_pipe_from_tcpdump_is_sniffed_as_it_comes() {
+    require_root!();
+    let mut p = Pair::new(71).unwrap();
+    p.python(8000).unwrap();
+    let mut tcpdump = p
+        .client
+        .command("tcpdump")
+        .args([
+            "-i",
+            &p.client_if,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            "-",
+            "tcp",
+            "port",
+            "8000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut td_err = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    td_err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "tcpdump: {line}");
+    let mut sniff = Command::new(interceptor_bin())
+        .args(["sniff", "--json", "-I", "-"])
+        .stdin(tcpdump.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sniff.stdout.take().unwrap()).lines();
+    p.client
+        .sh(&format!(
+            "curl -sf http://{}:8000/through-a-pipe -o /dev/null",
+            p.server_ip
+        ))
+        .unwrap();
+    // Read on a thread: a line that never comes must fail the test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.by_ref() {
+            if tx.send(l.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the exchange while tcpdump runs");
+    let ex: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ex["request"]["target"], "/through-a-pipe");
+    assert!(tcpdump.try_wait().unwrap().is_none(), "tcpdump still runs");
+    Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status()
+        .unwrap();
+    tcpdump.wait().unwrap();
+    let status = wait_for(&mut sniff, Duration::from_secs(10)).expect("ends with the pipe");
+    assert!(status.success());
+    let stats_line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let st: Value = serde_json::from_str(&stats_line).unwrap();
+    assert_eq!(
+        (&st["type"], &st["exchanges"]),
+        (&"stats".into(), &1.into())
+    );
 }
 
 #[test]

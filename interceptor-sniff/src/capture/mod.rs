@@ -5,14 +5,16 @@
 //! tcpdump filter syntax to classic BPF and attaches it in the kernel, reports kernel drops
 //! and handles `any`; redoing that would be a second, less tested copy of the same. Files
 //! are mapped and walked by `file` (pcap and pcapng), with the same libpcap filters run in
-//! user space, on a thread of their own that reads ahead.
+//! user space, on a thread of their own that reads ahead. A pipe (`-I -`, a FIFO) cannot be
+//! mapped: the same thread reads it record by record and hands over copies of the packets.
 
 pub mod file;
 
-
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvError, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,20 +47,27 @@ enum Handle {
 /// libpcap's BPF interpreter, a fair share of an offline run; apart, it overlaps with
 /// reassembly and HTTP parsing.
 struct FileSource {
-    map: Arc<file::Mapped>,
+    /// None for a pipe: each batch then brings its packets' bytes (`owned`).
+    map: Option<Arc<file::Mapped>>,
+    owned: Vec<u8>,
     ahead: Receiver<Ahead>,
     batch: std::vec::IntoIter<Kept>,
     /// The thread, joined when it stops sending: a panic there is an error, not the end.
     thread: Option<std::thread::JoinHandle<()>>,
+    /// How long a pipe may stay silent before `read` says so (`Next::Idle`), so that what
+    /// was found is written while the writer (tcpdump -U -w -) pauses.
+    poll: Option<Duration>,
 }
 
-/// What the read-ahead thread sends: packets that passed, or why the file cannot be read on.
+/// What the read-ahead thread sends: packets that passed (with their bytes, from a pipe;
+/// empty from a map), or why the file cannot be read on.
 enum Ahead {
-    Kept(Vec<Kept>),
+    Kept(Vec<Kept>, Vec<u8>),
     Failed(String),
 }
 
-/// A packet that passed the filter: where it lies in the map, and its header.
+/// A packet that passed the filter: where it lies in the map (or its batch's bytes), and
+/// its header.
 #[derive(Clone, Copy)]
 struct Kept {
     ts: SystemTime,
@@ -72,6 +81,9 @@ struct Kept {
 const AHEAD_BATCH: usize = 1024;
 /// Batches the read-ahead thread may be ahead by.
 const AHEAD_BATCHES: usize = 8;
+/// Bytes per batch read from a pipe: with `AHEAD_BATCHES` this bounds the memory a pipe
+/// costs, whatever its packets' sizes.
+const STREAM_BATCH_BYTES: usize = 1 << 20;
 
 /// The read-ahead thread: reads and filters until the end, a damaged record, or the
 /// reader going away.
@@ -114,13 +126,62 @@ fn read_ahead(
             });
             if batch.len() == AHEAD_BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(AHEAD_BATCH));
-                if to.send(Ahead::Kept(full)).is_err() {
+                if to.send(Ahead::Kept(full, Vec::new())).is_err() {
                     return;
                 }
             }
         }
     };
-    if !batch.is_empty() && to.send(Ahead::Kept(batch)).is_err() {
+    if !batch.is_empty() && to.send(Ahead::Kept(batch, Vec::new())).is_err() {
+        return;
+    }
+    if let Some(why) = failed {
+        let _ = to.send(Ahead::Failed(why));
+    }
+}
+
+/// The read-ahead thread of a pipe: reads and filters as `read_ahead`, copies the packets
+/// that pass into the batch, and hands the batch over before it would wait for the pipe,
+/// so a slow writer's packets are reported as they come.
+fn read_ahead_stream<R: Read>(mut stream: file::Stream<R>, filter: String, to: SyncSender<Ahead>) {
+    let mut programs = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    let failed = loop {
+        if !batch.is_empty() && (!stream.ready() || bytes.len() >= STREAM_BATCH_BYTES) {
+            let full = (std::mem::take(&mut batch), std::mem::take(&mut bytes));
+            if to.send(Ahead::Kept(full.0, full.1)).is_err() {
+                return;
+            }
+        }
+        let p = match stream.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break None,
+            Err(e) => break Some(format!("{e:#}")),
+        };
+        let keep = match program(&mut programs, &filter, p.linktype) {
+            Ok(Some(prog)) => prog.filter(p.data),
+            Ok(None) => true,
+            Err(e) => break Some(format!("{e:#}")),
+        };
+        if keep {
+            batch.push(Kept {
+                ts: p.ts,
+                at: bytes.len(),
+                caplen: p.data.len(),
+                len: p.len,
+                linktype: p.linktype,
+            });
+            bytes.extend_from_slice(p.data);
+            if batch.len() == AHEAD_BATCH {
+                let full = (std::mem::take(&mut batch), std::mem::take(&mut bytes));
+                if to.send(Ahead::Kept(full.0, full.1)).is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    if !batch.is_empty() && to.send(Ahead::Kept(batch, bytes)).is_err() {
         return;
     }
     if let Some(why) = failed {
@@ -222,13 +283,38 @@ pub fn interface_exists(dev: &str) -> bool {
 }
 
 impl Source {
+    /// A capture file (`-I FILE`), or standard input for `-`, as tcpdump's `-r -`. A
+    /// regular file is mapped; a pipe, FIFO or terminal is read as a stream.
     pub fn open_file(path: &Path, filter: &str) -> Result<Source> {
-        let map = file::Mapped::open(path)?;
-        let reader =
-            file::Reader::new(map.bytes()).with_context(|| format!("-I {}", path.display()))?;
+        let name = path.display().to_string();
+        let f = if path == Path::new("-") {
+            // A descriptor of our own for the read-ahead thread; stdin stays usable.
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+        } else {
+            File::open(path)
+        }
+        .map_err(|err| file::OpenError::Open {
+            path: name.clone(),
+            err,
+        })?;
+        let meta = f.metadata().map_err(|err| file::OpenError::Open {
+            path: name.clone(),
+            err,
+        })?;
+        if meta.is_dir() {
+            return Err(file::OpenError::Directory(name).into());
+        }
+        if !meta.is_file() {
+            return Source::open_stream(f, &name, filter);
+        }
+        let map = file::Mapped::map(&f, meta.len(), &name)?;
+        drop(f);
+        let reader = file::Reader::new(map.bytes()).with_context(|| format!("-I {name}"))?;
         let first = reader.first_linktype(map.bytes()).unwrap_or(1);
-        let link =
-            link_of(pcap::Linktype(first)).with_context(|| format!("-I {}", path.display()))?;
+        let link = link_of(pcap::Linktype(first)).with_context(|| format!("-I {name}"))?;
         // Compiled now so a bad FILTER is reported before anything is read; the
         // read-ahead thread compiles its own (a program cannot be sent to it).
         program(&mut Vec::new(), filter, first)?;
@@ -240,10 +326,47 @@ impl Source {
             .spawn(move || read_ahead(m, reader, f, to))
             .context("starting the read-ahead thread")?;
         let fs = FileSource {
-            map,
+            map: Some(map),
+            owned: Vec::new(),
             ahead,
             batch: Vec::new().into_iter(),
             thread: Some(thread),
+            poll: None,
+        };
+        Ok(Source {
+            handle: Handle::File(fs),
+            link,
+            device: None,
+        })
+    }
+
+    /// A capture read as it comes (`name` for errors): waits for its file header (and a
+    /// pcapng's first interface) here, then reads ahead on a thread.
+    pub fn open_stream<R: Read + Send + 'static>(
+        src: R,
+        name: &str,
+        filter: &str,
+    ) -> Result<Source> {
+        let mut stream = file::Stream::open(src).with_context(|| format!("-I {name}"))?;
+        let first = stream
+            .first_linktype()
+            .with_context(|| format!("-I {name}"))?
+            .unwrap_or(1);
+        let link = link_of(pcap::Linktype(first)).with_context(|| format!("-I {name}"))?;
+        program(&mut Vec::new(), filter, first)?;
+        let (to, ahead) = sync_channel(AHEAD_BATCHES);
+        let f = filter.to_string();
+        let thread = std::thread::Builder::new()
+            .name("sniff-read".into())
+            .spawn(move || read_ahead_stream(stream, f, to))
+            .context("starting the read-ahead thread")?;
+        let fs = FileSource {
+            map: None,
+            owned: Vec::new(),
+            ahead,
+            batch: Vec::new().into_iter(),
+            thread: Some(thread),
+            poll: Some(Duration::from_millis(100)),
         };
         Ok(Source {
             handle: Handle::File(fs),
@@ -302,6 +425,11 @@ impl Source {
         matches!(self.handle, Handle::Live(..))
     }
 
+    /// A capture read from a pipe: it may pause (`Next::Idle`) and go on.
+    pub fn is_stream(&self) -> bool {
+        matches!(&self.handle, Handle::File(fs) if fs.map.is_none())
+    }
+
     /// The next packet, or why there is none now (idle, the end, the interface gone).
     pub fn read(&mut self) -> Result<Next<'_>> {
         let fs = match &mut self.handle {
@@ -315,11 +443,14 @@ impl Source {
                         .map(|p| (*p.header, p.data.as_ptr(), p.data.len()));
                     let err = match got {
                         Ok((h, ptr, n)) => {
+                            // Checked like a file's: the kernel's clock is trusted no
+                            // further than a file's.
                             let ts = UNIX_EPOCH
-                                + Duration::new(
+                                .checked_add(Duration::new(
                                     h.ts.tv_sec.max(0) as u64,
                                     (h.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
-                                );
+                                ))
+                                .unwrap_or(UNIX_EPOCH);
                             // SAFETY: libpcap keeps the packet valid until the next read on
                             // this handle, and the returned frame borrows `self` mutably, so
                             // no read can happen while it lives. (Taken apart and rebuilt
@@ -370,8 +501,18 @@ impl Source {
             if let Some(p) = fs.batch.next() {
                 break p;
             }
-            match fs.ahead.recv() {
-                Ok(Ahead::Kept(b)) => fs.batch = b.into_iter(),
+            let got = match fs.poll {
+                Some(poll) => match fs.ahead.recv_timeout(poll) {
+                    Err(RecvTimeoutError::Timeout) => return Ok(Next::Idle),
+                    got => got.map_err(|_| RecvError),
+                },
+                None => fs.ahead.recv(),
+            };
+            match got {
+                Ok(Ahead::Kept(b, bytes)) => {
+                    fs.batch = b.into_iter();
+                    fs.owned = bytes;
+                }
                 Ok(Ahead::Failed(why)) => return Err(anyhow!(why)),
                 // The thread is done: the end of the file, unless it failed.
                 Err(_) => match fs.thread.take().map(|t| t.join()) {
@@ -380,9 +521,11 @@ impl Source {
                 },
             }
         };
-        let data = fs
-            .map
-            .bytes()
+        let bytes = match &fs.map {
+            Some(map) => map.bytes(),
+            None => &fs.owned,
+        };
+        let data = bytes
             .get(p.at..p.at + p.caplen)
             .context("read-ahead: packet outside the capture file")?;
         Ok(Next::Frame(Frame {
@@ -452,7 +595,18 @@ mod tests {
         let path = dir.join("a.pcap");
         std::fs::write(&path, file).unwrap();
         let mut src = Source::open_file(&path, filter).unwrap();
+        assert!(!src.is_stream());
+        let (seen, end, idle) = drain(&mut src);
+        assert_eq!(idle, 0, "a file is never idle");
+        std::fs::remove_dir_all(&dir).unwrap();
+        (seen, end)
+    }
+
+    /// Every packet `src` hands over (the index it carries), how the reading ended, and how
+    /// many times it was idle on the way.
+    fn drain(src: &mut Source) -> (Vec<u32>, Result<()>, usize) {
         let mut seen = Vec::new();
+        let mut idle = 0;
         let end = loop {
             match src.read() {
                 Ok(Next::Frame(f)) => {
@@ -467,12 +621,84 @@ mod tests {
                     seen.push(u32::from_be_bytes(tail));
                 }
                 Ok(Next::End) => break Ok(()),
-                Ok(_) => panic!("a file is never idle or gone"),
+                Ok(Next::Idle) => idle += 1,
+                Ok(Next::Gone(_)) => panic!("a file is never gone"),
                 Err(e) => break Err(e),
             }
         };
-        std::fs::remove_dir_all(&dir).unwrap();
-        (seen, end)
+        (seen, end, idle)
+    }
+
+    /// A FIFO in a fresh directory, and a thread writing `file` into it in two parts with
+    /// `pause` between them (as tcpdump -U -w - does between packets).
+    fn fifo(file: Vec<u8>, pause: Duration) -> (std::path::PathBuf, std::thread::JoinHandle<()>) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "interceptor-fifo-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let p = path.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            let half = file.len() / 2;
+            w.write_all(&file[..half]).unwrap();
+            w.flush().unwrap();
+            std::thread::sleep(pause);
+            // The reader may stop early (damage); a broken pipe is no failure here.
+            let _ = w.write_all(&file[half..]);
+        });
+        (path, writer)
+    }
+
+    /// `-I` on a FIFO (or `-`, a pipe): it cannot be mapped, so it is read as a stream, with
+    /// the same packets, the same filter and the same damage report as the file; a pause of
+    /// the writer is `Idle`, not the end.
+    #[test]
+    fn a_pipe_is_read_as_it_comes_with_the_packets_and_the_damage_of_the_file() {
+        let n = (AHEAD_BATCH * 2 + 100) as u32;
+        let (path, writer) = fifo(capture(n), Duration::from_millis(400));
+        let mut src = Source::open_file(&path, "tcp port 80").unwrap();
+        assert!(src.is_stream());
+        let (even, end, idle) = drain(&mut src);
+        writer.join().unwrap();
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(even, (0..n).step_by(2).collect::<Vec<_>>());
+        assert!(idle >= 1, "the writer's pause was not reported");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+
+        let mut cut = capture(n);
+        cut.truncate(cut.len() - 3);
+        let (path, writer) = fifo(cut, Duration::ZERO);
+        let (seen, end, _) = drain(&mut Source::open_file(&path, "").unwrap());
+        writer.join().unwrap();
+        assert_eq!(seen, (0..n - 1).collect::<Vec<_>>());
+        let err = format!("{:#}", end.unwrap_err());
+        assert!(err.contains("truncated packet"), "{err}");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    /// A directory is not "mmap: No such device"; a missing file names its path.
+    #[test]
+    fn a_directory_or_a_missing_file_is_named() {
+        let dir = std::env::temp_dir();
+        let err = format!("{:#}", Source::open_file(&dir, "").err().unwrap());
+        assert_eq!(err, format!("-I {}: is a directory", dir.display()));
+        let missing = dir.join("interceptor-no-such-capture.pcap");
+        let err = format!("{:#}", Source::open_file(&missing, "").err().unwrap());
+        assert_eq!(
+            err,
+            format!(
+                "-I {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use super::{epoch_micros, tunnel_kind, utc};
 use crate::sink::{Sink, Summary, TlsFlow};
 use crate::http::{Body, Exchange, Headers, Request, Response};
+use crate::pod::PodTags;
 
 /// Appends `,"name":` with the name known at compile time (one copy of a constant).
 macro_rules! key {
@@ -21,6 +22,9 @@ pub struct Json<W: Write> {
     buf: Vec<u8>,
     /// Cached RFC 3339 prefix for the current second.
     ts_cache: (i64, String),
+    /// `--pod`: exchanges say which pod they were seen for (without it, no `pod` key, so
+    /// the output stays as it was).
+    pods: Option<std::sync::Arc<PodTags>>,
 }
 
 impl<W: Write> Json<W> {
@@ -29,7 +33,23 @@ impl<W: Write> Json<W> {
             w,
             buf: Vec::with_capacity(64 * 1024),
             ts_cache: (i64::MIN, String::new()),
+            pods: None,
         }
+    }
+
+    /// Adds `"pod":{"ip","name","namespace"}` (or `null`) to every exchange.
+    pub fn with_pods(mut self, pods: std::sync::Arc<PodTags>) -> Json<W> {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// Renders one exchange object, exactly as a `--json` line has it but without the line
+    /// end, into `out` (the live view's events reuse this writer rather than a second one).
+    pub fn render_exchange(&mut self, ex: &Exchange, out: &mut Vec<u8>) {
+        std::mem::swap(&mut self.buf, out);
+        self.exchange_object(ex);
+        self.buf.push(b'}');
+        std::mem::swap(&mut self.buf, out);
     }
 
     fn ts(&mut self, t: SystemTime) {
@@ -380,22 +400,63 @@ pub fn push_u64(out: &mut Vec<u8>, n: u64) {
 
 /// Appends `ip:port` (`[ip]:port` for IPv6) without going through `fmt`.
 pub fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
-    match a {
-        SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-        }
+    let v4 = match a {
+        SocketAddr::V4(v4) => v4,
         SocketAddr::V6(v6) => {
             let _ = write!(out, "[{}]", v6.ip());
+            out.push(b':');
+            push_u64(out, u64::from(a.port()));
+            return;
         }
+    };
+    // Two per message of every output: put together on the stack from a table of the
+    // octets in decimal, and copied once (`255.255.255.255:65535` at most).
+    let mut s = [0u8; 24];
+    let mut n = 0;
+    for o in v4.ip().octets() {
+        let (dec, len) = OCTETS[usize::from(o)];
+        s[n..n + 4].copy_from_slice(&dec);
+        n += len as usize;
     }
-    out.push(b':');
-    push_u64(out, u64::from(a.port()));
+    // The last octet's dot becomes the colon.
+    s[n - 1] = b':';
+    let port = v4.port();
+    let digits = match port {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    let mut v = port;
+    for d in s[n..n + digits].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    // A copy of fixed length is a few moves; one of varying length, a call to memcpy.
+    let at = out.len();
+    out.extend_from_slice(&s);
+    out.truncate(at + n + digits);
 }
+
+/// Each byte value in decimal followed by a dot (padded to four bytes), and how many of
+/// those bytes count.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut o = 0;
+    while o < 256 {
+        let (h, d, u) = ((o / 100) as u8, (o / 10 % 10) as u8, (o % 10) as u8);
+        t[o] = if o >= 100 {
+            ([b'0' + h, b'0' + d, b'0' + u, b'.'], 4)
+        } else if o >= 10 {
+            ([b'0' + d, b'0' + u, b'.', 0], 3)
+        } else {
+            ([b'0' + u, b'.', 0, 0], 2)
+        };
+        o += 1;
+    }
+    t
+};
 
 pub fn base64(out: &mut Vec<u8>, b: &[u8]) {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -472,6 +533,7 @@ impl<W: Write + Send> Sink for Json<W> {
         let fields = [
             ("packets", s.packets),
             ("bytes", s.bytes),
+            ("truncated", s.truncated),
             ("tcp_segments", s.tcp.segments),
             ("not_tcp", s.not_tcp),
             ("undecodable", s.undecodable),
@@ -479,6 +541,7 @@ impl<W: Write + Send> Sink for Json<W> {
             ("max_concurrent_flows", s.tcp.max_concurrent),
             ("requests", s.http.requests),
             ("exchanges", s.http.exchanges),
+            ("exchanges_seen", s.http.exchanges_seen),
             ("unanswered", s.http.unanswered),
             ("orphan_responses", s.http.orphan_responses),
             ("tls_flows", s.http.tls_flows),
@@ -516,6 +579,14 @@ impl<W: Write + Send> Sink for Json<W> {
 impl<W: Write + Send> Json<W> {
     /// Writes one exchange (the request too when `show_request`).
     fn write_exchange(&mut self, ex: &Exchange, _show_request: bool) -> io::Result<()> {
+        self.exchange_object(ex);
+        self.end_line()
+    }
+}
+
+impl<W: Write> Json<W> {
+    /// An exchange's object but its closing brace.
+    fn exchange_object(&mut self, ex: &Exchange) {
         self.head(
             b"exchange",
             ex.request.ts,
@@ -539,7 +610,13 @@ impl<W: Write + Send> Json<W> {
             key!(self.buf, "tunnel");
             escape(&mut self.buf, t.as_bytes());
         }
-        self.end_line()
+        if let Some(pods) = &self.pods {
+            key!(self.buf, "pod");
+            match pods.for_exchange(ex) {
+                Some(t) => self.buf.extend_from_slice(t.json()),
+                None => self.buf.extend_from_slice(b"null"),
+            }
+        }
     }
 }
 
@@ -580,6 +657,22 @@ mod tests {
             let mut o = Vec::new();
             base64(&mut o, i);
             assert_eq!(o, e.as_bytes());
+        }
+    }
+
+    #[test]
+    fn addresses_as_display_writes_them() {
+        for a in [
+            "0.0.0.0:0",
+            "10.250.0.2:3000",
+            "255.255.255.255:65535",
+            "1.22.103.9:10",
+            "100.10.1.0:999",
+            "[fe80::1]:80",
+        ] {
+            let mut o = Vec::new();
+            push_addr(&mut o, a.parse().unwrap());
+            assert_eq!(String::from_utf8(o).unwrap(), a);
         }
     }
 

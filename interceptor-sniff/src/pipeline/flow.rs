@@ -146,8 +146,9 @@ impl Ctx {
             request,
             response,
         };
-        if ex.response.is_some() {
-            self.counts.exchanges += 1;
+        let answered = ex.response.is_some();
+        if answered {
+            self.counts.exchanges_seen += 1;
         } else {
             self.counts.unanswered += 1;
         }
@@ -158,6 +159,10 @@ impl Ctx {
                 .as_ref()
                 .is_some_and(|r| self.matches_response(r));
         if matched && !self.finished() {
+            // What the summary calls exchanges: those reported.
+            if answered {
+                self.counts.exchanges += 1;
+            }
             // The text output showed the request already when it matched on its own.
             self.report(Record::Exchange {
                 exchange: ex,

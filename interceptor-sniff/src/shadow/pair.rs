@@ -273,7 +273,12 @@ impl Matcher {
         while let Some((&seq, e)) = self.entries.first_key_value() {
             // Arrival order is close to time order; an entry that arrived out of order waits
             // for the ones ahead of it, which only delays its report.
-            if e.ts + self.cfg.max_age >= self.clock {
+            // Checked: the time comes from the capture, and one near the end of what a
+            // `SystemTime` holds has no deadline after it (it waits for `finish`).
+            if e.ts
+                .checked_add(self.cfg.max_age)
+                .is_none_or(|deadline| deadline >= self.clock)
+            {
                 break;
             }
             self.drop_unmatched(seq, Reason::Expired, out);
@@ -592,6 +597,28 @@ mod tests {
             (1, 1, 1, 0)
         );
         assert_eq!(m.pending(), 0);
+    }
+
+    /// Capture times near the end of what a `SystemTime` holds: adding `max_age` used to
+    /// panic. An exchange that late has no deadline (it waits for the end of the capture);
+    /// one from before is still expired by the clock it moved.
+    #[test]
+    fn times_at_the_end_of_time_do_not_panic() {
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        let mut m = Matcher::new(Config::default());
+        let mut out = Vec::new();
+        m.push(primary(Some("early"), 1000, 0), &mut out);
+        let mut late = primary(Some("late"), 1001, 0);
+        late.request.ts = end;
+        if let Some(r) = late.response.as_mut() {
+            r.ts = end;
+        }
+        m.push(late, &mut out);
+        m.expire(end, &mut out);
+        assert_eq!(unmatched(&out), [(Role::Primary, 1000, Reason::Expired)]);
+        out.clear();
+        m.finish(&mut out);
+        assert_eq!(unmatched(&out), [(Role::Primary, 1001, Reason::Ended)]);
     }
 
     #[test]

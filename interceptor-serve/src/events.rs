@@ -1,0 +1,488 @@
+//! The event ring: what `/events` streams, kept in a bounded queue that the capture side
+//! pushes into and every browser reads from at its own pace.
+//!
+//! The producer (the sniffer's output thread) never waits on a browser: a push takes the
+//! lock for a constant amount of work (append, maybe evict from the front, wake readers)
+//! and never touches a socket. Each `/events` connection keeps its own cursor (the next
+//! sequence number it wants); a connection that fell behind the ring's tail, because its
+//! browser reads slowly or not at all, skips to the tail and is told how many it missed.
+//!
+//! Events are kept either as rendered JSON or as a [`LazyEvent`] that renders itself when
+//! a connection reads it: an exchange costs a few hundred nanoseconds to render, which an
+//! offline capture read at a million packets a second would pay for every exchange, though
+//! only the last few thousand can ever be seen. Lazy events are rendered on the connection's
+//! thread, outside the lock.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// An event rendered only when a connection reads it.
+pub trait LazyEvent: Send + Sync + 'static {
+    /// Writes the event's JSON object, `{…}` on one line, without `seq` (the ring adds it).
+    fn render(&self, out: &mut Vec<u8>);
+    /// About how many bytes it holds, for the ring's memory bound.
+    fn size(&self) -> usize;
+    /// Gives the event back by value once the ring evicts it (so the owner can reuse its
+    /// buffers).
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+enum Payload {
+    /// A JSON object, `{…}`, without `seq`.
+    Json(Box<[u8]>),
+    Lazy(Box<dyn LazyEvent>),
+}
+
+/// One event of the stream.
+pub struct Event {
+    seq: u64,
+    kind: &'static str,
+    payload: Payload,
+}
+
+impl Event {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Its JSON object with `"seq"` first, into `out`.
+    pub fn json(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        match &self.payload {
+            Payload::Json(b) => out.extend_from_slice(b),
+            Payload::Lazy(l) => l.render(out),
+        }
+        // `{"seq":N,` then the object's members; an object with none becomes `{"seq":N}`.
+        let body: Vec<u8> = out.split_off(start);
+        let _ = write!(out, "{{\"seq\":{}", self.seq);
+        match body.strip_prefix(b"{") {
+            Some(rest) if !rest.starts_with(b"}") => {
+                out.push(b',');
+                out.extend_from_slice(rest);
+            }
+            _ => out.push(b'}'),
+        }
+    }
+
+    /// The server-sent-events frame: `id`, `event`, `data` and the blank line.
+    pub fn frame(&self, out: &mut Vec<u8>) {
+        let _ = write!(out, "id: {}\nevent: {}\ndata: ", self.seq, self.kind);
+        let start = out.len();
+        self.json(out);
+        // Renderers write one line; a raw line end would end the data field early, so any
+        // that slipped in is escaped as JSON whitespace would be (between tokens it is
+        // insignificant, and JSON strings cannot hold a raw one).
+        if out[start..].contains(&b'\n') {
+            let data: Vec<u8> = out.split_off(start);
+            for &c in &data {
+                if c == b'\n' {
+                    out.extend_from_slice(b"\ndata: ");
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of::<Event>()
+            + match &self.payload {
+                Payload::Json(b) => b.len(),
+                Payload::Lazy(l) => l.size(),
+            }
+    }
+
+    /// The lazy event back by value, when nothing else holds this one (a connection may
+    /// be rendering it right now; then it is simply dropped there, later).
+    pub fn into_lazy(ev: Arc<Event>) -> Option<Box<dyn Any + Send>> {
+        match Arc::try_unwrap(ev).ok()?.payload {
+            Payload::Lazy(l) => Some(l.into_any()),
+            Payload::Json(_) => None,
+        }
+    }
+}
+
+/// How much the ring keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Events kept for replay and for slow readers.
+    pub events: usize,
+    /// Bytes kept (by the events' own estimate): bodies are cut at `--max-body`, but 4096
+    /// exchanges of 16 KiB each way would still be 128 MiB.
+    pub bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            events: 4096,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counters of the ring, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Events held now.
+    pub len: usize,
+    pub bytes: usize,
+    /// The sequence number the next event gets.
+    pub next_seq: u64,
+    /// Events pushed out by newer ones.
+    pub evicted: u64,
+}
+
+struct Inner {
+    events: VecDeque<Arc<Event>>,
+    next_seq: u64,
+    bytes: usize,
+    evicted: u64,
+    closed: bool,
+    /// The latest summary frame, replaced rather than queued: only the newest matters.
+    summary: Option<Arc<[u8]>>,
+    summary_version: u64,
+}
+
+impl Inner {
+    /// Sequence number of the oldest event held (`next_seq` when empty).
+    fn first(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+}
+
+/// What a connection gets from one [`Ring::wait`].
+#[derive(Default)]
+pub struct Batch {
+    /// Events it missed since its last batch: they left the ring before it read them.
+    pub skipped: u64,
+    /// The oldest sequence number it missed, when it missed some.
+    pub skipped_from: u64,
+    pub events: Vec<Arc<Event>>,
+    /// A summary frame newer than the last one it got.
+    pub summary: Option<Arc<[u8]>>,
+    /// The ring was closed (server shutdown): end the stream.
+    pub closed: bool,
+}
+
+/// The bounded event queue shared by the producer and every `/events` connection.
+pub struct Ring {
+    inner: Mutex<Inner>,
+    wake: Condvar,
+    limits: Limits,
+}
+
+impl Ring {
+    pub fn new(limits: Limits) -> Ring {
+        Ring {
+            inner: Mutex::new(Inner {
+                events: VecDeque::with_capacity(limits.events.clamp(1, 1 << 16)),
+                next_seq: 1,
+                bytes: 0,
+                evicted: 0,
+                closed: false,
+                summary: None,
+                summary_version: 0,
+            }),
+            wake: Condvar::new(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The lock, even after a panic elsewhere: the queue is consistent after every step.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a rendered event (a JSON object without `seq`); returns its sequence number.
+    pub fn push_json(&self, kind: &'static str, object: &[u8]) -> u64 {
+        let mut evicted = Vec::new();
+        let seq = self.push(kind, Payload::Json(object.into()), &mut evicted);
+        drop(evicted);
+        seq
+    }
+
+    /// Adds a lazy event; the events it pushes out are appended to `evicted` (drop them
+    /// after, or take their payload back with [`Event::into_lazy`]).
+    pub fn push_lazy(
+        &self,
+        kind: &'static str,
+        ev: Box<dyn LazyEvent>,
+        evicted: &mut Vec<Arc<Event>>,
+    ) -> u64 {
+        self.push(kind, Payload::Lazy(ev), evicted)
+    }
+
+    fn push(&self, kind: &'static str, payload: Payload, evicted: &mut Vec<Arc<Event>>) -> u64 {
+        let mut g = self.lock();
+        let seq = g.next_seq;
+        let ev = Event { seq, kind, payload };
+        g.bytes += ev.size();
+        g.events.push_back(Arc::new(ev));
+        g.next_seq += 1;
+        while g.events.len() > 1
+            && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
+        {
+            let Some(old) = g.events.pop_front() else { break };
+            g.bytes = g.bytes.saturating_sub(old.size());
+            g.evicted += 1;
+            evicted.push(old);
+        }
+        drop(g);
+        self.wake.notify_all();
+        seq
+    }
+
+    /// Replaces the summary every connection is sent next (a JSON object).
+    pub fn set_summary(&self, object: &[u8]) {
+        let mut frame = Vec::with_capacity(object.len() + 32);
+        frame.extend_from_slice(b"event: summary\ndata: ");
+        frame.extend(object.iter().map(|&c| if c == b'\n' { b' ' } else { c }));
+        frame.extend_from_slice(b"\n\n");
+        let mut g = self.lock();
+        g.summary = Some(frame.into());
+        g.summary_version += 1;
+        drop(g);
+        self.wake.notify_all();
+    }
+
+    /// Ends every stream (their next `wait` says closed).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    pub fn stats(&self) -> RingStats {
+        let g = self.lock();
+        RingStats {
+            len: g.events.len(),
+            bytes: g.bytes,
+            next_seq: g.next_seq,
+            evicted: g.evicted,
+        }
+    }
+
+    /// The cursor of a new connection: the whole ring is replayed (the page drops what it
+    /// already has by `seq`), or, for a reconnecting browser that says which event it saw
+    /// last (`Last-Event-ID`), what came after it. An id from before a restart of the
+    /// server (beyond the newest) counts as none.
+    pub fn start(&self, last_event_id: Option<u64>) -> u64 {
+        let g = self.lock();
+        match last_event_id {
+            Some(id) if id < g.next_seq => id + 1,
+            _ => g.first(),
+        }
+    }
+
+    /// Waits up to `timeout` for events from `cursor` on (at most `max`), or a newer
+    /// summary than `summary_seen`; advances both. Returns at once when there is something.
+    pub fn wait(
+        &self,
+        cursor: &mut u64,
+        summary_seen: &mut u64,
+        max: usize,
+        timeout: Duration,
+    ) -> Batch {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if g.closed {
+                return Batch {
+                    closed: true,
+                    ..Batch::default()
+                };
+            }
+            let first = g.first();
+            let mut batch = Batch::default();
+            if *cursor < first {
+                batch.skipped = first - *cursor;
+                batch.skipped_from = *cursor;
+                *cursor = first;
+            }
+            let have = g.next_seq.saturating_sub(*cursor);
+            if have > 0 {
+                let from = (*cursor - first) as usize;
+                let n = (have as usize).min(max.max(1));
+                batch.events.extend(g.events.range(from..from + n).cloned());
+                *cursor += n as u64;
+            }
+            if g.summary_version != *summary_seen {
+                *summary_seen = g.summary_version;
+                batch.summary = g.summary.clone();
+            }
+            if batch.skipped > 0 || !batch.events.is_empty() || batch.summary.is_some() {
+                return batch;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return batch;
+            }
+            g = match self.wake.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: &Event) -> String {
+        let mut out = Vec::new();
+        e.frame(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn frames_carry_seq_first_and_stay_one_data_line() {
+        let ring = Ring::new(Limits::default());
+        assert_eq!(ring.push_json("exchange", br#"{"type":"exchange","a":1}"#), 1);
+        assert_eq!(ring.push_json("shadow", b"{}"), 2);
+        assert_eq!(ring.push_json("shadow", b"{\"x\":\n2}"), 3);
+        let (mut c, mut s) = (ring.start(None), 0);
+        let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
+        let frames: Vec<String> = b.events.iter().map(|e| text(e)).collect();
+        assert_eq!(
+            frames[0],
+            "id: 1\nevent: exchange\ndata: {\"seq\":1,\"type\":\"exchange\",\"a\":1}\n\n"
+        );
+        assert_eq!(frames[1], "id: 2\nevent: shadow\ndata: {\"seq\":2}\n\n");
+        assert_eq!(frames[2], "id: 3\nevent: shadow\ndata: {\"seq\":3,\"x\":\ndata: 2}\n\n");
+        assert_eq!(c, 4);
+    }
+
+    #[test]
+    fn a_reader_behind_the_tail_skips_ahead_and_is_told_how_many() {
+        let ring = Ring::new(Limits {
+            events: 8,
+            bytes: usize::MAX,
+        });
+        let (mut c, mut s) = (ring.start(None), 0);
+        assert_eq!(c, 1);
+        for i in 0..20 {
+            ring.push_json("exchange", format!("{{\"i\":{i}}}").as_bytes());
+        }
+        let b = ring.wait(&mut c, &mut s, 100, Duration::ZERO);
+        assert_eq!((b.skipped, b.skipped_from), (12, 1));
+        let seqs: Vec<u64> = b.events.iter().map(|e| e.seq()).collect();
+        assert_eq!(seqs, (13..=20).collect::<Vec<_>>());
+        let st = ring.stats();
+        assert_eq!((st.len, st.evicted, st.next_seq), (8, 12, 21));
+        // Caught up: nothing more, nothing skipped.
+        let b = ring.wait(&mut c, &mut s, 100, Duration::from_millis(10));
+        assert!(b.events.is_empty() && b.skipped == 0 && !b.closed);
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_too_but_keeps_the_newest() {
+        let ring = Ring::new(Limits {
+            events: 1000,
+            bytes: 4096,
+        });
+        let big = format!("{{\"b\":\"{}\"}}", "x".repeat(1500));
+        for _ in 0..10 {
+            ring.push_json("exchange", big.as_bytes());
+        }
+        let st = ring.stats();
+        assert!(st.bytes <= 4096 && st.len == 2, "{st:?}");
+        let huge = format!("{{\"b\":\"{}\"}}", "x".repeat(10_000));
+        ring.push_json("exchange", huge.as_bytes());
+        assert_eq!(ring.stats().len, 1, "one event over the bound alone is kept");
+    }
+
+    #[test]
+    fn last_event_id_resumes_after_it_and_counts_what_left_meanwhile() {
+        let ring = Ring::new(Limits {
+            events: 4,
+            bytes: usize::MAX,
+        });
+        for _ in 0..3 {
+            ring.push_json("exchange", b"{}");
+        }
+        assert_eq!(ring.start(Some(2)), 3);
+        assert_eq!(ring.start(Some(99)), 1, "an id from another run replays everything");
+        let mut c = ring.start(Some(1));
+        for _ in 0..5 {
+            ring.push_json("exchange", b"{}");
+        }
+        let mut s = 0;
+        let b = ring.wait(&mut c, &mut s, 100, Duration::ZERO);
+        assert_eq!((b.skipped, b.skipped_from), (3, 2));
+        assert_eq!(b.events.first().map(|e| e.seq()), Some(5));
+    }
+
+    #[test]
+    fn summaries_replace_each_other_and_close_ends_waits() {
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let (mut c, mut s) = (ring.start(None), 0);
+        ring.set_summary(b"{\"exchanges\":1}");
+        ring.set_summary(b"{\"exchanges\":2}");
+        let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
+        assert_eq!(
+            b.summary.as_deref(),
+            Some(&b"event: summary\ndata: {\"exchanges\":2}\n\n"[..])
+        );
+        assert!(ring.wait(&mut c, &mut s, 10, Duration::ZERO).summary.is_none());
+        let r = ring.clone();
+        let waiter = std::thread::spawn(move || {
+            let (mut c, mut s) = (r.start(None), 2);
+            r.wait(&mut c, &mut s, 10, Duration::from_secs(30)).closed
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        ring.close();
+        assert!(waiter.join().unwrap());
+    }
+
+    struct Probe(u32);
+    impl LazyEvent for Probe {
+        fn render(&self, out: &mut Vec<u8>) {
+            let _ = write!(out, "{{\"type\":\"exchange\",\"n\":{}}}", self.0);
+        }
+        fn size(&self) -> usize {
+            100
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+            self
+        }
+    }
+
+    #[test]
+    fn lazy_events_render_when_read_and_come_back_when_evicted() {
+        let ring = Ring::new(Limits {
+            events: 2,
+            bytes: usize::MAX,
+        });
+        let mut evicted = Vec::new();
+        for n in 0..3 {
+            ring.push_lazy("exchange", Box::new(Probe(n)), &mut evicted);
+        }
+        assert_eq!(evicted.len(), 1);
+        let back = Event::into_lazy(evicted.pop().unwrap()).unwrap();
+        assert_eq!(back.downcast::<Probe>().unwrap().0, 0);
+        let (mut c, mut s) = (ring.start(None), 0);
+        let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
+        let mut out = Vec::new();
+        b.events[0].json(&mut out);
+        assert_eq!(out, br#"{"seq":2,"type":"exchange","n":1}"#);
+        // Held by a reader: eviction cannot hand it back, and does not wait for it.
+        let held = b.events[0].clone();
+        drop(b);
+        ring.push_lazy("exchange", Box::new(Probe(9)), &mut evicted);
+        assert!(Event::into_lazy(evicted.pop().unwrap()).is_none());
+        drop(held);
+    }
+}

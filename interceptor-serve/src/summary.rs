@@ -1,0 +1,103 @@
+//! The live view's `summary` event: totals since the capture started, sent about once a
+//! second (and once more at the end), replacing the previous one.
+
+use std::collections::HashMap;
+
+use interceptor_sniff::shadow::report::Histogram;
+use serde_json::json;
+
+/// Distinct difference paths counted; beyond, they count as `other`.
+const MAX_PATHS: usize = 10_000;
+/// Paths listed in the summary.
+const TOP: usize = 10;
+
+#[derive(Default)]
+pub struct Summary {
+    exchanges: u64,
+    same: u64,
+    different: u64,
+    unmatched: u64,
+    /// Per generalised path, the pairs in which it differed.
+    paths: HashMap<String, u64>,
+    other_paths: u64,
+    latency: Histogram,
+}
+
+impl Summary {
+    pub fn exchange(&mut self, latency_us: Option<u64>) {
+        self.exchanges += 1;
+        if let Some(l) = latency_us {
+            self.latency.record(l);
+        }
+    }
+
+    /// A pair, with its generalised differing paths (each once).
+    pub fn pair(&mut self, same: bool, paths: &[String]) {
+        if same {
+            self.same += 1;
+        } else {
+            self.different += 1;
+        }
+        for p in paths {
+            if let Some(n) = self.paths.get_mut(p) {
+                *n += 1;
+            } else if self.paths.len() < MAX_PATHS {
+                self.paths.insert(p.clone(), 1);
+            } else {
+                self.other_paths += 1;
+            }
+        }
+    }
+
+    pub fn unmatched(&mut self) {
+        self.unmatched += 1;
+    }
+
+    /// `{"type":"summary","exchanges":N,"pairs":{"same","different","unmatched"},
+    /// "top_differences":[[path,pairs],…],"latency_us":{"count","p50","p99"}}`.
+    pub fn json(&self) -> Vec<u8> {
+        let mut top: Vec<(&str, u64)> = self.paths.iter().map(|(p, &n)| (p.as_str(), n)).collect();
+        if self.other_paths > 0 {
+            top.push(("other", self.other_paths));
+        }
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        top.truncate(TOP);
+        let v = json!({
+            "type": "summary",
+            "exchanges": self.exchanges,
+            "pairs": { "same": self.same, "different": self.different, "unmatched": self.unmatched },
+            "top_differences": top,
+            "latency_us": {
+                "count": self.latency.count(),
+                "p50": self.latency.quantile(0.5),
+                "p99": self.latency.quantile(0.99),
+            },
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_pairs_paths_and_latency() {
+        let mut s = Summary::default();
+        for l in [10, 20, 30, 400] {
+            s.exchange(Some(l));
+        }
+        s.exchange(None);
+        s.pair(false, &["body:[*].imageUrl".into(), "header:etag".into()]);
+        s.pair(false, &["body:[*].imageUrl".into()]);
+        s.pair(true, &[]);
+        s.unmatched();
+        let v: serde_json::Value = serde_json::from_slice(&s.json()).unwrap();
+        assert_eq!(v["exchanges"], 5);
+        assert_eq!(v["pairs"], json!({"same": 1, "different": 2, "unmatched": 1}));
+        assert_eq!(v["top_differences"], json!([["body:[*].imageUrl", 2], ["header:etag", 1]]));
+        assert_eq!(v["latency_us"]["count"], 4);
+        assert_eq!(v["latency_us"]["p50"], 20);
+        assert_eq!(v["latency_us"]["p99"], 400);
+    }
+}
