@@ -527,12 +527,14 @@ mod tests {
                 *b = start.wrapping_add(i as u8);
             }
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: the test returned above unless the CPU has AVX2.
             assert_eq!(unsafe { avx2::classify(&block) }, classify_scalar(&block));
         }
         for _ in 0..10_000 {
             let mut block = [0u8; BLOCK];
             block.iter_mut().for_each(|b| *b = rng.next() as u8);
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: the test returned above unless the CPU has AVX2.
             assert_eq!(unsafe { avx2::classify(&block) }, classify_scalar(&block));
         }
     }
