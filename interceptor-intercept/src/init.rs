@@ -28,8 +28,12 @@ pub enum Mechanism {
 pub struct InitOptions {
     /// Interception mechanism.
     pub mode: Mechanism,
-    /// cgroup (v2) whose sockets the eBPF mechanism intercepts.
+    /// cgroup (v2) whose sockets the eBPF mechanism intercepts; `pod` for the parent of
+    /// the caller's own (`ebpf::target::POD_CGROUP`).
     pub cgroup: Option<PathBuf>,
+    /// Where `--cgroup pod` looks for the host's cgroup tree (default
+    /// `ebpf::target::HOST_CGROUP_ROOT`).
+    pub host_cgroup_root: Option<PathBuf>,
     /// eBPF mode: turn on the programs' debug logs and print them until interrupted.
     pub debug: bool,
     pub flags: IstioFlags,

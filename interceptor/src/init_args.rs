@@ -33,9 +33,17 @@ pub struct InitArgs {
     /// Interception mechanism.
     #[arg(long = "mode", value_enum, default_value = "iptables")]
     pub mode: MechanismArg,
-    /// cgroup (v2) whose sockets the eBPF mechanism intercepts.
-    #[arg(long = "cgroup", value_name = "PATH")]
+    /// cgroup (v2) whose sockets the eBPF mechanism intercepts (default: this process's
+    /// own). `pod`, for an init container: the pod's cgroup, the parent of this process's
+    /// own, found by id in the host's cgroup tree (--host-cgroup-root). `./pod` names a
+    /// folder called pod.
+    #[arg(long = "cgroup", value_name = "PATH|pod")]
     pub cgroup: Option<PathBuf>,
+    /// With --cgroup pod: where the host's /sys/fs/cgroup is mounted (default:
+    /// /host/sys/fs/cgroup, else the whole cgroup2 tree in sight when this process shares
+    /// the host's cgroup namespace).
+    #[arg(long = "host-cgroup-root", value_name = "PATH", requires = "cgroup")]
+    pub host_cgroup_root: Option<PathBuf>,
     /// eBPF mode: turn on the programs' debug logs and print them until interrupted.
     #[arg(long = "debug")]
     pub debug: bool,
@@ -363,6 +371,7 @@ impl From<&InitArgs> for InitOptions {
                 MechanismArg::Ebpf => Mechanism::Ebpf,
             },
             cgroup: a.cgroup.clone(),
+            host_cgroup_root: a.host_cgroup_root.clone(),
             debug: a.debug,
             flags: IstioFlags::from(&a.flags),
             compat: Compat::from(&a.compat),
@@ -685,5 +694,29 @@ mod tests {
         // --envoy-port has no variable in istio.
         let o = parse_env(&[], &[("ENVOY_PORT", "1")]).unwrap();
         assert_eq!(o.flags.envoy_port, "15001");
+    }
+
+    #[test]
+    fn host_cgroup_root_goes_with_cgroup() {
+        let o = parse(&[
+            "--mode",
+            "ebpf",
+            "--cgroup",
+            "pod",
+            "--host-cgroup-root",
+            "/h",
+        ])
+        .unwrap();
+        assert_eq!(o.cgroup.as_deref(), Some(std::path::Path::new("pod")));
+        assert_eq!(
+            o.host_cgroup_root.as_deref(),
+            Some(std::path::Path::new("/h"))
+        );
+        let e = parse(&["--mode", "ebpf", "--host-cgroup-root", "/h"]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "{e}"
+        );
     }
 }

@@ -268,6 +268,46 @@ impl Pod {
         self.procs.push(child);
     }
 
+    /// The pod's cgroup v2 on the host (podman's cgroupfs manager puts each container's
+    /// cgroup below it, as kubelet does with a pod's).
+    pub fn cgroup(&self) -> PathBuf {
+        let path = podman_ok(&["pod", "inspect", "--format", "{{.CgroupPath}}", &self.name]);
+        assert!(
+            path.starts_with('/'),
+            "pod {} has no cgroup path: {path:?}",
+            self.name
+        );
+        cgroup2_root().join(path.trim_start_matches('/'))
+    }
+
+    /// Starts `program ARGS` in the pod's network namespace as uid:gid from inside
+    /// `cgroup` (a container's cgroup the test made below the pod's: programs attached to
+    /// the pod's cgroup see it); killed on drop.
+    pub fn spawn_in_cgroup_as(
+        &mut self,
+        cgroup: &Path,
+        uid: u32,
+        gid: u32,
+        program: &str,
+        args: &[&str],
+    ) {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} -- setpriv --reuid={uid} \
+             --regid={gid} --clear-groups -- \"$0\" \"$@\"",
+            cgroup.display(),
+            self.netns()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in pod {}: {e}", self.name));
+        self.procs.push(child);
+    }
+
     /// Waits until something listens on TCP `port` in the pod.
     pub fn wait_listen(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -297,6 +337,19 @@ impl Drop for Pod {
         }
         let _ = podman(&["pod", "rm", "--force", "--time", "0", &self.name]);
     }
+}
+
+/// Where the host's whole cgroup2 hierarchy is mounted: /sys/fs/cgroup on a cgroup v2
+/// host, /sys/fs/cgroup/unified on a hybrid one (cgroup v1 controllers, as here).
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            (post.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| PathBuf::from(f[4]))
+        })
+        .expect("no cgroup2 hierarchy mounted: the eBPF mode needs cgroup v2")
 }
 
 /// `podman logs` of a container, stdout and stderr together.

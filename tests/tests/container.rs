@@ -368,3 +368,201 @@ fn log_as_json_writes_one_json_object_per_line() {
         );
     }
 }
+
+/// The eBPF init container's podman options, as deploy/pod-ebpf.yaml's securityContext and
+/// volumes have them: the host's bpffs and cgroup2 tree mounted, the capabilities that
+/// manifest adds, and a private cgroup namespace as containerd and CRI-O give on cgroup v2
+/// (podman's default on a cgroup v1 host is the host's namespace, where the pod's cgroup
+/// would be in sight without the mount).
+fn ebpf_opts() -> Vec<String> {
+    let cg2 = podman::cgroup2_root();
+    [
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "BPF",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--user",
+        "0:0",
+        "--read-only",
+        "--cgroupns",
+        "private",
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "-v",
+        &format!("{}:/host/sys/fs/cgroup:ro", cg2.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// What the test attached: removed on drop unless the test's own cleanup did it, from
+/// the host, by the pod cgroup's path in the pod's namespace.
+struct EbpfPins {
+    dir: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+    netns: String,
+}
+
+impl Drop for EbpfPins {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = std::process::Command::new(interceptor_tests::interceptor_bin())
+                .args(["cleanup", "--mode", "ebpf", "--cgroup"])
+                .arg(&self.cgroup)
+                .args(["--network-namespace", &self.netns])
+                .output();
+        }
+    }
+}
+
+/// A cgroup the test makes below the pod's for a process it enters (the sidecar's
+/// "container"); its processes killed and the directory removed on drop, before the pod
+/// (declare it after the `Pod`).
+struct ChildCgroup(std::path::PathBuf);
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.0.exists()
+            && std::fs::remove_dir(&self.0).is_err()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Programs attached to a cgroup, as bpftool lists them (one row per attachment).
+fn cgroup_programs(cgroup: &std::path::Path) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("running bpftool");
+    String::from_utf8_lossy(&out.stdout).lines().skip(1).count()
+}
+
+#[test]
+fn ebpf_init_container_with_cgroup_pod_intercepts_the_app_container() {
+    podman::require();
+    let image = podman::image();
+    let mut pod = Pod::new("icebpf");
+    let opts = ebpf_opts();
+    let mut create: Vec<&str> = opts.iter().map(String::as_str).collect();
+    create.push(image);
+    create.extend_from_slice(&["init", "--mode", "ebpf", "--cgroup", "pod"]);
+    create.extend_from_slice(&INJECTOR_ARGS[1..]);
+    let init = pod.add_init("init", &create);
+    let started = pod.start();
+    let init_logs = logs(&init);
+    assert!(
+        started.status.success() && exit_code(&init) == 0,
+        "podman pod start (init container {init}) failed: {}\ninit container logs:\n{init_logs}",
+        text(&started)
+    );
+
+    // The init container found the pod's cgroup, its parent, in the host's tree, and pinned
+    // what it attached there by that cgroup's id.
+    let pod_cg = pod.cgroup();
+    let rel = pod_cg
+        .strip_prefix(podman::cgroup2_root())
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(
+        init_logs.contains(&format!(
+            "ebpf: intercepting cgroup /host/sys/fs/cgroup/{rel} in netns cookie"
+        )),
+        "{init_logs}"
+    );
+    let dir = init_logs
+        .lines()
+        .find_map(|l| l.split("pinned at ").nth(1))
+        .map(|d| std::path::PathBuf::from(d.trim()))
+        .unwrap_or_else(|| panic!("no pin directory in the init container's logs:\n{init_logs}"));
+    let _pins = EbpfPins {
+        dir: dir.clone(),
+        cgroup: pod_cg.clone(),
+        netns: pod.netns(),
+    };
+    use std::os::unix::fs::MetadataExt;
+    let pod_id = std::fs::metadata(&pod_cg).unwrap().ino();
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("{pod_id}-")),
+        "{} is not keyed by the pod cgroup's id {pod_id}",
+        dir.display()
+    );
+    assert!(dir.exists(), "{} is not on the host's bpffs", dir.display());
+    assert_eq!(
+        cgroup_programs(&pod_cg),
+        6,
+        "programs on {}",
+        pod_cg.display()
+    );
+
+    // The sidecar (HAProxy, uid 1337) in a container cgroup of the pod, and an app
+    // container (busybox, uid 1000): its outbound connect lands on 15001 and the sidecar
+    // reads the original destination (SO_ORIGINAL_DST, answered by cgroup/getsockopt).
+    let cfg = TempFile::new(SIDECAR_CFG);
+    let sidecar = ChildCgroup(pod_cg.join("sidecar"));
+    std::fs::create_dir(&sidecar.0).unwrap();
+    pod.spawn_in_cgroup_as(
+        &sidecar.0,
+        1337,
+        1337,
+        "haproxy",
+        &["-db", "-f", cfg.0.to_str().unwrap()],
+    );
+    pod.wait_listen(15001);
+    let rootfs = Rootfs::busybox(&["sh", "nc", "printf"]);
+    let request = r"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 10.99.0.1 8080";
+    let app = |name: &str| {
+        pod.run(
+            name,
+            &[
+                "--user",
+                "1000:1000",
+                "--rootfs",
+                rootfs.path(),
+                "sh",
+                "-c",
+                request,
+            ],
+        )
+    };
+    let out = app("app");
+    let answer = text(&out);
+    assert!(
+        out.status.success() && answer.contains("sidecar-15001 10.99.0.1:8080"),
+        "the app's outbound request did not reach the sidecar on 15001 with its original \
+         destination: {answer}"
+    );
+
+    // cleanup from another container of the pod resolves the same cgroup and pins.
+    let mut a: Vec<&str> = opts.iter().map(String::as_str).collect();
+    a.extend_from_slice(&[image, "cleanup", "--mode", "ebpf", "--cgroup", "pod"]);
+    let out = pod.run("cleanup", &a);
+    assert!(
+        out.status.success()
+            && text(&out).contains(&format!("detached and unpinned {}", dir.display())),
+        "cleanup --cgroup pod: {}",
+        text(&out)
+    );
+    assert!(!dir.exists(), "{} still pinned", dir.display());
+    assert_eq!(cgroup_programs(&pod_cg), 0);
+    let out = app("app2");
+    assert!(
+        !text(&out).contains("sidecar-15001"),
+        "redirected after cleanup: {}",
+        text(&out)
+    );
+}

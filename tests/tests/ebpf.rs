@@ -824,3 +824,293 @@ print(d.decode())\""
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Cgroups below a pod's, one per container as kubelet's and podman's runtimes make them;
+/// killed and removed on drop, before the pod's own (declare after the `Pod`).
+struct Containers(Vec<PathBuf>);
+
+impl Containers {
+    fn new(pod: &Pod, names: &[&str]) -> Containers {
+        Containers(
+            names
+                .iter()
+                .map(|n| {
+                    let dir = pod.cgroup.join(n);
+                    std::fs::create_dir(&dir).unwrap();
+                    dir
+                })
+                .collect(),
+        )
+    }
+
+    fn path(&self, i: usize) -> String {
+        self.0[i].display().to_string()
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while dir.exists()
+                && std::fs::remove_dir(dir).is_err()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Runs `script` (sh) in the pod's network namespace from the cgroup `cgroup` (as root).
+fn in_cgroup(pod: &Pod, cgroup: &str, script: &str) -> std::process::Output {
+    pod.ns
+        .sh_output(&format!("echo $$ > {cgroup}/cgroup.procs && {script}"))
+        .unwrap()
+}
+
+fn ok_stdout(what: &str, out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed_stderr(what: &str, out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{what} succeeded: {}{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+fn inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn cgroup_pod_attaches_to_the_parent_of_the_callers_cgroup_and_covers_its_siblings() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let ctrs = Containers::new(&pod, &["init", "app"]);
+    let (init_cg, app_cg) = (ctrs.path(0), ctrs.path(1));
+    let bin = interceptor_bin().display().to_string();
+    let init = format!("exec {bin} init --mode ebpf --cgroup pod");
+
+    // Refusals first, each naming the cgroup id and the tree; nothing is attached by them.
+    let id = inode(&init_cg);
+    let err = failed_stderr(
+        "a tree without the caller",
+        &in_cgroup(
+            &pod,
+            &init_cg,
+            &format!("{init} --host-cgroup-root {app_cg}"),
+        ),
+    );
+    assert!(
+        err.contains(&format!(
+            "--cgroup pod: this container's cgroup (id {id}) is not under {app_cg}: mount the \
+             host's /sys/fs/cgroup there (hostPath)"
+        )),
+        "{err}"
+    );
+    let err = failed_stderr(
+        "a tree that is the caller's own cgroup",
+        &in_cgroup(
+            &pod,
+            &init_cg,
+            &format!("{init} --host-cgroup-root {init_cg}"),
+        ),
+    );
+    assert!(
+        err.contains(&format!("(id {id}) is the top of {init_cg}")),
+        "{err}"
+    );
+    // A process in a top-level cgroup: its parent is the root, no pod's.
+    let cg = pod.cgroup.display().to_string();
+    let err = failed_stderr("a top-level cgroup", &in_cgroup(&pod, &cg, &init));
+    assert!(
+        err.contains(&format!("this process's cgroup {cg} is a top-level cgroup")),
+        "{err}"
+    );
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert!(host_pins_of(&pod).is_empty());
+
+    // The init container: attaches to the pod's cgroup (its parent), pinned by that id.
+    let out = ok_stdout("init --cgroup pod", &in_cgroup(&pod, &init_cg, &init));
+    assert!(
+        out.contains(&format!("intercepting cgroup {cg} in netns cookie")),
+        "{out}"
+    );
+    let dir = pin_dir(&out);
+    assert_eq!(
+        dir.file_name().unwrap().to_string_lossy(),
+        format!("{}-{}", cgroup_id(&pod), netns_cookie(Some(&pod.ns)))
+    );
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+    assert!(
+        cgroup_programs(&ctrs.0[0]).is_empty(),
+        "attached to the init container's cgroup"
+    );
+    // The init container ends and its cgroup goes; the interception stays.
+    std::fs::remove_dir(&ctrs.0[0]).unwrap();
+
+    // The sidecar (uid 1337 on 15001) and an app in a sibling cgroup (uid 1000): its
+    // connect lands on the sidecar, which reaches the original destination.
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    let curl = format!(
+        "exec setpriv --reuid={APP_UID} --regid={APP_UID} --clear-groups -- \
+         curl -sS -m 5 -D - http://{SERVER_IP}:8080/who"
+    );
+    let got = ok_stdout("the app's request", &in_cgroup(&pod, &app_cg, &curl));
+    assert!(
+        got.to_ascii_lowercase().contains("x-sidecar: outbound") && got.ends_with("upstream\n"),
+        "{got}"
+    );
+    // The same request from outside the pod's cgroup (the root cgroup) is left alone.
+    let got = ok_stdout(
+        "a request outside the pod",
+        &in_cgroup(&pod, "/sys/fs/cgroup/unified", &curl),
+    );
+    assert!(
+        !got.to_ascii_lowercase().contains("x-sidecar") && got.ends_with("upstream\n"),
+        "{got}"
+    );
+
+    // cleanup from another container of the pod finds the same pins.
+    let out = ok_stdout(
+        "cleanup --cgroup pod",
+        &in_cgroup(
+            &pod,
+            &app_cg,
+            &format!("exec {bin} cleanup --mode ebpf --cgroup pod"),
+        ),
+    );
+    assert!(
+        out.contains(&format!("detached and unpinned {}", dir.display())),
+        "{out}"
+    );
+    assert!(!dir.exists());
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert_eq!(sk_lookup_links(&pod), 0);
+}
+
+#[test]
+fn cgroup_pod_in_a_private_cgroup_namespace_finds_the_pod_in_the_host_tree() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let ctrs = Containers::new(&pod, &["init", "app"]);
+    let (init_cg, app_cg) = (ctrs.path(0), ctrs.path(1));
+    let id = inode(&init_cg);
+    let bin = interceptor_bin().display().to_string();
+    // Where the host's tree is mounted in the "container" (a mount point on the host's /tmp,
+    // bound only inside the container's private mount namespace).
+    let host = std::env::temp_dir().join(interceptor_tests::unique("ichostcg"));
+    std::fs::create_dir(&host).unwrap();
+    let host_s = host.display().to_string();
+    struct RmDir(PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _host_dir = RmDir(host.clone());
+    // A container as containerd makes one on cgroup v2: a private cgroup namespace rooted
+    // at its cgroup, that namespace's cgroup2 at /sys/fs/cgroup (so /proc/self/cgroup says
+    // `0::/`), in a mount namespace of its own.
+    let container = |setup: &str, command: &str| {
+        in_cgroup(
+            &pod,
+            &init_cg,
+            &format!(
+                "exec unshare --cgroup --mount --propagation private sh -c '{setup} \
+                 grep -qx 0::/ /proc/self/cgroup && exec {bin} {command}'"
+            ),
+        )
+    };
+    let k8s = format!(
+        "mount --bind /sys/fs/cgroup/unified {host_s} && mount -t cgroup2 cgroup2 /sys/fs/cgroup &&"
+    );
+
+    // Without the host's tree the pod's cgroup cannot be seen: refused, naming the mount.
+    let err = failed_stderr(
+        "init without the host's tree",
+        &container(
+            "mount -t cgroup2 cgroup2 /sys/fs/cgroup &&",
+            "init --mode ebpf --cgroup pod",
+        ),
+    );
+    assert!(
+        err.contains(&format!(
+            "--cgroup pod: this container's cgroup (id {id}) is the root of its own cgroup \
+             namespace, so the pod's cgroup above it is not visible here, and \
+             /host/sys/fs/cgroup is not a cgroup2 mount: mount the host's /sys/fs/cgroup there \
+             (hostPath)"
+        )),
+        "{err}"
+    );
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+    assert!(host_pins_of(&pod).is_empty());
+
+    // With it: the pod's cgroup is found by the container's id, attached and validated (the
+    // probe runs in the container's cgroup, below the pod's).
+    let pod_in_host = format!(
+        "{host_s}/{}",
+        pod.cgroup.file_name().unwrap().to_string_lossy()
+    );
+    let out = ok_stdout(
+        "init --cgroup pod with the host's tree",
+        &container(
+            &k8s,
+            &format!("init --mode ebpf --cgroup pod --host-cgroup-root {host_s} --run-validation"),
+        ),
+    );
+    assert!(
+        out.contains(&format!(
+            "intercepting cgroup {pod_in_host} in netns cookie"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("validation passed"), "{out}");
+    let dir = pin_dir(&out);
+    assert_eq!(
+        host_pins_of(&pod),
+        vec![dir.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+
+    // No cgroup2 mounted in the container at all (a host with cgroup v1 controllers, as
+    // podman's containers here): the container's id comes from its sockets; same pins.
+    let out = ok_stdout(
+        "init --cgroup pod with no cgroup2 in the container",
+        &container(
+            &format!("mount --bind /sys/fs/cgroup/unified {host_s} && umount -l /sys/fs/cgroup/unified &&"),
+            &format!("init --mode ebpf --cgroup pod --host-cgroup-root {host_s}"),
+        ),
+    );
+    assert_eq!(pin_dir(&out), dir, "{out}");
+    assert!(out.contains("connect4 updated in place"), "{out}");
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+
+    // cleanup from the app's container (host cgroup namespace here) finds the same pins.
+    let out = ok_stdout(
+        "cleanup --cgroup pod",
+        &in_cgroup(
+            &pod,
+            &app_cg,
+            &format!("exec {bin} cleanup --mode ebpf --cgroup pod"),
+        ),
+    );
+    assert!(out.contains("detached and unpinned"), "{out}");
+    assert!(host_pins_of(&pod).is_empty());
+    assert!(cgroup_programs(&pod.cgroup).is_empty());
+}

@@ -10,7 +10,6 @@ macro_rules! say {
     }};
 }
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
@@ -27,19 +26,21 @@ use crate::init::{InitError, InitOptions};
 pub fn init(opts: &InitOptions, stop: &AtomicBool) -> Result<(), InitError> {
     flags::check(&opts.flags, &opts.compat, opts.debug).map_err(|e| InitError::Ebpf(e.into()))?;
     if opts.compat.cleanup_only {
-        return remove(opts.cgroup.as_deref()).map_err(InitError::Ebpf);
+        return remove(opts).map_err(InitError::Ebpf);
     }
     let cfg = crate::init::config(&opts.flags)?;
     let settings = Settings::from_config(&cfg).map_err(InitError::Ebpf)?;
     if opts.compat.skip_rule_apply {
         say!("ebpf: --skip-rule-apply: nothing attached or changed");
         if cfg.run_validation {
-            let target = Target::resolve(opts.cgroup.as_deref()).map_err(InitError::Ebpf)?;
+            let target = Target::resolve(opts.cgroup.as_deref(), opts.host_cgroup_root.as_deref())
+                .map_err(InitError::Ebpf)?;
             run_validation(&target, &settings, &cfg)?;
         }
         return Ok(());
     }
-    let target = Target::resolve(opts.cgroup.as_deref()).map_err(InitError::Ebpf)?;
+    let target = Target::resolve(opts.cgroup.as_deref(), opts.host_cgroup_root.as_deref())
+        .map_err(InitError::Ebpf)?;
     let mut loaded = load::init(&target, &settings, opts.debug).map_err(InitError::Ebpf)?;
     say!(
         "ebpf: intercepting cgroup {} in netns cookie {}, pinned at {}",
@@ -90,11 +91,11 @@ pub fn cleanup(opts: &InitOptions) -> Result<(), InitError> {
             .into(),
         ));
     }
-    remove(opts.cgroup.as_deref()).map_err(InitError::Ebpf)
+    remove(opts).map_err(InitError::Ebpf)
 }
 
-fn remove(cgroup: Option<&Path>) -> Result<()> {
-    let target = Target::resolve(cgroup)?;
+fn remove(opts: &InitOptions) -> Result<()> {
+    let target = Target::resolve(opts.cgroup.as_deref(), opts.host_cgroup_root.as_deref())?;
     match cleanup::cleanup(&target)? {
         Some(dir) => say!("ebpf: detached and unpinned {}", dir.display()),
         None => say!(

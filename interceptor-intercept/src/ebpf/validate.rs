@@ -64,7 +64,12 @@ pub fn run(
     probe_port: u16,
     timeout: Duration,
 ) -> Result<(), ValidationError> {
-    let own = own_cgroup().map_err(|e| ValidationError::Setup(format!("{e:#}")))?;
+    // `--cgroup pod` found this process's cgroup in the same tree as the target's; its
+    // own view (a private cgroup namespace's "/") would not lie under it.
+    let own = match &target.caller {
+        Some(caller) => caller.clone(),
+        None => own_cgroup().map_err(|e| ValidationError::Setup(format!("{e:#}")))?,
+    };
     if !within(&own, &target.cgroup) {
         return Err(ValidationError::OutsideCgroup {
             own,
