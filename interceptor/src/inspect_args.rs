@@ -208,7 +208,8 @@ impl Serving {
         quiet: bool,
     ) -> Result<()> {
         self.server.state().ready().store(true, Ordering::Relaxed);
-        let result = pipeline::run_with(opts, sink, stop, Some(&self.health));
+        let result = pipeline::run_with(opts, sink, stop, Some(&self.health))
+            .map_err(crate::sniff_args::flagged);
         if result.is_ok() && !stop.load(Ordering::Relaxed) {
             if !quiet {
                 eprintln!(

@@ -333,8 +333,24 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
     let sink = sink(args, opts.is_live(), decor)?;
     match serving {
         Some(s) => s.run(&opts, sink, stop, args.quiet),
-        None => pipeline::run(&opts, sink, stop),
+        None => pipeline::run(&opts, sink, stop).map_err(flagged),
     }
+}
+
+/// A pipeline error with the flag or argument that gave the value it names.
+pub(crate) fn flagged(e: pipeline::Error) -> anyhow::Error {
+    use interceptor_sniff::capture::Subject;
+    let flag = match &e {
+        pipeline::Error::Source(c) => match c.subject() {
+            Subject::File => "-I ",
+            Subject::Filter => "FILTER ",
+            Subject::Device => "-d ",
+            Subject::Savefile => "-O ",
+            Subject::Other => "",
+        },
+        pipeline::Error::InterfaceGone(_) | pipeline::Error::Output(_) => "",
+    };
+    anyhow!("{flag}{e}")
 }
 
 /// Where the findings go: stdout, or stderr when `-O -` gives stdout to the pcap.

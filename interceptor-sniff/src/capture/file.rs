@@ -18,18 +18,18 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Why a capture file cannot be opened (`-I`).
+/// Why a capture file cannot be opened; the caller names the flag that gave the path.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     // The cause is in the message (and so not a `source`: `{:#}` would say it twice).
-    #[error("-I {path}: {err}")]
+    #[error("{path}: {err}")]
     Open { path: String, err: io::Error },
     /// tcpdump's words for it; mmap's own ("No such device") says nothing useful.
-    #[error("-I {0}: is a directory")]
+    #[error("{0}: is a directory")]
     Directory(String),
-    #[error("-I {0}: empty file")]
+    #[error("{0}: empty file")]
     Empty(String),
-    #[error("-I {path}: mmap: {err}")]
+    #[error("{path}: mmap: {err}")]
     Map { path: String, err: io::Error },
 }
 

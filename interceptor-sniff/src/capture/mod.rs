@@ -18,10 +18,65 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvError, RecvTimeoutError, SyncS
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
 use pcap::{Active, Capture};
 
 use crate::wire::packet::LinkType;
+
+/// Why a packet source cannot be opened or read on. Each names the value it is about;
+/// [`Error::subject`] says which input that was, so the command line can name its flag.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The capture file cannot be opened.
+    #[error(transparent)]
+    Open(#[from] file::OpenError),
+    /// The capture file's start cannot be read (not a capture, an unsupported link type).
+    #[error("{path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    /// The capture file is damaged part way; what came before was read.
+    #[error("{0}")]
+    Damaged(String),
+    /// The packet filter does not compile.
+    #[error("{filter:?}: {reason}")]
+    Filter { filter: String, reason: String },
+    /// The interface cannot be captured on.
+    #[error("{device}: {reason}")]
+    Device { device: String, reason: String },
+    /// The pcap to write packets to cannot be written.
+    #[error("{path}: {reason}")]
+    Savefile { path: String, reason: String },
+    /// Reading packets failed for another reason.
+    #[error("{0}")]
+    Read(String),
+}
+
+/// The input an [`Error`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// The capture file.
+    File,
+    /// The packet filter.
+    Filter,
+    /// The interface.
+    Device,
+    /// The pcap written.
+    Savefile,
+    /// None in particular (the message says what failed).
+    Other,
+}
+
+impl Error {
+    pub fn subject(&self) -> Subject {
+        match self {
+            Error::Open(_) | Error::Unreadable { .. } => Subject::File,
+            Error::Filter { .. } => Subject::Filter,
+            Error::Device { .. } => Subject::Device,
+            Error::Savefile { .. } => Subject::Savefile,
+            Error::Damaged(_) | Error::Read(_) => Subject::Other,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
 
 /// Live capture settings.
 #[derive(Clone, Debug)]
@@ -63,7 +118,7 @@ struct FileSource {
 /// empty from a map), or why the file cannot be read on.
 enum Ahead {
     Kept(Vec<Kept>, Vec<u8>),
-    Failed(String),
+    Failed(Error),
 }
 
 /// A packet that passed the filter: where it lies in the map (or its batch's bytes), and
@@ -102,12 +157,12 @@ fn read_ahead(
         let p = match reader.next(bytes) {
             Ok(Some(p)) => p,
             Ok(None) => break None,
-            Err(e) => break Some(format!("{e:#}")),
+            Err(e) => break Some(Error::Damaged(e.to_string())),
         };
         let keep = match program(&mut programs, &filter, p.linktype) {
             Ok(Some(prog)) => prog.filter(p.data),
             Ok(None) => true,
-            Err(e) => break Some(format!("{e:#}")),
+            Err(e) => break Some(e),
         };
         if keep {
             // Touch every cache line of the packet: measured faster, the parser then waits
@@ -157,12 +212,12 @@ fn read_ahead_stream<R: Read>(mut stream: file::Stream<R>, filter: String, to: S
         let p = match stream.next_packet() {
             Ok(Some(p)) => p,
             Ok(None) => break None,
-            Err(e) => break Some(format!("{e:#}")),
+            Err(e) => break Some(Error::Damaged(e.to_string())),
         };
         let keep = match program(&mut programs, &filter, p.linktype) {
             Ok(Some(prog)) => prog.filter(p.data),
             Ok(None) => true,
-            Err(e) => break Some(format!("{e:#}")),
+            Err(e) => break Some(e),
         };
         if keep {
             batch.push(Kept {
@@ -208,11 +263,12 @@ fn program<'p>(
             let prog = if filter.is_empty() {
                 None
             } else {
-                let dead = Capture::dead(pcap::Linktype(linktype)).map_err(|e| anyhow!("{e}"))?;
-                Some(
-                    dead.compile(filter, true)
-                        .map_err(|e| anyhow!("FILTER {filter:?}: {e}"))?,
-                )
+                let bad = |e: pcap::Error| Error::Filter {
+                    filter: filter.to_string(),
+                    reason: e.to_string(),
+                };
+                let dead = Capture::dead(pcap::Linktype(linktype)).map_err(bad)?;
+                Some(dead.compile(filter, true).map_err(bad)?)
             };
             programs.push((linktype, prog));
             programs.len() - 1
@@ -264,9 +320,10 @@ pub struct KernelCounters {
     pub if_dropped: u64,
 }
 
-fn link_of(dl: pcap::Linktype) -> Result<LinkType> {
+/// The decoder's link type, or why there is none.
+fn link_of(dl: pcap::Linktype) -> std::result::Result<LinkType, String> {
     LinkType::from_pcap(dl.0).ok_or_else(|| {
-        anyhow!(
+        format!(
             "unsupported data link type {} ({}): sniff decodes Ethernet, Linux cooked and raw IP",
             dl.0,
             dl.get_name().unwrap_or_default()
@@ -312,9 +369,13 @@ impl Source {
         }
         let map = file::Mapped::map(&f, meta.len(), &name)?;
         drop(f);
-        let reader = file::Reader::new(map.bytes()).with_context(|| format!("-I {name}"))?;
+        let unreadable = |reason: String| Error::Unreadable {
+            path: name.clone(),
+            reason,
+        };
+        let reader = file::Reader::new(map.bytes()).map_err(|e| unreadable(e.to_string()))?;
         let first = reader.first_linktype(map.bytes()).unwrap_or(1);
-        let link = link_of(pcap::Linktype(first)).with_context(|| format!("-I {name}"))?;
+        let link = link_of(pcap::Linktype(first)).map_err(unreadable)?;
         // Compiled now so a bad FILTER is reported before anything is read; the
         // read-ahead thread compiles its own (a program cannot be sent to it).
         program(&mut Vec::new(), filter, first)?;
@@ -324,7 +385,7 @@ impl Source {
         let thread = std::thread::Builder::new()
             .name("sniff-read".into())
             .spawn(move || read_ahead(m, reader, f, to))
-            .context("starting the read-ahead thread")?;
+            .map_err(|e| Error::Read(format!("starting the read-ahead thread: {e}")))?;
         let fs = FileSource {
             map: Some(map),
             owned: Vec::new(),
@@ -347,19 +408,23 @@ impl Source {
         name: &str,
         filter: &str,
     ) -> Result<Source> {
-        let mut stream = file::Stream::open(src).with_context(|| format!("-I {name}"))?;
+        let unreadable = |reason: String| Error::Unreadable {
+            path: name.to_string(),
+            reason,
+        };
+        let mut stream = file::Stream::open(src).map_err(|e| unreadable(e.to_string()))?;
         let first = stream
             .first_linktype()
-            .with_context(|| format!("-I {name}"))?
+            .map_err(|e| unreadable(e.to_string()))?
             .unwrap_or(1);
-        let link = link_of(pcap::Linktype(first)).with_context(|| format!("-I {name}"))?;
+        let link = link_of(pcap::Linktype(first)).map_err(unreadable)?;
         program(&mut Vec::new(), filter, first)?;
         let (to, ahead) = sync_channel(AHEAD_BATCHES);
         let f = filter.to_string();
         let thread = std::thread::Builder::new()
             .name("sniff-read".into())
             .spawn(move || read_ahead_stream(stream, f, to))
-            .context("starting the read-ahead thread")?;
+            .map_err(|e| Error::Read(format!("starting the read-ahead thread: {e}")))?;
         let fs = FileSource {
             map: None,
             owned: Vec::new(),
@@ -376,11 +441,15 @@ impl Source {
     }
 
     pub fn open_live(cfg: &LiveConfig, filter: &str) -> Result<Source> {
+        let device = |reason: String| Error::Device {
+            device: cfg.device.clone(),
+            reason,
+        };
         if cfg.device != "any" && !interface_exists(&cfg.device) {
-            return Err(anyhow!("-d {}: no such interface", cfg.device));
+            return Err(device("no such interface".into()));
         }
         let cap = Capture::from_device(cfg.device.as_str())
-            .map_err(|e| anyhow!("-d {}: {e}", cfg.device))?
+            .map_err(|e| device(e.to_string()))?
             .snaplen(cfg.snaplen)
             .promisc(cfg.promisc)
             .buffer_size(cfg.buffer)
@@ -388,9 +457,9 @@ impl Source {
         let mut cap = cap.open().map_err(|e| {
             let msg = e.to_string();
             if msg.contains("ermission") || msg.contains("not permitted") {
-                anyhow!("-d {}: {msg} (live capture needs CAP_NET_RAW)", cfg.device)
+                device(format!("{msg} (live capture needs CAP_NET_RAW)"))
             } else {
-                anyhow!("-d {}: {msg}", cfg.device)
+                device(msg)
             }
         })?;
         // On `any`, prefer the v2 cooked header: it names the interface of each packet.
@@ -403,13 +472,13 @@ impl Source {
             let _ = cap.set_datalink(pcap::Linktype(276));
         }
         if !filter.is_empty() {
-            cap.filter(filter, true)
-                .map_err(|e| anyhow!("FILTER {filter:?}: {e}"))?;
+            cap.filter(filter, true).map_err(|e| Error::Filter {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
         }
-        let link = link_of(cap.get_datalink()).with_context(|| format!("-d {}", cfg.device))?;
-        let cap = cap
-            .setnonblock()
-            .map_err(|e| anyhow!("-d {}: {e}", cfg.device))?;
+        let link = link_of(cap.get_datalink()).map_err(device)?;
+        let cap = cap.setnonblock().map_err(|e| device(e.to_string()))?;
         Ok(Source {
             handle: Handle::Live(cap, cfg.poll),
             link,
@@ -475,7 +544,7 @@ impl Source {
                         if gone || msg.contains("disappeared") || msg.contains("went down") {
                             return Ok(Next::Gone(format!("interface {dev} is gone ({msg})")));
                         }
-                        return Err(anyhow!("reading packets: {msg}"));
+                        return Err(Error::Read(format!("reading packets: {msg}")));
                     }
                     if gone {
                         return Ok(Next::Gone(format!("interface {dev} is gone")));
@@ -513,10 +582,10 @@ impl Source {
                     fs.batch = b.into_iter();
                     fs.owned = bytes;
                 }
-                Ok(Ahead::Failed(why)) => return Err(anyhow!(why)),
+                Ok(Ahead::Failed(why)) => return Err(why),
                 // The thread is done: the end of the file, unless it failed.
                 Err(_) => match fs.thread.take().map(|t| t.join()) {
-                    Some(Err(_)) => return Err(anyhow!("the read-ahead thread failed")),
+                    Some(Err(_)) => return Err(Error::Read("the read-ahead thread failed".into())),
                     _ => return Ok(Next::End),
                 },
             }
@@ -527,7 +596,7 @@ impl Source {
         };
         let data = bytes
             .get(p.at..p.at + p.caplen)
-            .context("read-ahead: packet outside the capture file")?;
+            .ok_or_else(|| Error::Read("read-ahead: packet outside the capture file".into()))?;
         Ok(Next::Frame(Frame {
             ts: p.ts,
             data,
@@ -550,15 +619,17 @@ impl Source {
 
     /// A pcap writer with this source's link type (`-O`).
     pub fn savefile(&self, path: &Path) -> Result<pcap::Savefile> {
+        let bad = |e: pcap::Error| Error::Savefile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
         match &self.handle {
             Handle::Live(c, _) => c.savefile(path),
-            Handle::File(_) => {
-                let dead = Capture::dead(pcap::Linktype(self.link.to_pcap()))
-                    .map_err(|e| anyhow!("-O: {e}"))?;
-                dead.savefile(path)
-            }
+            Handle::File(_) => Capture::dead(pcap::Linktype(self.link.to_pcap()))
+                .map_err(bad)?
+                .savefile(path),
         }
-        .map_err(|e| anyhow!("-O {}: {e}", path.display()))
+        .map_err(bad)
     }
 }
 
@@ -688,14 +759,16 @@ mod tests {
     #[test]
     fn a_directory_or_a_missing_file_is_named() {
         let dir = std::env::temp_dir();
-        let err = format!("{:#}", Source::open_file(&dir, "").err().unwrap());
-        assert_eq!(err, format!("-I {}: is a directory", dir.display()));
+        let err = Source::open_file(&dir, "").err().unwrap();
+        assert_eq!(err.subject(), Subject::File);
+        assert_eq!(err.to_string(), format!("{}: is a directory", dir.display()));
         let missing = dir.join("interceptor-no-such-capture.pcap");
-        let err = format!("{:#}", Source::open_file(&missing, "").err().unwrap());
+        let err = Source::open_file(&missing, "").err().unwrap();
+        assert_eq!(err.subject(), Subject::File);
         assert_eq!(
-            err,
+            err.to_string(),
             format!(
-                "-I {}: No such file or directory (os error 2)",
+                "{}: No such file or directory (os error 2)",
                 missing.display()
             )
         );

@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Result};
 
 use crate::wire::packet::{self, Skip};
-use crate::capture::{LiveConfig, Next, Source};
+use crate::capture::{self, LiveConfig, Next, Source};
 use crate::http::stream::Limits;
 use crate::reassembly::{self, Table};
 use crate::sink::{KernelStats, Sink, Summary};
@@ -63,14 +62,24 @@ impl Options {
     }
 }
 
-/// How a run can end early after reporting what it found (the summary is written first).
+/// Why a run failed. A damaged file and a vanished interface end it after what was found
+/// before has been reported (the summary is written first).
 #[derive(Debug, thiserror::Error)]
-pub enum Stopped {
+pub enum Error {
+    /// The packet source cannot be opened, or failed part way (see [`capture::Error`]'s
+    /// subject for which input it is about).
+    #[error(transparent)]
+    Source(#[from] capture::Error),
     /// The interface went away (the pod was deleted): tcpdump exits non-zero then, and so
     /// does `sniff`, so a script sees the capture did not end as asked.
     #[error("{0}; the capture ended early")]
     InterfaceGone(String),
+    /// Writing the output failed (a reader that went away, `| head`, is not a failure).
+    #[error("writing output: {0}")]
+    Output(io::Error),
 }
+
+type Result<T> = std::result::Result<T, Error>;
 
 /// Runs the sniffer until the file ends, `count` is reached, `stop` is set (a signal), or
 /// the interface goes, handing what it finds to `sink`.
@@ -269,7 +278,16 @@ pub fn run_with(
         table.finish(&mut ctx, last_ts);
     }
     if let Some(sf) = savefile.as_mut() {
-        sf.flush().map_err(|e| anyhow!("-O: {e}"))?;
+        sf.flush().map_err(|e| {
+            capture::Error::Savefile {
+                path: opts
+                    .savefile
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason: e.to_string(),
+            }
+        })?;
     }
     sum.tcp = table.stats.clone();
     sum.http = ctx.counts.clone();
@@ -285,7 +303,7 @@ pub fn run_with(
     if let Err(e) = ctx.out.finish(&sum) {
         // A reader that went away (`| head`) is a normal end, not a failure.
         if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(anyhow!("writing output: {e}"));
+            return Err(Error::Output(e));
         }
     }
     if !opts.quiet {
@@ -293,8 +311,8 @@ pub fn run_with(
     }
     // Both end the run with an error, after the summary, as tcpdump does.
     match (damaged, gone) {
-        (Some(e), _) => Err(e),
-        (None, Some(why)) => Err(Stopped::InterfaceGone(why).into()),
+        (Some(e), _) => Err(e.into()),
+        (None, Some(why)) => Err(Error::InterfaceGone(why)),
         (None, None) => Ok(()),
     }
 }
