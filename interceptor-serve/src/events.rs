@@ -28,6 +28,21 @@ pub trait LazyEvent: Send + Sync + 'static {
     /// Gives the event back by value once the ring evicts it (so the owner can reuse its
     /// buffers).
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    /// Asks the CPU for the memory its owner will touch when it gets the event back: the
+    /// ring calls this a few pushes before evicting it, as it was written thousands of
+    /// events ago and is long out of the cache.
+    fn prefetch(&self) {}
+}
+
+/// Asks the CPU to fetch the cache line at `p` (a hint: it never faults).
+pub fn prefetch<T: ?Sized>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 enum Payload {
@@ -41,6 +56,9 @@ pub struct Event {
     seq: u64,
     kind: &'static str,
     payload: Payload,
+    /// Bytes held, taken when pushed: reading a lazy event's size again at eviction would
+    /// touch memory long out of the cache.
+    size: usize,
 }
 
 impl Event {
@@ -92,9 +110,9 @@ impl Event {
         out.extend_from_slice(b"\n\n");
     }
 
-    fn size(&self) -> usize {
+    fn measure(payload: &Payload) -> usize {
         std::mem::size_of::<Event>()
-            + match &self.payload {
+            + match payload {
                 Payload::Json(b) => b.len(),
                 Payload::Lazy(l) => l.size(),
             }
@@ -147,6 +165,9 @@ struct Inner {
     bytes: usize,
     evicted: u64,
     closed: bool,
+    /// Connections waiting for events: a push wakes them only when there are some (a
+    /// wake is a system call, and most pushes find every reader busy or none at all).
+    waiting: usize,
     /// The latest summary frame, replaced rather than queued: only the newest matters.
     summary: Option<Arc<[u8]>>,
     summary_version: u64,
@@ -189,6 +210,7 @@ impl Ring {
                 bytes: 0,
                 evicted: 0,
                 closed: false,
+                waiting: 0,
                 summary: None,
                 summary_version: 0,
             }),
@@ -226,22 +248,42 @@ impl Ring {
     }
 
     fn push(&self, kind: &'static str, payload: Payload, evicted: &mut Vec<Arc<Event>>) -> u64 {
+        let size = Event::measure(&payload);
         let mut g = self.lock();
         let seq = g.next_seq;
-        let ev = Event { seq, kind, payload };
-        g.bytes += ev.size();
+        let ev = Event {
+            seq,
+            kind,
+            payload,
+            size,
+        };
+        g.bytes += size;
         g.events.push_back(Arc::new(ev));
         g.next_seq += 1;
         while g.events.len() > 1
             && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
         {
             let Some(old) = g.events.pop_front() else { break };
-            g.bytes = g.bytes.saturating_sub(old.size());
+            g.bytes = g.bytes.saturating_sub(old.size);
             g.evicted += 1;
             evicted.push(old);
         }
+        // The events evicted next, fetched in stages (each stage reads a pointer the
+        // previous one fetched): the event, its lazy payload, what the payload points to.
+        if let Some(e) = g.events.get(12) {
+            prefetch(Arc::as_ptr(e));
+        }
+        if let Some(Payload::Lazy(l)) = g.events.get(6).map(|e| &e.payload) {
+            prefetch(&**l as *const dyn LazyEvent);
+        }
+        if let Some(Payload::Lazy(l)) = g.events.get(2).map(|e| &e.payload) {
+            l.prefetch();
+        }
+        let wake = g.waiting > 0;
         drop(g);
-        self.wake.notify_all();
+        if wake {
+            self.wake.notify_all();
+        }
         seq
     }
 
@@ -329,10 +371,12 @@ impl Ring {
             if left.is_zero() {
                 return batch;
             }
+            g.waiting += 1;
             g = match self.wake.wait_timeout(g, left) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
+            g.waiting -= 1;
         }
     }
 }

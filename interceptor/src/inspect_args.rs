@@ -217,8 +217,9 @@ impl Serving {
                     self.server.local_addr()
                 );
             }
+            // Polled often enough that an interrupt ends the process at once.
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         self.server.shutdown();

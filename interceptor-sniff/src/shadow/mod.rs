@@ -82,12 +82,20 @@ impl Settings {
     }
 }
 
+/// Sees every pair and unmatched exchange as it is reported (the live view and the
+/// metrics of `sniff --serve`, beside the report on stdout).
+pub trait Observer: Send {
+    fn pair(&mut self, pair: &pair::Pair, cmp: &diff::Comparison);
+    fn unmatched(&mut self, u: &pair::Unmatched);
+}
+
 /// A running shadow comparison: feed it exchanges as the sniffer finishes them.
 pub struct Shadow<W: Write> {
     matcher: pair::Matcher,
     opts: diff::Options,
     reporter: report::Reporter<W>,
     events: Vec<pair::Event>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 impl<W: Write> Shadow<W> {
@@ -97,7 +105,14 @@ impl<W: Write> Shadow<W> {
             opts,
             reporter,
             events: Vec::new(),
+            observer: None,
         }
+    }
+
+    /// Also tells `o` about each pair and unmatched exchange.
+    pub fn observe(mut self, o: Box<dyn Observer>) -> Shadow<W> {
+        self.observer = Some(o);
+        self
     }
 
     /// Takes one finished exchange (response or not).
@@ -134,9 +149,17 @@ impl<W: Write> Shadow<W> {
             match e {
                 pair::Event::Pair(p) => {
                     let cmp = diff::compare(&p.primary, &p.shadow, &self.opts);
+                    if let Some(o) = self.observer.as_mut() {
+                        o.pair(&p, &cmp);
+                    }
                     self.reporter.pair(&p, &cmp)?;
                 }
-                pair::Event::Unmatched(u) => self.reporter.unmatched(&u)?,
+                pair::Event::Unmatched(u) => {
+                    if let Some(o) = self.observer.as_mut() {
+                        o.unmatched(&u);
+                    }
+                    self.reporter.unmatched(&u)?
+                }
             }
         }
         Ok(())

@@ -214,16 +214,7 @@ impl<W: Write> Reporter<W> {
         let id = req.header("x-request-id");
         match self.style {
             Style::Json => {
-                let v = json!({
-                    "type": "shadow_unmatched",
-                    "role": u.role.as_str(),
-                    "reason": u.reason.as_str(),
-                    "request_id": id,
-                    "method": req.method,
-                    "target": req.target,
-                    "side": side_json(&u.exchange),
-                });
-                serde_json::to_writer(&mut self.out, &v)?;
+                serde_json::to_writer(&mut self.out, &unmatched_json(u))?;
                 self.out.write_all(b"\n")
             }
             Style::Text { color, .. } => {
@@ -403,6 +394,30 @@ fn pair_out<'a>(pair: &'a Pair, cmp: &'a Comparison) -> PairOut<'a> {
 /// The JSON object for one pair.
 pub fn pair_json(pair: &Pair, cmp: &Comparison) -> Value {
     serde_json::to_value(pair_out(pair, cmp)).unwrap_or(Value::Null)
+}
+
+/// Appends the pair's JSON object, as `--shadow --json` writes it, to `out` (one line,
+/// no line end).
+pub fn write_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
+    let mark = out.len();
+    if serde_json::to_writer(&mut *out, &pair_out(pair, cmp)).is_err() {
+        out.truncate(mark);
+        out.extend_from_slice(b"{\"type\":\"shadow\"}");
+    }
+}
+
+/// The JSON object for an exchange whose partner never came.
+pub fn unmatched_json(u: &Unmatched) -> Value {
+    let req = &u.exchange.request;
+    json!({
+        "type": "shadow_unmatched",
+        "role": u.role.as_str(),
+        "reason": u.reason.as_str(),
+        "request_id": req.header("x-request-id"),
+        "method": req.method,
+        "target": req.target,
+        "side": side_json(&u.exchange),
+    })
 }
 
 const RED: &str = "\x1b[31m";
