@@ -33,7 +33,7 @@ use state::State;
 pub const PLUGIN_TYPE: &str = "interceptor";
 /// The installer's state file, in the conf dir unless told otherwise. No CNI extension, so
 /// runtimes never read it.
-pub const STATE_FILE: &str = ".interceptor-cni.state";
+pub(crate) const STATE_FILE: &str = ".interceptor-cni.state";
 /// The suffix of temporary files written on the way to a rename.
 pub(crate) const TMP_SUFFIX: &str = ".interceptor-tmp";
 
@@ -251,8 +251,9 @@ impl ConfDir {
     }
 
     /// Whether the file the runtime uses lacks our entry (the primary CNI rewrote it, or
-    /// we were never installed).
-    pub fn needs_reinsert(&self) -> Result<bool, ConflistError> {
+    /// we were never installed); the tests' view of what `ensure_installed` acts on.
+    #[cfg(test)]
+    pub(crate) fn needs_reinsert(&self) -> Result<bool, ConflistError> {
         let p = read_primary(&self.dir)?;
         Ok(!contains_ours(&p.json, p.kind))
     }
@@ -363,7 +364,8 @@ pub fn uninstall(dir: &Path) -> Result<Uninstalled, ConflistError> {
 }
 
 /// [`ConfDir::needs_reinsert`].
-pub fn needs_reinsert(dir: &Path) -> Result<bool, ConflistError> {
+#[cfg(test)]
+pub(crate) fn needs_reinsert(dir: &Path) -> Result<bool, ConflistError> {
     ConfDir::new(dir).needs_reinsert()
 }
 

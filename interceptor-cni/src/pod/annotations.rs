@@ -10,19 +10,21 @@ use crate::spec::{code, CniError};
 
 pub const INJECT: &str = "sidecar.istio.io/inject";
 pub const STATUS: &str = "sidecar.istio.io/status";
-pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
-pub const INJECT_TEMPLATES: &str = "inject.istio.io/templates";
-pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
-pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
-pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
-pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
-pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub(crate) const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub(crate) const STATUS_PORT: &str = "status.sidecar.istio.io/port";
+pub(crate) const INJECT_TEMPLATES: &str = "inject.istio.io/templates";
+pub(crate) const INCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/includeOutboundIPRanges";
+pub(crate) const EXCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub(crate) const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+pub(crate) const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+pub(crate) const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+pub(crate) const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
 /// Deprecated in istio for [`REROUTE_VIRTUAL_INTERFACES`], which wins when both are set.
-pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
-pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+pub(crate) const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+pub(crate) const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
 
 /// A pod annotation whose value istio would reject.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

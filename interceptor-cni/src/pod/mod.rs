@@ -21,7 +21,7 @@ use redirect::Redirect;
 use status::SidecarStatus;
 
 /// The namespace never meshed, whatever the configuration says.
-pub const KUBE_SYSTEM: &str = "kube-system";
+pub(crate) const KUBE_SYSTEM: &str = "kube-system";
 
 /// The pod a sandbox belongs to, as the runtime describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -15,7 +15,7 @@ pub const K8S_POD_NAME: &str = "K8S_POD_NAME";
 pub const K8S_POD_NAMESPACE: &str = "K8S_POD_NAMESPACE";
 pub const K8S_POD_UID: &str = "K8S_POD_UID";
 pub const K8S_POD_INFRA_CONTAINER_ID: &str = "K8S_POD_INFRA_CONTAINER_ID";
-pub const IGNORE_UNKNOWN: &str = "IgnoreUnknown";
+pub(crate) const IGNORE_UNKNOWN: &str = "IgnoreUnknown";
 
 /// Parsed `CNI_ARGS`. Every key is kept: this plugin reads only the `K8S_POD_*` ones, and
 /// ignoring the rest is what `IgnoreUnknown=1` asks for anyway.

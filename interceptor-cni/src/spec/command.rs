@@ -50,7 +50,7 @@ impl Command {
     /// The environment variables the spec requires for this command, besides
     /// `CNI_COMMAND` itself. DEL may come without `CNI_NETNS` (the namespace may be gone);
     /// VERSION and STATUS need nothing else; GC needs `CNI_PATH` to reach delegates.
-    pub fn required_env(self) -> &'static [&'static str] {
+    pub(crate) fn required_env(self) -> &'static [&'static str] {
         match self {
             Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
@@ -60,7 +60,7 @@ impl Command {
     }
 
     /// Whether the command acts on one attachment (container id + interface).
-    pub fn is_attachment(self) -> bool {
+    pub(crate) fn is_attachment(self) -> bool {
         matches!(self, Command::Add | Command::Del | Command::Check)
     }
 }

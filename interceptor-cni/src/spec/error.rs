@@ -9,19 +9,19 @@ use std::fmt;
 /// The error codes this plugin reports.
 pub mod code {
     /// Incompatible CNI version (the conf's `cniVersion`, or the one VERSION was asked for).
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub(crate) const INCOMPATIBLE_VERSION: u32 = 1;
     /// Unsupported field in the network configuration.
     pub const UNSUPPORTED_FIELD: u32 = 2;
     /// Container unknown or does not exist.
     pub const UNKNOWN_CONTAINER: u32 = 3;
     /// Invalid or missing `CNI_*` environment variables.
-    pub const INVALID_ENVIRONMENT: u32 = 4;
+    pub(crate) const INVALID_ENVIRONMENT: u32 = 4;
     /// I/O failure, e.g. reading stdin.
     pub const IO_FAILURE: u32 = 5;
     /// Failed to decode content (stdin is not JSON, a field has the wrong JSON type).
-    pub const DECODING_FAILURE: u32 = 6;
+    pub(crate) const DECODING_FAILURE: u32 = 6;
     /// Invalid network configuration (a field's value is not acceptable).
-    pub const INVALID_NETWORK_CONFIG: u32 = 7;
+    pub(crate) const INVALID_NETWORK_CONFIG: u32 = 7;
     /// A transient condition: the runtime should retry later.
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// STATUS: the plugin cannot service ADD requests.
@@ -33,7 +33,7 @@ pub mod code {
 
     /// A pod annotation that decides interception has a value istio would reject; the
     /// pod is not started rather than started without (or with the wrong) interception.
-    pub const INVALID_POD_ANNOTATION: u32 = 100;
+    pub(crate) const INVALID_POD_ANNOTATION: u32 = 100;
     /// Interception could not be set up in the pod (iptables rules or eBPF programs).
     pub const INTERCEPTION_FAILED: u32 = 101;
     /// The plugin's state directory could not be read or written.

@@ -1,7 +1,6 @@
 //! One run of the plugin: the `CNI_*` environment variables and stdin, checked the way the
 //! spec says for the command at hand.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::args::CniArgs;
@@ -110,8 +109,12 @@ impl Invocation {
         })
     }
 
-    /// [`parse`](Self::parse) with the environment in a map.
-    pub fn from_map(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Invocation, SpecError> {
+    /// [`parse`](Self::parse) with the environment in a map (for tests).
+    #[cfg(test)]
+    pub(crate) fn from_map(
+        env: &std::collections::HashMap<String, String>,
+        stdin: &[u8],
+    ) -> Result<Invocation, SpecError> {
         Invocation::parse(&|k| env.get(k).cloned(), stdin)
     }
 
@@ -169,6 +172,7 @@ fn check_ifname(name: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"interceptor",
         "prevResult":{"cniVersion":"1.0.0","ips":[]}}"#;

@@ -29,13 +29,13 @@ use super::error::SpecError;
 
 /// The runtimeConfig key under which containerd and CRI-O pass the pod's annotations
 /// (when the conflist entry declares the capability).
-pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+pub(crate) const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
 /// The default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/run/interceptor";
 
 /// The sidecar's uid and gid when nothing says otherwise (istio's default).
-pub const DEFAULT_PROXY_ID: u32 = 1337;
+pub(crate) const DEFAULT_PROXY_ID: u32 = 1337;
 
 /// How the pod's traffic is sent through the sidecar.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl Default for PluginConf {
 
 impl PluginConf {
     /// Reads our keys from a conf object; absent keys take their defaults.
-    pub fn from_object(obj: &Map<String, Value>) -> Result<PluginConf, SpecError> {
+    pub(crate) fn from_object(obj: &Map<String, Value>) -> Result<PluginConf, SpecError> {
         let d = PluginConf::default();
         Ok(PluginConf {
             mode: match opt_str(obj, "mode")? {
@@ -205,7 +205,7 @@ impl NetConf {
     }
 
     /// The pod's annotations as the runtime passed them, if it did.
-    pub fn pod_annotations(&self) -> Option<&BTreeMap<String, String>> {
+    pub(crate) fn pod_annotations(&self) -> Option<&BTreeMap<String, String>> {
         self.runtime_config.pod_annotations.as_ref()
     }
 }

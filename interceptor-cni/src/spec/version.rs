@@ -5,14 +5,14 @@ use super::error::SpecError;
 
 /// The spec versions this plugin supports, oldest first. 0.3.0 is the first with
 /// conflists and `prevResult`, which a chained plugin cannot do without.
-pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub(crate) const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The newest supported version: what VERSION reports when not asked about a version.
 pub const NEWEST: &str = "1.1.0";
 
 /// Whether `version` is one of [`SUPPORTED`]. An exact string match, as libcni's version
 /// check does: "1.0" is not "1.0.0".
-pub fn is_supported(version: &str) -> bool {
+pub(crate) fn is_supported(version: &str) -> bool {
     SUPPORTED.contains(&version)
 }
 
