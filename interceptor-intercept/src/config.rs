@@ -71,7 +71,7 @@ pub struct NetworkRange {
 
 impl NetworkRange {
     /// Whether a loopback network was named explicitly (then app-to-self over `lo` is captured).
-    pub fn has_loopback(&self) -> bool {
+    pub(crate) fn has_loopback(&self) -> bool {
         self.v4
             .iter()
             .chain(self.v6.iter())
@@ -211,7 +211,7 @@ pub struct IstioFlags {
 impl IstioFlags {
     /// The name to report a value of `flag` under: its environment variable when the value
     /// came from there (see [`IstioFlags::env_sources`]), else the flag itself.
-    pub fn source_name<'a>(&'a self, flag: &'a str) -> &'a str {
+    pub(crate) fn source_name<'a>(&'a self, flag: &'a str) -> &'a str {
         self.env_sources.get(flag).map_or(flag, String::as_str)
     }
 }
@@ -261,7 +261,7 @@ pub struct IstioEnv {
 }
 
 impl IstioEnv {
-    pub fn from_process() -> IstioEnv {
+    pub(crate) fn from_process() -> IstioEnv {
         let get = |k: &str| std::env::var(k).ok();
         IstioEnv {
             owner_groups: get("ISTIO_OUTBOUND_OWNER_GROUPS"),
@@ -282,7 +282,7 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    pub fn gather() -> HostFacts {
+    pub(crate) fn gather() -> HostFacts {
         HostFacts {
             local_addrs: local_addrs(),
             resolv_conf_servers: resolv_conf_servers("/etc/resolv.conf"),
@@ -294,7 +294,7 @@ impl HostFacts {
 /// istio reads as "none" (`-x ""`, `-b ""`); an empty item inside a non-empty list
 /// (`1337,,`, `80,,81`) is refused: istio would pass it on to iptables as an empty port or
 /// id, and a stray comma is more likely a typo than a wish.
-pub fn list_items<'a>(flag: &str, v: &'a str) -> Result<Vec<&'a str>, ConfigError> {
+pub(crate) fn list_items<'a>(flag: &str, v: &'a str) -> Result<Vec<&'a str>, ConfigError> {
     if v.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -431,7 +431,7 @@ fn parse_ranges(flag: &str, v: &str) -> Result<NetworkRange, ConfigError> {
 }
 
 /// A Go-style duration (`5s`, `500ms`, `1m30s`) or plain seconds.
-pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(flag: &str, v: &str) -> Result<Duration, ConfigError> {
     let s = v.trim();
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() && secs > 0.0 {
@@ -695,7 +695,7 @@ impl Config {
 
     /// Whether DNS capture is really on: istio turns it off when only specific servers are to
     /// be captured and there are none.
-    pub fn dns_capture(&self) -> bool {
+    pub(crate) fn dns_capture(&self) -> bool {
         self.redirect_dns
             && (self.capture_all_dns
                 || !self.dns_servers_v4.is_empty()
@@ -825,7 +825,7 @@ fn local_addrs() -> Vec<IpAddr> {
 }
 
 /// The `nameserver` lines of a resolv.conf (a missing file means none).
-pub fn resolv_conf_servers(path: &str) -> Vec<IpAddr> {
+pub(crate) fn resolv_conf_servers(path: &str) -> Vec<IpAddr> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };

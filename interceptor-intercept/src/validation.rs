@@ -35,10 +35,10 @@ use ipnet::IpNet;
 use crate::config::Config;
 
 /// Exit status istio-validation uses when interception does not work.
-pub const EXIT_VALIDATION_FAILED: u8 = 126;
+pub(crate) const EXIT_VALIDATION_FAILED: u8 = 126;
 
 /// Address the app-side probe connects to (RFC 5737 documentation range).
-pub const TEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const TEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PASSTHROUGH: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 #[derive(Debug, thiserror::Error)]

@@ -72,7 +72,7 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 /// The `init` transaction for one family: the configured rules, after removing what an
 /// earlier `init` left.
 /// `earlier` are the rules an earlier `init` recorded (see [`state`]).
-pub fn plan_init(
+pub(crate) fn plan_init(
     rules: &RuleSet,
     family: Family,
     tools: &Tools,
@@ -101,7 +101,7 @@ pub fn plan_init(
 }
 
 /// The `cleanup` transaction for one family: no rule of ours in built-in chains, no own chain.
-pub fn plan_cleanup(known: &[&Rule], tools: &Tools, saved: &Saved) -> Transaction {
+pub(crate) fn plan_cleanup(known: &[&Rule], tools: &Tools, saved: &Saved) -> Transaction {
     let mut tx = Transaction::default();
     delete_ours(&mut tx, tools, saved, known);
     for (name, table) in &saved.tables {

@@ -48,7 +48,7 @@ impl Tools {
     }
 
     /// Command for `iptables`; legacy takes the xtables lock (`-w`), nft needs none.
-    pub fn iptables_cmd(&self) -> Command {
+    pub(crate) fn iptables_cmd(&self) -> Command {
         let mut c = Command::new(&self.iptables);
         if self.backend == Backend::Legacy {
             c.arg("-w");

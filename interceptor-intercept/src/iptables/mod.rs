@@ -59,7 +59,7 @@ fn forced_names(b: Backend, f: Family) -> String {
 
 /// Whether this process may change the network namespace's firewall (CAP_NET_ADMIN in its
 /// effective set).
-pub fn has_net_admin() -> bool {
+pub(crate) fn has_net_admin() -> bool {
     const CAP_NET_ADMIN: u32 = 12;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;

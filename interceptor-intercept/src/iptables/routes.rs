@@ -82,7 +82,7 @@ impl Step {
 }
 
 /// What [`configure`] does for `cfg`, in order.
-pub fn planned(cfg: &Config) -> Vec<Step> {
+pub(crate) fn planned(cfg: &Config) -> Vec<Step> {
     let mut steps = Vec::new();
     if cfg.ipv6 {
         steps.push(Step::PassthroughAddress);
@@ -117,7 +117,7 @@ pub fn dry_run(cfg: &Config) -> String {
 }
 
 /// Sets up what `cfg` needs besides iptables.
-pub fn configure(cfg: &Config) -> Result<(), IptablesError> {
+pub(crate) fn configure(cfg: &Config) -> Result<(), IptablesError> {
     for step in planned(cfg) {
         let args = step.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -143,7 +143,7 @@ pub fn configure(cfg: &Config) -> Result<(), IptablesError> {
 }
 
 /// Undoes [`configure`] for `cfg`'s mark and table (whatever the mode), in both families.
-pub fn unconfigure(cfg: &Config) {
+pub(crate) fn unconfigure(cfg: &Config) {
     let (mark, table) = (
         cfg.tproxy_mark.to_string(),
         cfg.tproxy_route_table.to_string(),

@@ -61,7 +61,8 @@ impl Saved {
     }
 
     /// The ruleset without counters and comment lines: what "the same ruleset" compares.
-    pub fn normalized(text: &str) -> String {
+    #[cfg(test)]
+    pub(crate) fn normalized(text: &str) -> String {
         let mut out = String::new();
         for line in text.lines() {
             if line.starts_with('#') || line.trim().is_empty() {

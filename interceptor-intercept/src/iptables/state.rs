@@ -63,7 +63,7 @@ pub struct Record {
 
 impl Record {
     /// The recorded rules of one family.
-    pub fn rules_of(&self, family: Family) -> Vec<&Rule> {
+    pub(crate) fn rules_of(&self, family: Family) -> Vec<&Rule> {
         self.rules
             .iter()
             .filter(|(f, _)| *f == family)
@@ -72,7 +72,7 @@ impl Record {
     }
 
     /// The recorded created tables of one family.
-    pub fn created_in(&self, family: Family) -> Vec<Table> {
+    pub(crate) fn created_in(&self, family: Family) -> Vec<Table> {
         self.created
             .iter()
             .filter(|(f, _)| *f == family)

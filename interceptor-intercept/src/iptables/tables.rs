@@ -19,7 +19,7 @@ use super::save::SavedTable;
 
 /// What became of a created table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fate {
+pub(crate) enum Fate {
     Deleted,
     /// Something else lives in it now: it stays.
     NotEmpty,
@@ -30,7 +30,7 @@ pub enum Fate {
 }
 
 /// The nf_tables family name of an iptables family.
-pub fn nft_family(family: Family) -> &'static str {
+pub(crate) fn nft_family(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
         Family::V6 => "ip6",
@@ -38,13 +38,13 @@ pub fn nft_family(family: Family) -> &'static str {
 }
 
 /// The command that deletes a table, as `cleanup --dry-run` shows it.
-pub fn delete_command(family: Family, table: Table) -> String {
+pub(crate) fn delete_command(family: Family, table: Table) -> String {
     format!("nft delete table {} {table}", nft_family(family))
 }
 
 /// Whether `nft -j list table` output shows an empty table: only the table, its base
 /// chains with an accept policy, and metainfo.
-pub fn json_is_empty(text: &str) -> bool {
+pub(crate) fn json_is_empty(text: &str) -> bool {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
         return false;
     };
@@ -62,7 +62,7 @@ pub fn json_is_empty(text: &str) -> bool {
 }
 
 /// Deletes `table` of `family` if it holds nothing (see the module comment).
-pub fn delete_if_empty(family: Family, table: Table) -> Fate {
+pub(crate) fn delete_if_empty(family: Family, table: Table) -> Fate {
     let Some(nft) = which("nft") else {
         tracing::info!(
             "nft is not in PATH: leaving the empty {} table {table} that init created",
@@ -111,7 +111,7 @@ pub fn delete_if_empty(family: Family, table: Table) -> Fate {
 
 /// For `--dry-run`: whether a saved table would hold nothing once `block` (the cleanup's
 /// deletions for it) ran: no rule left, no user chain, every policy ACCEPT.
-pub fn empty_after(saved: &SavedTable, block: Option<&TableBlock>) -> bool {
+pub(crate) fn empty_after(saved: &SavedTable, block: Option<&TableBlock>) -> bool {
     let removed = |c: &str| block.is_some_and(|b| b.remove.iter().any(|r| r == c));
     let deleted = |chain: &str, args: &str| {
         block.is_some_and(|b| b.delete.iter().any(|d| *d == format!("{chain} {args}")))

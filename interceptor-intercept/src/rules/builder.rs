@@ -50,7 +50,7 @@ impl fmt::Display for Table {
 }
 
 /// Chains and targets iptables defines itself: never created or deleted by us.
-pub fn is_builtin(chain_or_target: &str) -> bool {
+pub(crate) fn is_builtin(chain_or_target: &str) -> bool {
     matches!(
         chain_or_target,
         "INPUT"
@@ -169,7 +169,7 @@ impl RuleSet {
 
     /// Appends a rule to both families whose arguments hold a family-specific address:
     /// `args` gets `v4` or `v6` and returns the arguments.
-    pub fn append_versioned(
+    pub(crate) fn append_versioned(
         &mut self,
         v4: &str,
         v6: &str,

@@ -23,12 +23,12 @@ pub const ISTIO_DIVERT: &str = "ISTIO_DIVERT";
 pub const ISTIO_TPROXY: &str = "ISTIO_TPROXY";
 pub const ISTIO_REDIRECT: &str = "ISTIO_REDIRECT";
 pub const ISTIO_IN_REDIRECT: &str = "ISTIO_IN_REDIRECT";
-pub const ISTIO_DROP: &str = "ISTIO_DROP";
+pub(crate) const ISTIO_DROP: &str = "ISTIO_DROP";
 
 /// Every chain istio-iptables creates (its `constants.go`), in any table: the only chains
 /// `init` and `cleanup` ever flush or delete, and the only targets whose jumps they remove
 /// from built-in chains. Another tool's `ISTIO_CUSTOM` is not ours.
-pub const CHAINS: [&str; 8] = [
+pub(crate) const CHAINS: [&str; 8] = [
     ISTIO_OUTPUT,
     ISTIO_OUTPUT_DNS,
     ISTIO_INBOUND,
@@ -40,7 +40,7 @@ pub const CHAINS: [&str; 8] = [
 ];
 
 /// Mark the proxy puts on its outbound-to-app packets in TPROXY mode (istio `OutboundMark`).
-pub const OUTBOUND_MARK: &str = "1338";
+pub(crate) const OUTBOUND_MARK: &str = "1338";
 /// The agent's DNS listener.
 pub const DNS_PORT: &str = "15053";
 /// Source address the proxy uses for inbound passthrough connections to the app.

@@ -13,7 +13,7 @@ use super::builder::{Family, RuleSet, Table};
 
 /// What one table block does, in the order it is written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TableBlock {
+pub(crate) struct TableBlock {
     /// Own chains to create or empty.
     pub declare: Vec<String>,
     /// Rules to delete, as `CHAIN args...` (written `-D CHAIN args...`).
@@ -35,13 +35,13 @@ impl TableBlock {
 
 /// One family's transaction: table blocks in table order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Transaction {
+pub(crate) struct Transaction {
     pub tables: BTreeMap<Table, TableBlock>,
 }
 
 impl Transaction {
     /// The rules of one family as they go in on a namespace without them.
-    pub fn from_rules(rules: &RuleSet, family: Family) -> Transaction {
+    pub(crate) fn from_rules(rules: &RuleSet, family: Family) -> Transaction {
         let mut t = Transaction::default();
         for table in rules.tables(family) {
             let block = t.tables.entry(table).or_default();
