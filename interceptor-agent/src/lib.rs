@@ -10,10 +10,13 @@
 //! - [`agent`]: installs the plugin (binary and conflist entry), keeps the entry in place,
 //!   repairs pods whose interception was removed, serves metrics, and uninstalls on
 //!   SIGTERM.
+//! - [`inspect`]: `--inspect`, the agent's captures of its pods (live view, request and
+//!   shadow metrics on the agent's listener).
 //! - [`requests`]: the log through which plugin runs reach the agent's counters.
 //! - [`status`]: the node's pods for `interceptor status`.
 
 pub mod agent;
+pub mod inspect;
 pub mod intercept;
 pub mod netns;
 pub mod plugin;

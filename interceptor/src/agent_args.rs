@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use interceptor_agent::agent::AgentOptions;
+use interceptor_agent::inspect::InspectOptions;
 use interceptor_agent::intercept::Mode;
 
 use crate::cni_plugin;
@@ -53,6 +54,40 @@ pub struct AgentArgs {
     /// cgroup2 mount point, i.e. the root).
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
+    /// Sniff the recorded pods on their veths: the live view (/, /events) and the request
+    /// and shadow metrics on --listen, every exchange tagged with its pod.
+    #[arg(long, help_heading = "Inspection of the node's pods")]
+    pub inspect: bool,
+    /// tcpdump filter applied on every pod's veth.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        default_value = "tcp",
+        requires = "inspect",
+        help_heading = "Inspection of the node's pods"
+    )]
+    pub inspect_filter: String,
+    /// Pair mirrored requests (Host `…-shadow`) with their primaries, across all pods.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, requires = "inspect", help_heading = "Inspection of the node's pods")]
+    pub inspect_shadow: bool,
+    /// Most pods captured at once; more wait (counted as skipped) until one goes.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        requires = "inspect",
+        help_heading = "Inspection of the node's pods"
+    )]
+    pub inspect_max_pods: usize,
+    /// Most TCP flows tracked per pod.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16_384,
+        requires = "inspect",
+        help_heading = "Inspection of the node's pods"
+    )]
+    pub inspect_max_flows: usize,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -84,6 +119,12 @@ impl From<&AgentArgs> for AgentOptions {
             cgroup_root: a.cgroup_root.clone(),
             self_exe: PathBuf::from("/proc/self/exe"),
             parse: cni_plugin::parse_init_args,
+            inspect: a.inspect.then(|| InspectOptions {
+                filter: a.inspect_filter.clone(),
+                max_pods: a.inspect_max_pods,
+                max_flows: a.inspect_max_flows,
+                shadow: a.inspect_shadow,
+            }),
         }
     }
 }

@@ -11,7 +11,9 @@
 //!    conflist. A failing step undoes the ones before it. `/readyz` turns 200.
 //! 3. **Run** — woken by inotify (conf dir, records) or every `reconcile_interval`: the
 //!    entry put back when the primary CNI rewrote its file; a reconcile pass over the
-//!    plugin's records (`reconcile`); the CNI request log counted (`requests`).
+//!    plugin's records (`reconcile`); the CNI request log counted (`requests`); with
+//!    `--inspect`, the pods' captures started and stopped with their records
+//!    (`crate::inspect`).
 //! 4. **Uninstall** (SIGTERM/SIGINT) — the entry out (the conflist byte for byte as it
 //!    was), the binary removed, eBPF mode: every pin of the node's programs removed, which
 //!    detaches them. Pod records stay: a new agent picks them up.
@@ -23,16 +25,19 @@ mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use interceptor_cni::{ConflistError, PluginConf};
 use interceptor_intercept::ebpf::{node, target};
+use interceptor_serve::events::{Limits, Ring};
 use interceptor_serve::{ServeError, Server, State};
 
 pub use install::{InstallError, Installer, CONFLIST_STATE};
 pub use metrics::Metrics;
 pub use reconcile::{Pass, Reconciler};
 
+use crate::inspect::{InspectError, InspectOptions, Inspector};
 use crate::intercept::{ArgsParser, Mode};
 use crate::record::Records;
 use crate::requests::RequestCounter;
@@ -58,6 +63,8 @@ pub struct AgentOptions {
     /// The executable installed as the plugin (normally /proc/self/exe).
     pub self_exe: PathBuf,
     pub parse: ArgsParser,
+    /// `--inspect`: capture the recorded pods and serve the live view and their metrics.
+    pub inspect: Option<InspectOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,8 @@ pub enum AgentError {
     Ebpf(anyhow::Error),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
     #[error("uninstalling: {0}")]
     Uninstall(String),
 }
@@ -135,7 +144,15 @@ pub fn run(opts: &AgentOptions, stop: &AtomicBool) -> Result<(), AgentError> {
     std::fs::create_dir_all(records.dir()).map_err(state_err)?;
     let mut requests = RequestCounter::open(&opts.state_dir).map_err(state_err)?;
 
-    let state = State::new();
+    // With --inspect, the live view too: the pods' captures feed its event ring.
+    let ring = opts
+        .inspect
+        .as_ref()
+        .map(|_| Arc::new(Ring::new(Limits::default())));
+    let state = match &ring {
+        Some(r) => State::new().with_events(r.clone()),
+        None => State::new(),
+    };
     let metrics = Metrics::default();
     if let Ok(mut reg) = state.registry().lock() {
         metrics.register(&mut reg);
@@ -187,6 +204,16 @@ pub fn run(opts: &AgentOptions, stop: &AtomicBool) -> Result<(), AgentError> {
             return Err(e.into());
         }
     };
+    let mut inspector = match (&opts.inspect, ring) {
+        (Some(o), Some(ring)) => match Inspector::start(o, ring, state.registry(), records.dir()) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                let _ = uninstall(&installer, cgroup_root.is_some());
+                return Err(e.into());
+            }
+        },
+        _ => None,
+    };
     state.ready().store(true, Ordering::Relaxed);
 
     // 3. Run.
@@ -202,6 +229,10 @@ pub fn run(opts: &AgentOptions, stop: &AtomicBool) -> Result<(), AgentError> {
         if now >= next_pass {
             let p = reconciler.pass();
             tracing::debug!("reconcile: {p:?}");
+            if let Some(i) = inspector.as_mut() {
+                // After the pass: records of pods whose namespace is gone are dropped.
+                i.reconcile(&inspect_targets(&records));
+            }
             next_pass = now + opts.reconcile_interval;
         }
         if let Err(e) = requests.poll() {
@@ -230,13 +261,30 @@ pub fn run(opts: &AgentOptions, stop: &AtomicBool) -> Result<(), AgentError> {
         if changes.pods {
             next_pass = Instant::now();
         }
+        if let Some(i) = inspector.as_mut() {
+            i.poll();
+        }
     }
 
     // 4. Uninstall.
     state.ready().store(false, Ordering::Relaxed);
+    if let Some(i) = inspector {
+        i.stop();
+    }
     let result = uninstall(&installer, cgroup_root.is_some());
     server.shutdown();
     result
+}
+
+/// The records `--inspect` captures; unreadable ones are logged by the reconcile pass.
+fn inspect_targets(records: &Records) -> Vec<crate::record::PodRecord> {
+    match records.list() {
+        Ok(l) => l.into_iter().filter_map(Result::ok).collect(),
+        Err(e) => {
+            tracing::error!("inspect: {e}");
+            Vec::new()
+        }
+    }
 }
 
 fn uninstall(installer: &Installer, ebpf: bool) -> Result<(), AgentError> {
