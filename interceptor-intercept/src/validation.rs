@@ -57,8 +57,9 @@ pub enum ValidationError {
     CannotSwitch(String),
 }
 
-/// Where a redirected connection was originally addressed (`SO_ORIGINAL_DST`).
-fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
+/// Where a redirected connection was originally addressed (`SO_ORIGINAL_DST`); the eBPF
+/// mode's probe reads it the same way (its getsockopt program answers it).
+pub(crate) fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
     const SO_ORIGINAL_DST: libc::c_int = 80;
     // SAFETY: an all-zero sockaddr_in is a valid value.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };

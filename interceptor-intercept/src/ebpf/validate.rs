@@ -14,7 +14,6 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use ipnet::IpNet;
 
 use super::settings::{CidrSet, Settings};
 use super::target::{own_cgroup, Target};
+use crate::validation;
 
 /// Address the probe connects to when the settings capture it (RFC 5737, never a host).
 pub const TEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -119,7 +119,7 @@ pub fn run(
     while Instant::now() < deadline && switched.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
-                result = match original_dst(&s) {
+                result = match validation::original_dst(&s) {
                     Some(d) if d == to => Ok(()),
                     got => Err(ValidationError::WrongOriginalDst {
                         to,
@@ -216,30 +216,6 @@ fn become_on_this_thread(uid: u32, gid: u32) -> bool {
             && libc::syscall(libc::SYS_setresgid, gid as i64, gid as i64, -1i64) == 0
             && libc::syscall(libc::SYS_setresuid, uid as i64, uid as i64, -1i64) == 0
     }
-}
-
-/// `SO_ORIGINAL_DST` of an accepted connection.
-fn original_dst(s: &TcpStream) -> Option<SocketAddrV4> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: an all-zero sockaddr_in is a valid value.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: addr is a writable sockaddr_in and len holds its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| {
-        SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-            u16::from_be(addr.sin_port),
-        )
-    })
 }
 
 #[cfg(test)]
