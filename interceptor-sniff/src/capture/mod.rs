@@ -159,9 +159,8 @@ fn read_ahead(
             Ok(None) => break None,
             Err(e) => break Some(Error::Damaged(e.to_string())),
         };
-        let keep = match program(&mut programs, &filter, p.linktype) {
-            Ok(Some(prog)) => prog.filter(p.data),
-            Ok(None) => true,
+        let keep = match passes(&mut programs, &filter, p.linktype, p.data) {
+            Ok(keep) => keep,
             Err(e) => break Some(e),
         };
         if keep {
@@ -214,9 +213,8 @@ fn read_ahead_stream<R: Read>(mut stream: file::Stream<R>, filter: String, to: S
             Ok(None) => break None,
             Err(e) => break Some(Error::Damaged(e.to_string())),
         };
-        let keep = match program(&mut programs, &filter, p.linktype) {
-            Ok(Some(prog)) => prog.filter(p.data),
-            Ok(None) => true,
+        let keep = match passes(&mut programs, &filter, p.linktype, p.data) {
+            Ok(keep) => keep,
             Err(e) => break Some(e),
         };
         if keep {
@@ -275,6 +273,19 @@ fn program<'p>(
         }
     };
     Ok(&programs[at].1)
+}
+
+/// Whether a packet of `linktype` passes `filter` (compiled on first use per link type).
+fn passes(
+    programs: &mut Vec<(i32, Option<pcap::BpfProgram>)>,
+    filter: &str,
+    linktype: i32,
+    data: &[u8],
+) -> Result<bool> {
+    Ok(match program(programs, filter, linktype)? {
+        Some(prog) => prog.filter(data),
+        None => true,
+    })
 }
 
 /// One captured packet.
