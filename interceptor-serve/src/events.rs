@@ -15,7 +15,9 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+#[cfg(test)]
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,15 +47,52 @@ pub fn prefetch<T: ?Sized>(p: *const T) {
     let _ = p;
 }
 
+/// Appends `v` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Whether `b` holds a line end (eight bytes at a time: event data is a few hundred bytes
+/// to kilobytes, and rarely has one).
+fn memchr_newline(b: &[u8]) -> bool {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NL: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ NL;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().contains(&b'\n')
+}
+
 enum Payload {
-    /// A JSON object, `{…}`, without `seq`.
-    Json(Box<[u8]>),
+    /// A JSON object, `{…}`, without `seq`; a `Vec` so that its memory can serve again
+    /// (see [`Recycler`]).
+    Json(Vec<u8>),
     Lazy(Box<dyn LazyEvent>),
 }
 
 /// One event of the stream.
 pub struct Event {
-    seq: u64,
+    /// Set under the ring's lock as the event is appended (atomic so that a recycled
+    /// event needs no exclusive access there); read by connections after that lock.
+    seq: AtomicU64,
+    /// No line end in the rendered object (the JSON writers' compact output), so framing
+    /// it needs no scan.
+    one_line: bool,
     kind: &'static str,
     payload: Payload,
     /// Bytes held, taken when pushed: reading a lazy event's size again at eviction would
@@ -63,7 +102,7 @@ pub struct Event {
 
 impl Event {
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.seq.load(Ordering::Relaxed)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -72,15 +111,22 @@ impl Event {
 
     /// Its JSON object with `"seq"` first, into `out`.
     pub fn json(&self, out: &mut Vec<u8>) {
-        let start = out.len();
         match &self.payload {
-            Payload::Json(b) => out.extend_from_slice(b),
-            Payload::Lazy(l) => l.render(out),
+            Payload::Json(b) => self.json_of(b, out),
+            Payload::Lazy(l) => {
+                let mut body = Vec::new();
+                l.render(&mut body);
+                self.json_of(&body, out);
+            }
         }
-        // `{"seq":N,` then the object's members; an object with none becomes `{"seq":N}`.
-        let body: Vec<u8> = out.split_off(start);
-        let _ = write!(out, "{{\"seq\":{}", self.seq);
-        match body.strip_prefix(b"{") {
+    }
+
+    /// `{"seq":N,` then the members of `object`; an object with none becomes `{"seq":N}`.
+    fn json_of(&self, object: &[u8], out: &mut Vec<u8>) {
+        out.reserve(object.len() + 32);
+        out.extend_from_slice(b"{\"seq\":");
+        push_u64(out, self.seq());
+        match object.strip_prefix(b"{") {
             Some(rest) if !rest.starts_with(b"}") => {
                 out.push(b',');
                 out.extend_from_slice(rest);
@@ -91,13 +137,23 @@ impl Event {
 
     /// The server-sent-events frame: `id`, `event`, `data` and the blank line.
     pub fn frame(&self, out: &mut Vec<u8>) {
-        let _ = write!(out, "id: {}\nevent: {}\ndata: ", self.seq, self.kind);
+        // Every exchange passes here on a connection's thread: no formatting machinery.
+        let seq = self.seq();
+        out.extend_from_slice(b"id: ");
+        push_u64(out, seq);
+        out.extend_from_slice(b"\nevent: ");
+        out.extend_from_slice(self.kind.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
         let start = out.len();
         self.json(out);
+        if self.one_line {
+            out.extend_from_slice(b"\n\n");
+            return;
+        }
         // Renderers write one line; a raw line end would end the data field early, so any
         // that slipped in is escaped as JSON whitespace would be (between tokens it is
         // insignificant, and JSON strings cannot hold a raw one).
-        if out[start..].contains(&b'\n') {
+        if memchr_newline(&out[start..]) {
             let data: Vec<u8> = out.split_off(start);
             for &c in &data {
                 if c == b'\n' {
@@ -113,7 +169,8 @@ impl Event {
     fn measure(payload: &Payload) -> usize {
         std::mem::size_of::<Event>()
             + match payload {
-                Payload::Json(b) => b.len(),
+                // The capacity: a recycled buffer may hold more than this event needs.
+                Payload::Json(b) => b.capacity(),
                 Payload::Lazy(l) => l.size(),
             }
     }
@@ -124,6 +181,36 @@ impl Event {
         match Arc::try_unwrap(ev).ok()?.payload {
             Payload::Lazy(l) => Some(l.into_any()),
             Payload::Json(_) => None,
+        }
+    }
+}
+
+/// A recycled buffer larger than this is given back when the next event is much smaller.
+const RECYCLE_MAX: usize = 64 << 10;
+/// Evicted events kept for reuse.
+const SPARE: usize = 8;
+
+/// The producer's side of [`Ring::push_parts`]: the events the ring evicted, kept to be
+/// written over by the next pushes (each connection clones the events it reads, so an
+/// event a connection still holds is dropped instead, by whichever side lets go last).
+#[derive(Default)]
+pub struct Recycler {
+    evicted: Vec<Arc<Event>>,
+    spare: Vec<Arc<Event>>,
+}
+
+impl Recycler {
+    fn take(&mut self) -> Option<Arc<Event>> {
+        self.spare.pop()
+    }
+
+    /// Keeps what the last push evicted; whether a connection still holds it is asked
+    /// when it is taken.
+    fn recycle(&mut self) {
+        while let Some(ev) = self.evicted.pop() {
+            if self.spare.len() < SPARE {
+                self.spare.push(ev);
+            }
         }
     }
 }
@@ -231,7 +318,7 @@ impl Ring {
     /// Adds a rendered event (a JSON object without `seq`); returns its sequence number.
     pub fn push_json(&self, kind: &'static str, object: &[u8]) -> u64 {
         let mut evicted = Vec::new();
-        let seq = self.push(kind, Payload::Json(object.into()), &mut evicted);
+        let seq = self.push(kind, Payload::Json(object.to_vec()), &mut evicted);
         drop(evicted);
         seq
     }
@@ -247,18 +334,71 @@ impl Ring {
         self.push(kind, Payload::Lazy(ev), evicted)
     }
 
+    /// Adds a rendered event, the concatenation of `parts` (a JSON object without `seq`, on
+    /// one line: a JSON writer's compact output, which never holds a raw line end), in the
+    /// memory of an event evicted earlier when `r` has one that no connection holds
+    /// any more: in a steady stream a push then allocates nothing. Returns its sequence
+    /// number.
+    pub fn push_parts(&self, kind: &'static str, parts: &[&[u8]], r: &mut Recycler) -> u64 {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut ev = r.take().unwrap_or_else(|| {
+            Arc::new(Event {
+                seq: AtomicU64::new(0),
+                one_line: true,
+                kind,
+                payload: Payload::Json(Vec::new()),
+                size: 0,
+            })
+        });
+        let Some(e) = Arc::get_mut(&mut ev) else {
+            // A connection still holds that one: it frees it when done.
+            drop(ev);
+            return self.push_parts(kind, parts, r);
+        };
+        e.kind = kind;
+        e.one_line = true;
+        match &mut e.payload {
+            Payload::Json(b) => {
+                b.clear();
+                if b.capacity() > RECYCLE_MAX && len < b.capacity() / 4 {
+                    // One large event is no reason to hold its memory for every later one.
+                    *b = Vec::new();
+                }
+                b.reserve(len);
+                for p in parts {
+                    b.extend_from_slice(p);
+                }
+            }
+            Payload::Lazy(_) => e.payload = Payload::Json(parts.concat()),
+        }
+        debug_assert!(!parts.iter().any(|p| p.contains(&b'\n')), "one line");
+        e.size = Event::measure(&e.payload);
+        let seq = self.push_event(ev, &mut r.evicted);
+        r.recycle();
+        seq
+    }
+
     fn push(&self, kind: &'static str, payload: Payload, evicted: &mut Vec<Arc<Event>>) -> u64 {
         let size = Event::measure(&payload);
-        let mut g = self.lock();
-        let seq = g.next_seq;
-        let ev = Event {
-            seq,
+        let ev = Arc::new(Event {
+            seq: AtomicU64::new(0),
+            one_line: false,
             kind,
             payload,
             size,
-        };
+        });
+        self.push_event(ev, evicted)
+    }
+
+    /// Appends `ev` (held by nothing else) under the next sequence number, evicts what the
+    /// limits say.
+    fn push_event(&self, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
+        let size = ev.size;
+        let mut g = self.lock();
+        let seq = g.next_seq;
+        ev.seq.store(seq, Ordering::Relaxed);
         g.bytes += size;
-        g.events.push_back(Arc::new(ev));
+        g.events.push_back(ev);
         g.next_seq += 1;
         while g.events.len() > 1
             && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
@@ -276,8 +416,14 @@ impl Ring {
         if let Some(Payload::Lazy(l)) = g.events.get(6).map(|e| &e.payload) {
             prefetch(&**l as *const dyn LazyEvent);
         }
-        if let Some(Payload::Lazy(l)) = g.events.get(2).map(|e| &e.payload) {
-            l.prefetch();
+        match g.events.get(2).map(|e| &e.payload) {
+            Some(Payload::Lazy(l)) => l.prefetch(),
+            // The buffer `push_parts` will write into soon.
+            Some(Payload::Json(b)) => {
+                prefetch(b.as_ptr());
+                prefetch(b.as_ptr().wrapping_add(64));
+            }
+            None => {}
         }
         let wake = g.waiting > 0;
         drop(g);

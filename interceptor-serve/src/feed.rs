@@ -2,31 +2,43 @@
 //! (text, JSON or the shadow comparison on stdout) and also feeds the live view's event
 //! ring and the metrics.
 //!
-//! The cost on the sniffer's output thread is kept to a few hash lookups and atomics per
-//! exchange: the exchange itself goes into the ring unrendered (a [`LazyEvent`]) once the
-//! stdout output hands it back, and is rendered by the `/events` connection that reads it,
-//! on that connection's thread, with the very writer `--json` uses. The ring evicts the
-//! oldest exchange in return, and that one goes back to the parser's pool, so keeping
-//! 4096 exchanges costs no allocation per exchange. Only with `--shadow`, whose comparison
-//! keeps the exchange until its partner comes, is the exchange rendered at once.
+//! The cost on the sniffer's output thread is kept to a few comparisons, a copy and an
+//! atomic or two per exchange:
+//! - with `--json`, the writer shows the sink each exchange object it renders
+//!   ([`Feed::json_tap`]) and the ring keeps a copy of those bytes, written over the memory
+//!   of the event it evicts ([`Ring::push_parts`]): rendered once, nothing allocated;
+//! - with the text output (and the agent's, which prints nothing), the exchange goes into
+//!   the ring unrendered (a [`LazyEvent`]) and is rendered by the `/events` connection that
+//!   reads it, with the very writer `--json` uses; the exchange the ring evicts goes back to
+//!   the parser's pool;
+//! - with `--shadow`, whose comparison keeps the exchange until its partner comes, the
+//!   exchange is rendered at once;
+//! - the metrics: each exchange's label set is found among the last few by comparing the
+//!   raw values (addresses, Host, method, status), without building a label or taking a
+//!   lock; the counters and the summary are brought up to date every [`FLUSH_EVERY`]
+//!   exchanges and whenever the output is flushed (every batch of a live capture) or idle.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use interceptor_sniff::http::{Exchange, Request, Response};
-use interceptor_sniff::output::json::Json;
+use interceptor_sniff::output::json::{Json, Tap};
 use interceptor_sniff::pod::PodTags;
 use interceptor_sniff::shadow::diff::{generalise, Comparison};
 use interceptor_sniff::shadow::pair::{Pair, Role, Unmatched};
 use interceptor_sniff::shadow::{report, Observer};
 use interceptor_sniff::sink::{Sink, Summary as RunSummary, TlsFlow};
 
-use crate::events::{prefetch, Event, LazyEvent, Ring};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::events::{prefetch, Event, LazyEvent, Recycler, Ring};
 use crate::metrics::{self, Metrics, Recorder};
 use crate::pods::workload_of;
 use crate::summary::Summary;
@@ -37,6 +49,11 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 const MAX_REMEMBERED: usize = 20_000;
 /// Evicted exchanges held to hand back to the parser later.
 const SPARE: usize = 64;
+/// Exchanges counted on the output thread before the shared counters and the summary are
+/// brought up to date (a writer batch holds 256 records).
+pub const FLUSH_EVERY: u32 = 256;
+/// Label sets a sink remembers with their metrics, found by comparing raw values.
+const CACHED_SETS: usize = 8;
 
 thread_local! {
     /// The JSON writer of a connection thread (or of the output thread, for `--shadow`):
@@ -59,6 +76,22 @@ fn render_exchange(ex: &Exchange, pods: Option<&PodTags>, out: &mut Vec<u8>) {
             out.push(b'}');
         }
     }
+}
+
+/// The Host header (or HTTP/2's `:authority`), as the metrics label it: found by a scan
+/// that compares lengths first, as every exchange passes here.
+fn host_of(req: &Request) -> Option<&str> {
+    let mut authority = None;
+    for (name, value) in req.headers.iter() {
+        match name.len() {
+            4 if name.eq_ignore_ascii_case("host") => return Some(value),
+            10 if authority.is_none() && name.eq_ignore_ascii_case(":authority") => {
+                authority = Some(value)
+            }
+            _ => {}
+        }
+    }
+    authority
 }
 
 /// An exchange waiting in the ring to be rendered by whoever reads it.
@@ -140,6 +173,7 @@ struct Shared {
     summary: Summary,
     remembered: Remembered,
     buf: Vec<u8>,
+    recycler: Recycler,
 }
 
 impl Shared {
@@ -167,7 +201,7 @@ impl Shared {
             }
             buf.push(b'}');
         }
-        self.ring.push_json("shadow", &buf);
+        self.ring.push_parts("shadow", &[&buf], &mut self.recycler);
         self.buf = buf;
     }
 
@@ -195,29 +229,55 @@ pub struct Feed {
     pods: Option<Arc<PodTags>>,
     /// Workload names of the capture's pods, by address, for the metrics' labels.
     workloads: HashMap<IpAddr, String>,
+    /// [`Feed::json_tap`] was called: the `--json` writer feeds the ring itself.
+    tapped: AtomicBool,
 }
 
 impl Feed {
     /// `pods`: the capture's pods (`--pod`), which name the workloads in the metrics and
     /// tag the exchange events.
     pub fn new(ring: Arc<Ring>, metrics: &Metrics, pods: Option<Arc<PodTags>>) -> Feed {
+        let shared = Arc::new(Mutex::new(Shared {
+            ring: ring.clone(),
+            recorder: metrics.recorder(),
+            summary: Summary::default(),
+            remembered: Remembered::default(),
+            buf: Vec::new(),
+            recycler: Recycler::default(),
+        }));
+        Feed::with_shared(shared, ring, pods)
+    }
+
+    fn with_shared(shared: Arc<Mutex<Shared>>, ring: Arc<Ring>, pods: Option<Arc<PodTags>>) -> Feed {
         let workloads = pods
             .iter()
             .flat_map(|p| p.tags())
             .filter_map(|t| Some((t.pod.ip, workload_of(t.pod.name.as_deref()?).to_string())))
             .collect();
         Feed {
-            shared: Arc::new(Mutex::new(Shared {
-                ring: ring.clone(),
-                recorder: metrics.recorder(),
-                summary: Summary::default(),
-                remembered: Remembered::default(),
-                buf: Vec::new(),
-            })),
+            shared,
             ring,
             pods,
             workloads,
+            tapped: AtomicBool::new(false),
         }
+    }
+
+    /// Another feed into the same ring, metrics and summary, for a capture of other pods
+    /// (the node agent runs one capture per pod).
+    pub fn for_pods(&self, pods: Option<Arc<PodTags>>) -> Feed {
+        Feed::with_shared(self.shared.clone(), self.ring.clone(), pods)
+    }
+
+    /// For [`Json::tap`]: the `--json` writer then hands the ring the bytes of each
+    /// exchange object it writes, and the sink made from this feed leaves exchanges to it.
+    /// (The writer renders `"pod"` itself, with [`Json::with_pods`].)
+    pub fn json_tap(&self) -> Box<dyn Tap> {
+        self.tapped.store(true, Ordering::Relaxed);
+        Box::new(RingTap {
+            ring: self.ring.clone(),
+            recycler: Recycler::default(),
+        })
     }
 
     /// For [`interceptor_sniff::shadow::Shadow::observe`]: the pairs and unmatched
@@ -232,12 +292,52 @@ impl Feed {
         ServeSink {
             inner,
             inner_keeps,
+            tapped: self.tapped.load(Ordering::Relaxed),
             feed: self,
             evicted: Vec::new(),
             spare: Vec::new(),
             last_summary: None,
-            unclocked: 0,
             buf: Vec::new(),
+            recycler: Recycler::default(),
+            sets: Vec::with_capacity(CACHED_SETS),
+            next_set: 0,
+            pending_exchanges: 0,
+            pending_latencies: Vec::with_capacity(FLUSH_EVERY as usize),
+        }
+    }
+}
+
+/// The `--json` writer's tap: a copy of each exchange object goes into the ring.
+struct RingTap {
+    ring: Arc<Ring>,
+    recycler: Recycler,
+}
+
+impl Tap for RingTap {
+    fn exchange(&mut self, _: &Exchange, object: &[u8]) {
+        self.ring
+            .push_parts("exchange", &[object, b"}"], &mut self.recycler);
+    }
+}
+
+/// A request label set as the sink last saw it: the raw values it was made from, and its
+/// metrics. Counts wait in `pending` until the next flush.
+struct CachedSet {
+    client: IpAddr,
+    server: IpAddr,
+    status: Option<u16>,
+    method: Box<str>,
+    host: Option<Box<str>>,
+    requests: Counter,
+    duration: Histogram,
+    pending: u64,
+}
+
+impl CachedSet {
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            self.requests.inc_by(self.pending);
+            self.pending = 0;
         }
     }
 }
@@ -262,45 +362,121 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub struct ServeSink {
     inner: Box<dyn Sink>,
     inner_keeps: bool,
+    /// The `--json` writer pushes the exchanges into the ring (see [`Feed::json_tap`]).
+    tapped: bool,
     feed: Feed,
     evicted: Vec<Arc<Event>>,
     spare: Vec<Exchange>,
     last_summary: Option<Instant>,
-    /// Records since the clock was last read for the summary.
-    unclocked: u32,
     buf: Vec<u8>,
+    recycler: Recycler,
+    /// The label sets seen last, most traffic repeats a few.
+    sets: Vec<CachedSet>,
+    /// Where the next set found goes in `sets` once it is full.
+    next_set: usize,
+    /// Exchanges and latencies not yet in the shared summary.
+    pending_exchanges: u32,
+    pending_latencies: Vec<u64>,
 }
 
 impl ServeSink {
-    /// Metrics and summary for one exchange; cheap (the labels are looked up, not built).
+    /// Metrics and summary for one exchange: the label set is found by comparing raw
+    /// values with the last few; the shared state is only touched every `FLUSH_EVERY`.
     fn account(&mut self, ex: &Exchange) {
-        let w = &self.feed.workloads;
-        let workload = |ip: IpAddr| w.get(&ip).map_or("", String::as_str);
         let latency_us = ex.latency_us();
-        let req = metrics::Request {
-            source_workload: workload(ex.client.ip()),
-            destination_workload: workload(ex.server.ip()),
-            host: ex.request.header("host").or_else(|| ex.request.header(":authority")),
-            method: &ex.request.method,
-            status: ex.response.as_ref().map(|r| r.status),
-            latency: latency_us.map(Duration::from_micros),
+        let host = host_of(&ex.request);
+        let (client, server) = (ex.client.ip(), ex.server.ip());
+        let status = ex.response.as_ref().map(|r| r.status);
+        let method = &*ex.request.method;
+        let hit = self.sets.iter().position(|c| {
+            c.status == status
+                && c.client == client
+                && c.server == server
+                && *c.method == *method
+                && c.host.as_deref() == host
+        });
+        let i = match hit {
+            Some(i) => i,
+            None => self.new_set(client, server, host, method, status),
         };
-        let mut s = lock(&self.feed.shared);
-        s.recorder.request(&req);
-        s.summary.exchange(latency_us);
+        let set = &mut self.sets[i];
+        set.pending += 1;
+        if let Some(l) = latency_us {
+            set.duration.observe(Duration::from_micros(l).as_secs_f64());
+            self.pending_latencies.push(l);
+        }
+        self.pending_exchanges += 1;
+        if self.pending_exchanges >= FLUSH_EVERY {
+            self.flush_counts();
+            self.maybe_summary(false);
+        }
     }
 
-    /// Replaces the summary event when a second has passed (or `force` says so); the
-    /// clock is read every 64 records only.
-    fn maybe_summary(&mut self, force: bool) {
-        self.unclocked += 1;
-        if !force && self.unclocked < 64 && self.last_summary.is_some() {
+    /// A label set not among the last few: its metrics from the shared recorder (which
+    /// keeps the bound on label sets), remembered in place of the oldest.
+    fn new_set(
+        &mut self,
+        client: IpAddr,
+        server: IpAddr,
+        host: Option<&str>,
+        method: &str,
+        status: Option<u16>,
+    ) -> usize {
+        let w = &self.feed.workloads;
+        let workload = |ip: IpAddr| w.get(&ip).map_or("", String::as_str);
+        let req = metrics::Request {
+            source_workload: workload(client),
+            destination_workload: workload(server),
+            host,
+            method,
+            status,
+            latency: None,
+        };
+        let (requests, duration) = lock(&self.feed.shared).recorder.handles(&req);
+        let set = CachedSet {
+            client,
+            server,
+            status,
+            method: method.into(),
+            host: host.map(Into::into),
+            requests,
+            duration,
+            pending: 0,
+        };
+        if self.sets.len() < CACHED_SETS {
+            self.sets.push(set);
+            return self.sets.len() - 1;
+        }
+        let i = self.next_set;
+        self.next_set = (i + 1) % CACHED_SETS;
+        self.sets[i].flush();
+        self.sets[i] = set;
+        i
+    }
+
+    /// Brings the shared counters and the summary up to date.
+    fn flush_counts(&mut self) {
+        for s in &mut self.sets {
+            s.flush();
+        }
+        if self.pending_exchanges == 0 {
             return;
         }
-        self.unclocked = 0;
+        let mut s = lock(&self.feed.shared);
+        s.summary.exchanges(self.pending_exchanges, &self.pending_latencies);
+        drop(s);
+        self.pending_exchanges = 0;
+        self.pending_latencies.clear();
+    }
+
+    /// Replaces the summary event when a second has passed (or `force` says so); asked
+    /// every `FLUSH_EVERY` exchanges and at each flush (every batch of a live capture) or
+    /// idle moment, so the clock is read rarely.
+    fn maybe_summary(&mut self, force: bool) {
         let due = self.last_summary.is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
         if force || due {
             self.last_summary = Some(Instant::now());
+            self.flush_counts();
             let json = lock(&self.feed.shared).summary.json();
             self.feed.ring.set_summary(&json);
         }
@@ -334,24 +510,27 @@ impl Sink for ServeSink {
             buf.clear();
             render_exchange(&ex, self.feed.pods.as_deref(), &mut buf);
             let k = key(&ex);
-            let seq = self.feed.ring.push_json("exchange", &buf);
+            let seq = self
+                .feed
+                .ring
+                .push_parts("exchange", &[&buf], &mut self.recycler);
             self.buf = buf;
             lock(&self.feed.shared).remembered.insert(k, seq);
-            let back = self.inner.exchange(ex, show_request)?;
-            self.maybe_summary(false);
-            return Ok(back);
+            return self.inner.exchange(ex, show_request);
         }
         let Some(ex) = self.inner.exchange(ex, show_request)? else {
             // The output kept it after all: nothing to show.
-            self.maybe_summary(false);
             return Ok(None);
         };
+        if self.tapped {
+            // The writer put it in the ring as it wrote it.
+            return Ok(Some(ex));
+        }
         let lazy = Box::new(LazyExchange {
             exchange: ex,
             pods: self.feed.pods.clone(),
         });
         self.feed.ring.push_lazy("exchange", lazy, &mut self.evicted);
-        self.maybe_summary(false);
         Ok(self.reclaim())
     }
 
@@ -371,10 +550,13 @@ impl Sink for ServeSink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.flush_counts();
+        self.maybe_summary(false);
         self.inner.flush()
     }
 
     fn idle(&mut self, now: SystemTime) -> io::Result<()> {
+        self.flush_counts();
         let r = self.inner.idle(now);
         self.maybe_summary(false);
         r
@@ -382,5 +564,11 @@ impl Sink for ServeSink {
 
     fn shows_requests(&self) -> bool {
         self.inner.shows_requests()
+    }
+}
+
+impl Drop for ServeSink {
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }

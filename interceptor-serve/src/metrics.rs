@@ -201,6 +201,16 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn request(&mut self, r: &Request) {
+        let (counter, histogram) = self.handles(r);
+        counter.inc();
+        if let Some(l) = r.latency {
+            histogram.observe(l.as_secs_f64());
+        }
+    }
+
+    /// The counter and histogram `r` counts in (its label set's, or `other`'s beyond the
+    /// bound), for a caller that counts many requests of one set (`r.latency` unused).
+    pub fn handles(&mut self, r: &Request) -> (Counter, Histogram) {
         let service = service_label(r.host);
         let method = method_label(r.method);
         let code = r.status.filter(|s| (100..=999).contains(s)).unwrap_or(0);
@@ -214,11 +224,7 @@ impl Recorder {
                 && s.labels.destination_workload == dst
         };
         if let Some(s) = self.recent.iter().flatten().find(|s| same(s)) {
-            s.requests.inc();
-            if let Some(l) = r.latency {
-                s.duration.observe(l.as_secs_f64());
-            }
-            return;
+            return (s.requests.clone(), s.duration.clone());
         }
         let mut h = DefaultHasher::new();
         (src, dst, service.as_ref(), code, method).hash(&mut h);
@@ -273,10 +279,7 @@ impl Recorder {
                 (&*c, &*h)
             }
         };
-        counter.inc();
-        if let Some(l) = r.latency {
-            histogram.observe(l.as_secs_f64());
-        }
+        (counter.clone(), histogram.clone())
     }
 
     /// One pair, with the generalised paths that differed in it (each once).

@@ -24,6 +24,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// `n` exchanges, with the latencies of those that were answered.
+    pub fn exchanges(&mut self, n: u32, latencies_us: &[u64]) {
+        self.exchanges += u64::from(n);
+        for &l in latencies_us {
+            self.latency.record(l);
+        }
+    }
+
     pub fn exchange(&mut self, latency_us: Option<u64>) {
         self.exchanges += 1;
         if let Some(l) = latency_us {

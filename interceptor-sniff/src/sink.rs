@@ -87,5 +87,9 @@ pub trait Sink: Send {
     fn shows_requests(&self) -> bool {
         false
     }
+    /// Exchanges the sink kept and is done with (the shadow comparison's, once paired and
+    /// reported), moved to `out`: their buffers are reused like those of the exchanges
+    /// `exchange` hands back.
+    fn spent(&mut self, _out: &mut Vec<Exchange>) {}
 }
 

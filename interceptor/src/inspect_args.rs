@@ -16,6 +16,7 @@ use interceptor_serve::feed::Feed;
 use interceptor_serve::metrics::Metrics;
 use interceptor_serve::pods::{self, PodRecord};
 use interceptor_serve::{Server, State};
+use interceptor_sniff::output::json::Json;
 use interceptor_sniff::pipeline::health::Health;
 use interceptor_sniff::pipeline::{self, Options};
 use interceptor_sniff::pod::{locate, Pod, PodTags};
@@ -239,6 +240,15 @@ impl Decor<'_> {
         match &self.feed {
             Some(f) => s.observe(f.observer()),
             None => s,
+        }
+    }
+
+    /// The `--json` writer hands the feed each exchange object it renders, so the live view
+    /// shares those bytes rather than rendering the exchange again.
+    pub fn json<W: std::io::Write>(&self, j: Json<W>) -> Json<W> {
+        match &self.feed {
+            Some(f) => j.tap(f.json_tap()),
+            None => j,
         }
     }
 

@@ -387,6 +387,7 @@ fn sink(args: &Args, live: bool, decor: Decor) -> Result<Box<dyn Sink>> {
             Some(p) => json.with_pods(p.clone()),
             None => json,
         };
+        let json = decor.json(json);
         return Ok(decor.wrap(Box::new(json), false));
     }
     let writer = BufWriter::with_capacity(256 * 1024, findings(args));

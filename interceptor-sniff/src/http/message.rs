@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::head::Scanned;
 
 /// A message body after transfer decoding (chunked) and content decoding (gzip, deflate).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Body {
     /// Bytes kept for display and comparison: at most the configured `--max-body`.
     pub data: Vec<u8>,
@@ -18,7 +18,7 @@ pub struct Body {
     pub truncated: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
     pub target: String,
@@ -55,6 +55,67 @@ pub struct Exchange {
     pub response: Option<Box<Response>>,
 }
 
+// Clone by hand: the derived `clone_from` is `*self = source.clone()`, which allocates
+// anew and frees the old buffers. The text output copies every request into a recycled
+// one (`http::pool`) as soon as it is complete, and field-wise copies reuse its buffers.
+impl Clone for Body {
+    fn clone(&self) -> Body {
+        Body {
+            data: self.data.clone(),
+            len: self.len,
+            truncated: self.truncated,
+        }
+    }
+
+    fn clone_from(&mut self, o: &Body) {
+        self.data.clone_from(&o.data);
+        self.len = o.len;
+        self.truncated = o.truncated;
+    }
+}
+
+impl Clone for Request {
+    fn clone(&self) -> Request {
+        Request {
+            method: self.method.clone(),
+            target: self.target.clone(),
+            version: self.version,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            ts: self.ts,
+        }
+    }
+
+    fn clone_from(&mut self, o: &Request) {
+        self.method.clone_from(&o.method);
+        self.target.clone_from(&o.target);
+        self.version = o.version;
+        self.headers.clone_from(&o.headers);
+        self.body.clone_from(&o.body);
+        self.ts = o.ts;
+    }
+}
+
+impl Clone for Headers {
+    fn clone(&self) -> Headers {
+        Headers {
+            text: self.text.clone(),
+            fields: self.fields.clone(),
+            known: self.known,
+            repeated: self.repeated,
+            first: self.first,
+        }
+    }
+
+    fn clone_from(&mut self, o: &Headers) {
+        self.text.clone_from(&o.text);
+        self.fields.clone_from(&o.fields);
+        self.known = o.known;
+        self.repeated = o.repeated;
+        self.first = o.first;
+    }
+}
+
 impl Request {
     /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -86,7 +147,7 @@ impl Exchange {
 /// parsed head is copied in one piece (its separators stay between the fields), and a
 /// head of a dozen fields costs two buffers rather than two dozen strings. A recycled
 /// `Headers` costs none.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Headers {
     text: String,
     fields: Vec<Field>,
@@ -375,6 +436,20 @@ impl Headers {
     /// Bytes held, for the recycling pool's bounds.
     pub fn capacity(&self) -> usize {
         self.text.capacity() + self.fields.capacity() * std::mem::size_of::<Field>()
+    }
+
+    /// Where each field lies in `text()`, in wire order: `[name start, name end, value
+    /// start, value end]`. For writers that copy fields together with what lies between
+    /// them (a parsed head's `: ` and line ends) in one piece.
+    pub fn spans(&self) -> impl ExactSizeIterator<Item = [usize; 4]> + '_ {
+        self.fields.iter().map(|f| {
+            [
+                f.name.0 as usize,
+                f.name.1 as usize,
+                f.value.0 as usize,
+                f.value.1 as usize,
+            ]
+        })
     }
 
     /// The string every name and value is cut from, in field order, with other bytes

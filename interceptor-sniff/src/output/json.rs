@@ -25,6 +25,16 @@ pub struct Json<W: Write> {
     /// `--pod`: exchanges say which pod they were seen for (without it, no `pod` key, so
     /// the output stays as it was).
     pods: Option<std::sync::Arc<PodTags>>,
+    /// `sniff --serve`: sees each exchange's object as it is written.
+    tap: Option<Box<dyn Tap>>,
+}
+
+/// Sees each exchange object the writer renders (`sniff --serve` keeps a copy of the bytes
+/// for the live view instead of rendering the exchange a second time).
+pub trait Tap: Send {
+    /// `object` is the exchange's JSON object as the line has it, without its closing
+    /// brace and line end.
+    fn exchange(&mut self, ex: &Exchange, object: &[u8]);
 }
 
 impl<W: Write> Json<W> {
@@ -34,7 +44,14 @@ impl<W: Write> Json<W> {
             buf: Vec::with_capacity(64 * 1024),
             ts_cache: (i64::MIN, String::new()),
             pods: None,
+            tap: None,
         }
+    }
+
+    /// Shows `t` every exchange object written.
+    pub fn tap(mut self, t: Box<dyn Tap>) -> Json<W> {
+        self.tap = Some(t);
+        self
     }
 
     /// Adds `"pod":{"ip","name","namespace"}` (or `null`) to every exchange.
@@ -117,41 +134,44 @@ impl<W: Write> Json<W> {
 
     /// `[[name, value], …]`, names lower-cased.
     fn headers(&mut self, hs: &Headers) {
-        // Every name and value lies, in order, in `text`. One scan finds the next byte
-        // that needs escaping; the fields before it are copied as they are, and only a
-        // field holding one (an ETag's quotes, say) goes through `escape`. Line ends
-        // between the fields of a parsed head are not in any field: skipped.
+        // Every name and value lies, in order, in `text`. One pass marks the bytes that
+        // need escaping; a field with none is copied as it is (and its name lower-cased
+        // where it was copied to), and only a field holding one (an ETag's quotes, say)
+        // goes through `escape`. Line ends between the fields of a parsed head are marked
+        // too, but are in no field.
         let text = hs.text().as_bytes();
-        let base = text.as_ptr() as usize;
-        let mut special = scan_fields(text, 0);
+        let mut marks = [0u64; 16];
+        let marked = mark_escapes(text, &mut marks);
         self.buf.reserve(text.len() + 8 * hs.len() + 2);
         self.buf.push(b'[');
-        for (i, (n, v)) in hs.iter().enumerate() {
+        for (i, [ns, ne, vs, ve]) in hs.spans().enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            let end = (v.as_ptr() as usize + v.len()).wrapping_sub(base);
+            let (Some(name), Some(value)) = (text.get(ns..ne), text.get(vs..ve)) else {
+                continue; // not a field `iter` would yield
+            };
             // Where the name is written: it is lower-cased there, once the value follows
             // it (lowering escaped text is the same as escaping lowered text: escapes
             // are in lower case).
             let name_at = self.buf.len() + 1;
-            if special >= end {
+            let plain = marked && !any_marked(&marks, ns, ne) && !any_marked(&marks, vs, ve);
+            if plain {
                 self.buf.extend_from_slice(b"[\"");
-                self.buf.extend_from_slice(n.as_bytes());
+                push_span(&mut self.buf, text, ns, ne);
                 let name_end = self.buf.len();
                 self.buf.extend_from_slice(b"\",\"");
-                self.buf.extend_from_slice(v.as_bytes());
+                push_span(&mut self.buf, text, vs, ve);
                 self.buf.extend_from_slice(b"\"]");
                 lower_ascii(&mut self.buf, name_at + 1, name_end);
             } else {
                 self.buf.push(b'[');
-                escape(&mut self.buf, n.as_bytes());
+                escape(&mut self.buf, name);
                 let name_end = self.buf.len();
                 self.buf.push(b',');
-                escape(&mut self.buf, v.as_bytes());
+                escape(&mut self.buf, value);
                 self.buf.push(b']');
                 lower_ascii(&mut self.buf, name_at, name_end);
-                special = scan_fields(text, end);
             }
         }
         self.buf.push(b']');
@@ -206,32 +226,13 @@ const fn needs_escape(c: u8) -> bool {
     c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
 }
 
-/// Bit 7 of each byte of the result is set where the byte of `w` needs escaping (or is
-/// not ASCII, with `high`); the lowest set bit is exact (higher ones may be false positives
-/// from borrows). SWAR, one word at a time.
-#[inline]
-fn escape_mask(w: u64, high: bool) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    let non_ascii = if high { w & HIGH } else { 0 };
-    below_space
-        | non_ascii
-        | zero_in(w ^ (ONES * b'"' as u64))
-        | zero_in(w ^ (ONES * b'\\' as u64))
-        | zero_in(w ^ (ONES * 0x7f))
-}
-
-/// One bit per byte of `chunk` (16 bytes) that needs escaping (or is not ASCII, with
-/// `high`).
+/// One bit per byte of `chunk` that needs escaping.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn sse2_escape_mask(chunk: &[u8], high: bool) -> u32 {
+fn escape_bits(chunk: &[u8; 16]) -> u32 {
     use std::arch::x86_64::*;
-    debug_assert!(chunk.len() >= 16);
     // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and reads the
-    // 16 bytes of `chunk`, which the caller guarantees exist.
+    // 16 bytes of `chunk`.
     unsafe {
         let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
         // Unsigned v <= 0x1f  <=>  min(v, 0x1f) == v.
@@ -239,41 +240,19 @@ fn sse2_escape_mask(chunk: &[u8], high: bool) -> u32 {
         let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
         let bslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
-        let special = _mm_movemask_epi8(_mm_or_si128(
+        _mm_movemask_epi8(_mm_or_si128(
             _mm_or_si128(ctl, quote),
             _mm_or_si128(bslash, del),
-        )) as u32;
-        // The sign bit of each byte is set exactly for bytes >= 0x80.
-        let non_ascii = if high { _mm_movemask_epi8(v) as u32 } else { 0 };
-        special | non_ascii
+        )) as u32
     }
 }
 
-/// Index of the first byte of `b` from `i` on that needs escaping (or is not ASCII, with
-/// `high`); `b.len()` if none. 16 bytes at a time with SSE2 (always present on x86_64),
-/// then 8 at a time: escaping bodies and headers dominates a `--json` run.
-#[inline]
-fn scan(b: &[u8], mut i: usize, high: bool) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    while i + 16 <= b.len() {
-        let m = sse2_escape_mask(&b[i..i + 16], high);
-        if m != 0 {
-            return i + m.trailing_zeros() as usize;
-        }
-        i += 16;
-    }
-    while i + 8 <= b.len() {
-        let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-        let m = escape_mask(w, high);
-        if m != 0 {
-            return i + (m.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < b.len() && !(needs_escape(b[i]) || (high && b[i] >= 0x80)) {
-        i += 1;
-    }
-    i
+#[cfg(not(target_arch = "x86_64"))]
+fn escape_bits(chunk: &[u8; 16]) -> u32 {
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0, |m, (i, &c)| m | (u32::from(needs_escape(c)) << i))
 }
 
 /// Lower-cases the ASCII letters of `b[start..end]` eight bytes at a time, leaving the
@@ -306,19 +285,75 @@ fn lower_ascii(b: &mut [u8], start: usize, end: usize) {
     }
 }
 
-/// `scan` over header text: CR and LF end header lines and are in no field, so they are
-/// passed over. (Every other byte that needs escaping is reported, even between fields:
-/// that only sends a field through `escape` when it had no need to.)
-fn scan_fields(b: &[u8], mut i: usize) -> usize {
-    loop {
-        i = scan(b, i, false);
-        match b.get(i) {
-            Some(b'\r' | b'\n') => i += 1,
-            _ => return i,
+/// Sets bit `i % 64` of `marks[i / 64]` for each byte `i` of `b` that needs escaping;
+/// false, with nothing marked, if `b` is too long for `marks` (1 KiB: a head longer than
+/// that has every field escaped, which writes the same).
+fn mark_escapes(b: &[u8], marks: &mut [u64; 16]) -> bool {
+    if b.len() > 64 * marks.len() {
+        return false;
+    }
+    for (m, block) in marks.iter_mut().zip(b.chunks(64)) {
+        let mut word = 0u64;
+        for (k, part) in block.chunks(16).enumerate() {
+            let chunk = match <&[u8; 16]>::try_from(part) {
+                Ok(full) => *full,
+                Err(_) => {
+                    // The last bytes, padded with one that needs no escaping.
+                    let mut c = [b'a'; 16];
+                    c[..part.len()].copy_from_slice(part);
+                    c
+                }
+            };
+            word |= u64::from(escape_bits(&chunk)) << (16 * k);
         }
+        *m = word;
+    }
+    true
+}
+
+/// Whether any of bytes `from..to` is marked in `marks` (`mark_escapes`).
+fn any_marked(marks: &[u64; 16], from: usize, to: usize) -> bool {
+    if from >= to {
+        return false;
+    }
+    let (first, last) = (from / 64, (to - 1) / 64);
+    let low = !0u64 << (from % 64);
+    let high = !0u64 >> (63 - (to - 1) % 64);
+    match marks.get(first..=last) {
+        Some([only]) => only & low & high != 0,
+        Some([a, middle @ .., z]) => a & low != 0 || z & high != 0 || middle.iter().any(|&w| w != 0),
+        _ => true,
     }
 }
 
+/// Appends `src[from..to]`. A short span is copied as a fixed 32 or 64 bytes when `src`
+/// has them, and the excess cut off again: a copy of varying length costs a call to
+/// memcpy, and that call was most of what copying a header name or value cost.
+#[inline]
+pub(crate) fn push_span(out: &mut Vec<u8>, src: &[u8], from: usize, to: usize) {
+    let len = to.saturating_sub(from);
+    let at = out.len();
+    if len <= 32 {
+        if let Some(w) = src.get(from..from + 32) {
+            let mut c = [0u8; 32];
+            c.copy_from_slice(w);
+            out.extend_from_slice(&c);
+            out.truncate(at + len);
+            return;
+        }
+    } else if len <= 64 {
+        if let Some(w) = src.get(from..from + 64) {
+            let mut c = [0u8; 64];
+            c.copy_from_slice(w);
+            out.extend_from_slice(&c);
+            out.truncate(at + len);
+            return;
+        }
+    }
+    out.extend_from_slice(src.get(from..to).unwrap_or_default());
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 fn push_escaped(out: &mut Vec<u8>, c: u8) {
     match c {
         b'"' => out.extend_from_slice(b"\\\""),
@@ -335,59 +370,165 @@ fn push_escaped(out: &mut Vec<u8>, c: u8) {
     }
 }
 
+/// The escape sequence of each ASCII byte that `needs_escape` (zeros for the others),
+/// padded to eight bytes, its length in the last: written with one eight-byte copy.
+#[cfg(target_arch = "x86_64")]
+const ESCAPES: [[u8; 8]; 128] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 8]; 128];
+    let mut c = 0;
+    while c < 128 {
+        let short = match c as u8 {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            _ => 0,
+        };
+        if short != 0 {
+            t[c] = [b'\\', short, 0, 0, 0, 0, 0, 2];
+        } else if needs_escape(c as u8) {
+            t[c] = [b'\\', b'u', b'0', b'0', HEX[c >> 4], HEX[c & 15], 0, 6];
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Appends `b` escaped for a JSON string (no quotes), up to the first byte that is not
+/// ASCII if `stop_high`, or NUL if `stop_nul`; returns how many bytes of `b` it took.
+/// Every body and header of a `--json` run goes through here, and a pretty-printed JSON
+/// body has a quote or a line end every few bytes. 16 bytes are stored as they are; then
+/// for each byte of them that needs escaping, in turn, its sequence is written where it
+/// goes (one eight-byte copy) and the bytes after it stored again after that: a few
+/// instructions per escape, no call and no capacity check.
+#[cfg(target_arch = "x86_64")]
+fn escape_run(b: &[u8], stop_high: bool, stop_nul: bool, out: &mut Vec<u8>) -> usize {
+    use std::arch::x86_64::*;
+    /// The 16 bytes of `b` from `at`, padded with bytes that need no escaping.
+    #[inline(always)]
+    fn load(b: &[u8], at: usize) -> __m128i {
+        match b.get(at..at + 16) {
+            // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and
+            // reads the 16 bytes of `c`.
+            Some(c) => unsafe { _mm_loadu_si128(c.as_ptr() as *const __m128i) },
+            None => load_tail(b, at),
+        }
+    }
+    #[inline(never)]
+    fn load_tail(b: &[u8], at: usize) -> __m128i {
+        let mut tail = [b'a'; 16];
+        let rest = b.get(at..).unwrap_or_default();
+        tail[..rest.len().min(16)].copy_from_slice(&rest[..rest.len().min(16)]);
+        // SAFETY: as in `load`, reading the 16 bytes of `tail`.
+        unsafe { _mm_loadu_si128(tail.as_ptr() as *const __m128i) }
+    }
+    // A byte becomes at most six; a store reaches up to 16 bytes past the output.
+    out.reserve(6 * b.len() + 16);
+    let base = out.len();
+    let dst = out.as_mut_ptr();
+    // Every byte of `b` before `i` is written, and the output goes on at `o`. Each byte
+    // taken wrote at most six: `o <= base + 6 * i`, with `i <= b.len()`, which keeps every
+    // store below within the `6 * b.len() + 16` bytes reserved past `base`.
+    let (mut i, mut o) = (0, base);
+    while i < b.len() {
+        let start = i;
+        let n = (b.len() - start).min(16);
+        let v = load(b, start);
+        // SAFETY: SSE2, as above; the store writes 16 bytes at `o`, within the capacity.
+        let mut stops = unsafe {
+            let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+            // Unsigned v <= 0x1f  <=>  min(v, 0x1f) == v.
+            let ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            let special =
+                _mm_or_si128(_mm_or_si128(ctl, is(b'"')), _mm_or_si128(is(b'\\'), is(0x7f)));
+            _mm_storeu_si128(dst.add(o) as *mut __m128i, v);
+            // The sign bit of each byte is set exactly for bytes >= 0x80.
+            let high = if stop_high { _mm_movemask_epi8(v) as u32 } else { 0 };
+            (_mm_movemask_epi8(special) as u32 | high) & ((1 << n) - 1)
+        };
+        // The bytes from `i` to the end of the chunk are stored at `o`.
+        while stops != 0 {
+            let at = start + stops.trailing_zeros() as usize;
+            o += at - i;
+            let c = b[at];
+            if c >= 0x80 || (c == 0 && stop_nul) {
+                // SAFETY: every byte from `base` to `o` was stored, within the capacity.
+                unsafe { out.set_len(o) };
+                return at;
+            }
+            let e = ESCAPES[usize::from(c)];
+            // SAFETY: within the capacity (`at < b.len()`); then 16 bytes at the new `o`,
+            // which covers the rest of the chunk.
+            unsafe {
+                std::ptr::copy_nonoverlapping(e.as_ptr(), dst.add(o), 8);
+                o += usize::from(e[7]);
+                _mm_storeu_si128(dst.add(o) as *mut __m128i, load(b, at + 1));
+            }
+            i = at + 1;
+            stops &= stops - 1;
+        }
+        o += start + n - i;
+        i = start + n;
+    }
+    // SAFETY: every byte from `base` to `o` was stored above, within the capacity.
+    unsafe { out.set_len(o) };
+    i
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn escape_run(b: &[u8], stop_high: bool, stop_nul: bool, out: &mut Vec<u8>) -> usize {
+    for (i, &c) in b.iter().enumerate() {
+        if (stop_high && c >= 0x80) || (stop_nul && c == 0) {
+            return i;
+        }
+        if needs_escape(c) {
+            push_escaped(out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    b.len()
+}
+
 /// JSON string escaping; `b` must be UTF-8 (header values were made so when parsed).
 pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
-    out.reserve(b.len() + 2);
     out.push(b'"');
-    let mut start = 0;
-    loop {
-        let i = scan(b, start, false);
-        out.extend_from_slice(&b[start..i]);
-        if i >= b.len() {
-            break;
-        }
-        push_escaped(out, b[i]);
-        start = i + 1;
-    }
+    escape_run(b, false, false, out);
     out.push(b'"');
 }
 
 /// Writes a body as a JSON string if it is text: UTF-8 without NUL bytes. A body cut
 /// (`truncated`) mid-character keeps the whole characters before the cut. Returns false,
-/// having written nothing, for binary data. One pass: the scan that finds bytes to escape
-/// also stops at the first non-ASCII byte, and only then is the rest checked as UTF-8.
+/// having written nothing, for binary data. One pass: the escaping stops at the first
+/// non-ASCII byte, and only then is the rest checked as UTF-8.
 fn text(out: &mut Vec<u8>, mut b: &[u8], truncated: bool) -> bool {
     let mark = out.len();
-    out.reserve(b.len() + 2);
     out.push(b'"');
     let mut start = 0;
     let mut high = true;
     loop {
-        let i = scan(b, start, high);
-        out.extend_from_slice(&b[start..i]);
-        if i >= b.len() {
+        start += escape_run(&b[start..], high, true, out);
+        let Some(&c) = b.get(start) else {
             break;
-        }
-        let c = b[i];
-        if c >= 0x80 {
-            match std::str::from_utf8(&b[i..]) {
-                Ok(_) => {}
-                Err(e) if truncated && e.error_len().is_none() => b = &b[..i + e.valid_up_to()],
-                Err(_) => {
-                    out.truncate(mark);
-                    return false;
-                }
-            }
-            high = false;
-            start = i;
-            continue;
-        }
+        };
         if c == 0 {
             out.truncate(mark);
             return false;
         }
-        push_escaped(out, c);
-        start = i + 1;
+        // Not ASCII: the rest must be UTF-8.
+        match std::str::from_utf8(&b[start..]) {
+            Ok(_) => {}
+            Err(e) if truncated && e.error_len().is_none() => {
+                b = &b[..start + e.valid_up_to()]
+            }
+            Err(_) => {
+                out.truncate(mark);
+                return false;
+            }
+        }
+        high = false;
     }
     out.push(b'"');
     true
@@ -579,7 +720,11 @@ impl<W: Write + Send> Sink for Json<W> {
 impl<W: Write + Send> Json<W> {
     /// Writes one exchange (the request too when `show_request`).
     fn write_exchange(&mut self, ex: &Exchange, _show_request: bool) -> io::Result<()> {
+        let start = self.buf.len();
         self.exchange_object(ex);
+        if let Some(t) = self.tap.as_mut() {
+            t.exchange(ex, &self.buf[start..]);
+        }
         self.end_line()
     }
 }
@@ -638,7 +783,10 @@ mod tests {
                 let back: String = serde_json::from_slice(&e).unwrap();
                 assert_eq!(back.as_bytes(), &s[..], "byte {c} at {pos}");
                 assert_eq!(needs_escape(c), e.len() > s.len() + 2);
-                assert_eq!(scan(&s, 0, false), if needs_escape(c) { pos } else { 41 });
+                let mut marks = [0; 16];
+                assert!(mark_escapes(&s, &mut marks));
+                let first = (marks[0].trailing_zeros() as usize).min(41);
+                assert_eq!(first, if needs_escape(c) { pos } else { 41 });
             }
         }
         assert_eq!(
@@ -750,6 +898,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn header_lists_of_long_heads_escape_what_needs_it() {
+        // Fields across the 64-byte words of the marks, and heads past what they cover.
+        for n in [1, 7, 30, 90] {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            let mut spans = Vec::new();
+            for i in 0..n {
+                let name = format!("X-Field-{i}");
+                let value = match i % 4 {
+                    0 => format!("\"etag-{i}\""),
+                    1 => "a\\b".to_string(),
+                    _ => "v".repeat(i % 13),
+                };
+                let ns = head.len();
+                head.push_str(&format!("{name}: {value}\r\n"));
+                spans.push((ns..ns + name.len(), ns + name.len() + 2..ns + name.len() + 2 + value.len()));
+            }
+            head.push_str("\r\n");
+            let mut hs = Headers::new();
+            hs.push_head(head.as_bytes(), spans).unwrap();
+            let mut j = Json::new(Vec::new());
+            j.headers(&hs);
+            let mut want = b"[".to_vec();
+            for (i, (n, v)) in hs.iter().enumerate() {
+                if i > 0 {
+                    want.push(b',');
+                }
+                want.push(b'[');
+                escape(&mut want, n.to_ascii_lowercase().as_bytes());
+                want.push(b',');
+                escape(&mut want, v.as_bytes());
+                want.push(b']');
+            }
+            want.push(b']');
+            assert_eq!(String::from_utf8(j.buf).unwrap(), String::from_utf8(want).unwrap());
+        }
+    }
+
     /// `text` as a string, or None for binary.
     fn text_of(b: &[u8], truncated: bool) -> Option<String> {
         let mut o = b"prefix".to_vec();
@@ -758,6 +944,54 @@ mod tests {
             return None;
         }
         Some(serde_json::from_slice(&o[6..]).unwrap())
+    }
+
+    /// JSON escaping one byte at a time, as it was first written.
+    fn escape_reference(b: &[u8]) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for &c in b {
+            match c {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                c if needs_escape(c) => out.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+                c => out.push(c),
+            }
+        }
+        out.push(b'"');
+        out
+    }
+
+    #[test]
+    fn dense_escapes_come_out_as_byte_by_byte() {
+        // Escapes next to each other, at every place of a 16-byte chunk, and runs of them
+        // (each six bytes out) filling the room reserved.
+        let mut x: u32 = 0x9e37_79b9;
+        let alphabet = b"ab\"\\\n\r\t\x01\x7f {}:,\xc3\xa9";
+        for len in 0..200 {
+            let mut b: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    alphabet[x as usize % alphabet.len()]
+                })
+                .collect();
+            let mut o = Vec::new();
+            escape(&mut o, &b);
+            assert_eq!(o, escape_reference(&b), "{b:?}");
+            // As a body: text when it is UTF-8 (the é may be cut in two).
+            b.retain(|&c| c < 0x80);
+            let mut o = Vec::new();
+            assert!(text(&mut o, &b, false));
+            assert_eq!(o, escape_reference(&b));
+        }
+        let all_escaped = vec![1u8; 300];
+        let mut o = b"x".to_vec();
+        escape(&mut o, &all_escaped);
+        assert_eq!(&o[1..], &escape_reference(&all_escaped)[..]);
     }
 
     #[test]

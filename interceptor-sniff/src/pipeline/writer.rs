@@ -332,6 +332,7 @@ fn write_batches(
     live: bool,
 ) -> Finished {
     let mut error = None;
+    let mut spent = Vec::new();
     for mut batch in batches {
         let mut done = Returned {
             batch: Vec::new(),
@@ -358,6 +359,15 @@ fn write_batches(
             }
         }
         drop(records);
+        // What the sink kept and is done with (the shadow comparison's pairs) goes back
+        // too: otherwise the parser builds every message of a shadow run anew.
+        out.spent(&mut spent);
+        for ex in spent.drain(..) {
+            done.keep_request(ex.request);
+            if let Some(r) = ex.response {
+                done.keep_response(r);
+            }
+        }
         if error.is_none() && live {
             if let Err(e) = out.flush() {
                 failed.store(true, Ordering::Relaxed);

@@ -96,6 +96,17 @@ pub struct Shadow<W: Write> {
     reporter: report::Reporter<W>,
     events: Vec<pair::Event>,
     observer: Option<Box<dyn Observer>>,
+    /// Exchanges reported and done with, for the sniffer to reuse (`take_spent`).
+    spent: Vec<Exchange>,
+}
+
+/// Most exchanges kept in `Shadow::spent` for reuse; beyond, they are dropped.
+const MAX_SPENT: usize = 1024;
+
+fn keep_spent(spent: &mut Vec<Exchange>, ex: Exchange) {
+    if spent.len() < MAX_SPENT {
+        spent.push(ex);
+    }
 }
 
 impl<W: Write> Shadow<W> {
@@ -106,8 +117,16 @@ impl<W: Write> Shadow<W> {
             reporter,
             events: Vec::new(),
             observer: None,
+            spent: Vec::new(),
         }
     }
+
+    /// Moves the exchanges reported since the last call to `out`: the sniffer reuses their
+    /// buffers (`http::pool`) rather than allocate new ones for every message.
+    pub fn take_spent(&mut self, out: &mut Vec<Exchange>) {
+        out.append(&mut self.spent);
+    }
+
 
     /// Also tells `o` about each pair and unmatched exchange.
     pub fn observe(mut self, o: Box<dyn Observer>) -> Shadow<W> {
@@ -153,12 +172,15 @@ impl<W: Write> Shadow<W> {
                         o.pair(&p, &cmp);
                     }
                     self.reporter.pair(&p, &cmp)?;
+                    keep_spent(&mut self.spent, p.primary);
+                    keep_spent(&mut self.spent, p.shadow);
                 }
                 pair::Event::Unmatched(u) => {
                     if let Some(o) = self.observer.as_mut() {
                         o.unmatched(&u);
                     }
-                    self.reporter.unmatched(&u)?
+                    self.reporter.unmatched(&u)?;
+                    keep_spent(&mut self.spent, u.exchange);
                 }
             }
         }
@@ -238,6 +260,12 @@ impl<W: Write + Send> crate::sink::Sink for ShadowSink<W> {
         };
         sh.tick(now)?;
         sh.flush()
+    }
+
+    fn spent(&mut self, out: &mut Vec<Exchange>) {
+        if let Some(sh) = self.shadow.as_mut() {
+            sh.take_spent(out);
+        }
     }
 }
 

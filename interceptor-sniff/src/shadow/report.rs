@@ -57,24 +57,40 @@ pub struct Summary {
     /// Per generalised location (`body:[*].imageUrl`): in how many pairs it differed.
     paths: HashMap<String, u64>,
     other_paths: u64,
+    /// The differing locations of the last pair counted, and what `count` made of them:
+    /// consecutive pairs mostly differ in the same places.
+    last: (Vec<super::diff::Location>, Vec<String>),
     pub primary_latency: Histogram,
     pub shadow_latency: Histogram,
 }
 
 impl Summary {
     fn count(&mut self, cmp: &Comparison) {
-        let mut seen: Vec<String> = cmp
-            .differences
-            .iter()
-            .map(|d| generalise(&d.location.to_string()))
-            .collect();
-        seen.sort();
-        seen.dedup();
-        for p in seen {
-            if let Some(n) = self.paths.get_mut(&p) {
+        let same_places = self.last.0.len() == cmp.differences.len()
+            && self
+                .last
+                .0
+                .iter()
+                .zip(&cmp.differences)
+                .all(|(l, d)| *l == d.location);
+        if !same_places {
+            let mut seen: Vec<String> = cmp
+                .differences
+                .iter()
+                .map(|d| generalise(&d.location.to_string()))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            self.last = (
+                cmp.differences.iter().map(|d| d.location.clone()).collect(),
+                seen,
+            );
+        }
+        for p in &self.last.1 {
+            if let Some(n) = self.paths.get_mut(p) {
                 *n += 1;
             } else if self.paths.len() < MAX_COUNTED_PATHS {
-                self.paths.insert(p, 1);
+                self.paths.insert(p.clone(), 1);
             } else {
                 self.other_paths += 1;
             }
@@ -457,26 +473,36 @@ fn side_text(ex: &Exchange) -> String {
 }
 
 /// A value for a column: strings bare, others as JSON, absence as a dash.
-fn cell(v: &Option<Value>) -> String {
+fn cell(v: &Option<Value>) -> std::borrow::Cow<'_, str> {
     match v {
-        None => "—".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        None => "—".into(),
+        Some(Value::String(s)) => s.as_str().into(),
+        Some(other) => other.to_string().into(),
     }
 }
 
 /// Cuts `s` to `w` characters, marking the cut; control characters are escaped.
 fn fit(s: &str, w: usize) -> String {
-    let clean: String = s
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
+    // Nearly every value is printable ASCII: a character per byte and nothing to escape.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        let mut t = String::with_capacity(w.max(s.len()) + 2);
+        if s.len() <= w {
+            t.push_str(s);
+            t.extend(std::iter::repeat_n(' ', w - s.len()));
+        } else {
+            t.push_str(&s[..w.saturating_sub(1)]);
+            t.push('…');
+        }
+        return t;
+    }
+    let mut clean = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            clean.extend(c.escape_default());
+        } else {
+            clean.push(c);
+        }
+    }
     let n = clean.chars().count();
     if n <= w {
         format!("{clean}{}", " ".repeat(w - n))
@@ -487,6 +513,51 @@ fn fit(s: &str, w: usize) -> String {
     }
 }
 
+/// Appends `s` cut or padded to `w` characters, as `fit` returns it.
+fn push_fit(out: &mut String, s: &str, w: usize) {
+    // Nearly every value is printable ASCII: a character per byte and nothing to escape.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        if s.len() <= w {
+            out.push_str(s);
+            out.extend(std::iter::repeat_n(' ', w - s.len()));
+        } else {
+            out.push_str(&s[..w.saturating_sub(1)]);
+            out.push('…');
+        }
+        return;
+    }
+    // Else a character at a time ("—" for an absent value), escaping only if needed.
+    if !s.chars().any(char::is_control) {
+        let n = s.chars().count();
+        if n <= w {
+            out.push_str(s);
+            out.extend(std::iter::repeat_n(' ', w - n));
+        } else {
+            out.extend(s.chars().take(w.saturating_sub(1)));
+            out.push('…');
+        }
+        return;
+    }
+    out.push_str(&fit(s, w));
+}
+
+/// `side_text`, appended to `out`.
+fn push_side_text(out: &mut String, ex: &Exchange) {
+    use std::fmt::Write as _;
+    match ex.response.as_ref() {
+        Some(r) => {
+            let _ = write!(out, "{}", r.status);
+        }
+        None => out.push_str("no response"),
+    }
+    if let Some(l) = ex.latency_us() {
+        out.push(' ');
+        out.push_str(&fmt_us(l));
+    }
+    let _ = write!(out, " from {}", ex.server);
+}
+
+/// A pair as text: put together in one string (no string per part), then written.
 fn write_pair_text<W: Write>(
     o: &mut W,
     pair: &Pair,
@@ -494,37 +565,44 @@ fn write_pair_text<W: Write>(
     color: bool,
     width: usize,
 ) -> io::Result<()> {
-    let verdict = if cmp.same() {
-        paint(color, GREEN, "same     ")
-    } else {
-        paint(color, RED, "different")
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(256 + 2 * width);
+    let painted = |s: &mut String, code: &str, text: &str| {
+        if color {
+            s.push_str(code);
+            s.push_str(text);
+            s.push_str("\x1b[0m");
+        } else {
+            s.push_str(text);
+        }
     };
-    let id = pair
-        .request_id
-        .as_deref()
-        .map(|i| format!("  x-request-id {i}"))
-        .unwrap_or_default();
-    let mut counts = String::new();
+    if cmp.same() {
+        painted(&mut s, GREEN, "same     ");
+    } else {
+        painted(&mut s, RED, "different");
+    }
+    s.push(' ');
+    s.push_str(&pair.primary.request.method);
+    s.push(' ');
+    s.push_str(&pair.primary.request.target);
+    if let Some(i) = pair.request_id.as_deref() {
+        s.push_str("  x-request-id ");
+        s.push_str(i);
+    }
+    s.push_str("  primary ");
+    push_side_text(&mut s, &pair.primary);
+    s.push_str(" | shadow ");
+    push_side_text(&mut s, &pair.shadow);
     if !cmp.same() {
         let n = cmp.differences.len() + cmp.omitted;
-        counts.push_str(&format!(
-            "  {n} difference{}",
-            if n == 1 { "" } else { "s" }
-        ));
+        let _ = write!(s, "  {n} difference{}", if n == 1 { "" } else { "s" });
     }
     if !cmp.noise.is_empty() {
-        counts.push_str(&format!("  {} noise", cmp.noise.len()));
+        let _ = write!(s, "  {} noise", cmp.noise.len());
     }
-    writeln!(
-        o,
-        "{verdict} {} {}{id}  primary {} | shadow {}{counts}",
-        pair.primary.request.method,
-        pair.primary.request.target,
-        side_text(&pair.primary),
-        side_text(&pair.shadow),
-    )?;
+    s.push('\n');
     if cmp.differences.is_empty() && cmp.noise.is_empty() {
-        return Ok(());
+        return o.write_all(s.as_bytes());
     }
     let all: Vec<(&Difference, bool)> = cmp
         .differences
@@ -545,7 +623,11 @@ fn write_pair_text<W: Write>(
     // "  ~ " + where + "  " + primary + " │ " + shadow
     let col = width.saturating_sub(4 + ww + 2 + 3) / 2;
     let col = col.max(12);
-    writeln!(o, "    {}  {} │ shadow", fit("", ww), fit("primary", col))?;
+    s.push_str("    ");
+    push_fit(&mut s, "", ww);
+    s.push_str("  ");
+    push_fit(&mut s, "primary", col);
+    s.push_str(" │ shadow\n");
     for ((d, noise), w) in all.iter().zip(&wheres) {
         let (mark, code) = match (noise, d.kind) {
             (true, _) => ("·", DIM),
@@ -553,18 +635,29 @@ fn write_pair_text<W: Write>(
             (false, Kind::Removed) => ("-", RED),
             (false, Kind::Changed) => ("~", YELLOW),
         };
-        let line = format!(
-            "  {mark} {}  {} │ {}",
-            fit(w, ww),
-            fit(&cell(&d.primary), col),
-            fit(&cell(&d.shadow), col).trim_end()
-        );
-        writeln!(o, "{}", paint(color, code, &line))?;
+        if color {
+            s.push_str(code);
+        }
+        s.push_str("  ");
+        s.push_str(mark);
+        s.push(' ');
+        push_fit(&mut s, w, ww);
+        s.push_str("  ");
+        push_fit(&mut s, &cell(&d.primary), col);
+        s.push_str(" │ ");
+        let at = s.len();
+        push_fit(&mut s, &cell(&d.shadow), col);
+        let kept = s[at..].trim_end().len();
+        s.truncate(at + kept);
+        if color {
+            s.push_str("\x1b[0m");
+        }
+        s.push('\n');
     }
     if cmp.omitted > 0 {
-        writeln!(o, "    … and {} more", cmp.omitted)?;
+        let _ = writeln!(s, "    … and {} more", cmp.omitted);
     }
-    Ok(())
+    o.write_all(s.as_bytes())
 }
 
 #[cfg(test)]

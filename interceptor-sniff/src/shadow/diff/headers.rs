@@ -36,29 +36,38 @@ fn split_port(host: &str) -> (&str, &str) {
     }
 }
 
-/// The value of header `name` as one string, repeated headers joined as `, `; borrowed when
-/// the header appears once (the usual case: no allocation).
-fn joined<'a>(headers: &'a Headers, name: &str) -> Option<Cow<'a, str>> {
-    let mut it = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
-    let (_, first) = it.next()?;
-    let mut out = Cow::Borrowed(first);
-    for (_, v) in it {
-        let o = out.to_mut();
-        o.push_str(", ");
-        o.push_str(v);
+/// Whether `primary` is `shadow` with its shadow marker removed (`strip_shadow_suffix`),
+/// without building the stripped string; None when `shadow` has no marker.
+fn equals_stripped(primary: &str, shadow: &str) -> Option<bool> {
+    let (name, port) = split_port(shadow);
+    let cut = name.len().checked_sub("-shadow".len())?;
+    if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case("-shadow") {
+        return None;
     }
-    Some(out)
+    let stem = &name[..cut];
+    Some(
+        primary.len() == stem.len() + port.len()
+            && primary.starts_with(stem)
+            && primary.ends_with(port),
+    )
 }
 
-/// Distinct header names, in first-seen order.
-fn names(headers: &Headers) -> impl Iterator<Item = &str> {
-    headers.iter().enumerate().filter_map(move |(i, (n, _))| {
-        let first = !headers
-            .iter()
-            .take(i)
-            .any(|(m, _)| m.eq_ignore_ascii_case(n));
-        first.then_some(n)
-    })
+/// The distinct header names of a list in first-seen order (as first spelt), each with
+/// its value as one string, repeated headers joined as `, ` (borrowed when the header
+/// appears once: the usual case, no allocation). One pass over the list.
+fn distinct(headers: &Headers) -> Vec<(&str, Cow<'_, str>)> {
+    let mut out: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(headers.len());
+    for (n, v) in headers {
+        match out.iter_mut().find(|(m, _)| m.eq_ignore_ascii_case(n)) {
+            Some((_, joined)) => {
+                let o = joined.to_mut();
+                o.push_str(", ");
+                o.push_str(v);
+            }
+            None => out.push((n, Cow::Borrowed(v))),
+        }
+    }
+    out
 }
 
 /// Differences between the two header lists of one side (request or response).
@@ -73,46 +82,45 @@ pub(super) fn compare(
         request,
         name: name.to_ascii_lowercase(),
     };
-    for name in names(p) {
+    let (ps, shs) = (distinct(p), distinct(sh));
+    for (name, pv) in &ps {
         if opts.header_ignored(name) {
             continue;
         }
-        let Some(pv) = joined(p, name) else { continue };
-        match joined(sh, name) {
+        match shs.iter().find(|(m, _)| m.eq_ignore_ascii_case(name)) {
             None => c.push(
                 Difference {
                     location: loc(name),
                     kind: Kind::Removed,
-                    primary: Some(s(&pv)),
+                    primary: Some(s(pv)),
                     shadow: None,
                 },
                 false,
                 opts.strict,
             ),
-            Some(sv) => {
+            Some((_, sv)) => {
                 let stripped = if !opts.strict && name.eq_ignore_ascii_case("host") {
-                    strip_shadow_suffix(&sv)
+                    equals_stripped(pv, sv)
                 } else {
                     None
                 };
-                if *pv != *stripped.as_deref().unwrap_or(&sv) {
-                    let noise = volatile::only_volatile_differs(&pv, &sv);
-                    c.push(changed(loc(name), s(&pv), s(&sv)), noise, opts.strict);
+                if !stripped.unwrap_or_else(|| pv == sv) {
+                    let noise = volatile::only_volatile_differs(pv, sv);
+                    c.push(changed(loc(name), s(pv), s(sv)), noise, opts.strict);
                 }
             }
         }
     }
-    for name in names(sh) {
-        if opts.header_ignored(name) || p.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+    for (name, sv) in &shs {
+        if opts.header_ignored(name) || ps.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        let Some(sv) = joined(sh, name) else { continue };
         c.push(
             Difference {
                 location: loc(name),
                 kind: Kind::Added,
                 primary: None,
-                shadow: Some(s(&sv)),
+                shadow: Some(s(sv)),
             },
             false,
             opts.strict,

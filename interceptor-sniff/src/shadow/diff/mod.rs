@@ -49,6 +49,88 @@ pub struct Options {
     /// Compare everything: no default-ignored headers, Host taken literally, noise counted
     /// as differences.
     pub strict: bool,
+    /// What the bodies of recent pairs were found to differ by, under these options.
+    pub(crate) memo: BodyMemo,
+}
+
+/// The body comparisons of recent pairs, by the bytes compared. Mirrored traffic asks for
+/// the same resources over and over, and most pairs bring a pair of bodies seen before
+/// (the primary's answer and the shadow's, each the same as last time). Parsing both as
+/// JSON and walking them was most of what comparing a pair cost; a pair of bodies seen
+/// before gets what was found then.
+#[derive(Default)]
+pub(crate) struct BodyMemo {
+    entries: std::cell::RefCell<Vec<Memo>>,
+    /// The entry replaced next once all are taken.
+    next: std::cell::Cell<usize>,
+}
+
+struct Memo {
+    request: bool,
+    json_type: bool,
+    primary: Vec<u8>,
+    shadow: Vec<u8>,
+    /// What the comparison of these bodies alone found.
+    found: Comparison,
+}
+
+/// Body pairs remembered, and the largest body remembered.
+const MEMO_ENTRIES: usize = 8;
+const MEMO_MAX_BODY: usize = 64 * 1024;
+
+impl Clone for BodyMemo {
+    /// Options copied start with nothing remembered.
+    fn clone(&self) -> BodyMemo {
+        BodyMemo::default()
+    }
+}
+
+impl std::fmt::Debug for BodyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BodyMemo({} entries)", self.entries.borrow().len())
+    }
+}
+
+impl BodyMemo {
+    /// What comparing bodies `p` and `sh` found, from memory or by `compare` (which must
+    /// depend on nothing else: the options the memo belongs to are the same each time).
+    fn get_or(
+        &self,
+        request: bool,
+        json_type: bool,
+        p: &[u8],
+        sh: &[u8],
+        compare: impl FnOnce(&mut Comparison),
+    ) -> std::cell::Ref<'_, Comparison> {
+        let hit = self.entries.borrow().iter().position(|m| {
+            m.request == request && m.json_type == json_type && m.primary == p && m.shadow == sh
+        });
+        let at = match hit {
+            Some(i) => i,
+            None => {
+                let mut found = Comparison::default();
+                compare(&mut found);
+                let mut entries = self.entries.borrow_mut();
+                let fresh = Memo {
+                    request,
+                    json_type,
+                    primary: p.to_vec(),
+                    shadow: sh.to_vec(),
+                    found,
+                };
+                if entries.len() < MEMO_ENTRIES {
+                    entries.push(fresh);
+                    entries.len() - 1
+                } else {
+                    let i = self.next.get() % MEMO_ENTRIES;
+                    self.next.set(i + 1);
+                    entries[i] = fresh;
+                    i
+                }
+            }
+        };
+        std::cell::Ref::map(self.entries.borrow(), |e| &e[at].found)
+    }
 }
 
 impl Options {
@@ -305,13 +387,52 @@ fn body(
         );
         return;
     }
+    let json_type = headers::is_json_type(p_headers);
+    if p.data.len() <= MEMO_MAX_BODY && sh.data.len() <= MEMO_MAX_BODY {
+        let found = opts
+            .memo
+            .get_or(request, json_type, &p.data, &sh.data, |found| {
+                body_content(found, request, p, sh, json_type, opts)
+            });
+        // As if pushed here: each list keeps its order and its bound.
+        for d in &found.differences {
+            c.push(d.clone(), false, opts.strict);
+        }
+        for d in &found.noise {
+            c.push(d.clone(), true, opts.strict);
+        }
+        c.omitted += found.omitted;
+        return;
+    }
+    body_content(c, request, p, sh, json_type, opts)
+}
+
+/// `body` for two bodies known whole, not empty and not the same: as JSON, lines or bytes.
+/// Depends on nothing but its arguments (`BodyMemo`).
+fn body_content(
+    c: &mut Comparison,
+    request: bool,
+    p: &Body,
+    sh: &Body,
+    json_type: bool,
+    opts: &Options,
+) {
+    let whole = |kind, primary, shadow| Difference {
+        location: Location::Body {
+            request,
+            path: String::new(),
+        },
+        kind,
+        primary,
+        shadow,
+    };
     let looks_json = |b: &[u8]| {
         matches!(
             b.iter().find(|c| !c.is_ascii_whitespace()),
             Some(b'{' | b'[')
         )
     };
-    if headers::is_json_type(p_headers) || (looks_json(&p.data) && looks_json(&sh.data)) {
+    if json_type || (looks_json(&p.data) && looks_json(&sh.data)) {
         if let (Ok(pj), Ok(sj)) = (
             serde_json::from_slice::<Value>(&p.data),
             serde_json::from_slice::<Value>(&sh.data),
@@ -406,6 +527,29 @@ mod tests {
             &ex("catalog-shadow:80", &[], 200, &[JSON_CT], s),
             opts,
         )
+    }
+
+    /// Bodies compared before are not parsed again: what was found then is given again,
+    /// the same as a fresh comparison finds, whatever came in between.
+    #[test]
+    fn bodies_seen_before_compare_as_before() {
+        let memo = Options::default();
+        let pairs = [
+            (r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#),
+            (r#"{"a":1,"b":"2026-11-22T22:31:43Z"}"#, r#"{"a":2,"b":"2026-11-22T22:31:44Z"}"#),
+            ("line one\nline two", "line one\nline 2"),
+        ];
+        for round in 0..3 {
+            for (p, s) in pairs.iter().chain(pairs.iter().rev()) {
+                let fresh = cmp_bodies(p, s, &Options::default());
+                assert_eq!(cmp_bodies(p, s, &memo), fresh, "round {round}: {p} / {s}");
+            }
+        }
+        // More body pairs than are remembered: the older ones are compared anew.
+        for i in 0..2 * MEMO_ENTRIES {
+            let (p, s) = (format!("[{i}]"), format!("[{}]", i + 1));
+            assert_eq!(cmp_bodies(&p, &s, &memo), cmp_bodies(&p, &s, &Options::default()));
+        }
     }
 
     #[test]
