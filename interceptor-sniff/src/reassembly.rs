@@ -200,7 +200,7 @@ impl Hash for Key {
 /// SipHash's DoS resistance buys little for a table that is bounded and evicts; speed per
 /// packet matters more here.
 #[derive(Default)]
-pub struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {

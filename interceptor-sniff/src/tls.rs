@@ -41,7 +41,7 @@ pub struct ClientHello {
 
 /// Outcome of parsing the start of a client stream.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Hello {
+pub(crate) enum Hello {
     Complete(ClientHello),
     /// Need more bytes (the hello can span records and segments).
     Partial,
@@ -50,10 +50,10 @@ pub enum Hello {
 }
 
 /// Largest ClientHello we buffer; real ones with post-quantum key shares are under 2 KiB.
-pub const MAX_HELLO: usize = 16 * 1024;
+pub(crate) const MAX_HELLO: usize = 16 * 1024;
 
 /// Parses the ClientHello from the start of the client's byte stream.
-pub fn client_hello(stream: &[u8]) -> Hello {
+pub(crate) fn client_hello(stream: &[u8]) -> Hello {
     // Gather the handshake bytes from consecutive handshake records.
     let mut hs = Vec::new();
     let mut at = 0;
@@ -192,8 +192,9 @@ fn parse_hello(b: &[u8]) -> Option<ClientHello> {
     Some(hello)
 }
 
-/// Builds a ClientHello record (tests and fuzz seeds).
-pub fn build_client_hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
+/// Builds a ClientHello record (tests).
+#[cfg(test)]
+pub(crate) fn build_client_hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
     fn v16(b: &[u8]) -> Vec<u8> {
         let mut v = (b.len() as u16).to_be_bytes().to_vec();
         v.extend_from_slice(b);

@@ -18,6 +18,8 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::wire::pcap::{MAGIC_MICROS, MAGIC_NANOS};
+
 /// Why a capture file cannot be opened; the caller names the flag that gave the path.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -85,7 +87,7 @@ impl From<io::Error> for FileError {
 }
 
 /// A read-only memory map of a whole file.
-pub struct Mapped {
+pub(crate) struct Mapped {
     ptr: *const u8,
     len: usize,
 }
@@ -96,26 +98,14 @@ unsafe impl Send for Mapped {}
 // SAFETY: as for Send: shared references only read the immutable mapping.
 unsafe impl Sync for Mapped {}
 
+/// pcap's magic numbers as read in our byte order, written in the other one.
+const MAGIC_MICROS_SWAPPED: u32 = MAGIC_MICROS.swap_bytes();
+const MAGIC_NANOS_SWAPPED: u32 = MAGIC_NANOS.swap_bytes();
+
 /// Largest file mapped with `MAP_POPULATE`.
 const POPULATE_MAX: usize = 256 << 20;
 
 impl Mapped {
-    pub fn open(path: &std::path::Path) -> Result<Mapped, OpenError> {
-        let name = path.display().to_string();
-        let f = File::open(path).map_err(|err| OpenError::Open {
-            path: name.clone(),
-            err,
-        })?;
-        let meta = f.metadata().map_err(|err| OpenError::Open {
-            path: name.clone(),
-            err,
-        })?;
-        if meta.is_dir() {
-            return Err(OpenError::Directory(name));
-        }
-        Mapped::map(&f, meta.len(), &name)
-    }
-
     /// Maps `len` bytes of the regular file `f` (`name` for errors).
     pub fn map(f: &File, len: u64, name: &str) -> Result<Mapped, OpenError> {
         let Ok(len) = usize::try_from(len) else {
@@ -263,9 +253,9 @@ impl Reader {
     pub fn new(b: &[u8]) -> Result<Reader, FileError> {
         let magic = u32_at(b, 0, false).ok_or(FileError::TooShort(b.len()))?;
         let format = match magic {
-            0xa1b2c3d4 | 0xa1b23c4d | 0xd4c3b2a1 | 0x4d3cb2a1 => {
-                let swapped = matches!(magic, 0xd4c3b2a1 | 0x4d3cb2a1);
-                let nanos = matches!(magic, 0xa1b23c4d | 0x4d3cb2a1);
+            MAGIC_MICROS | MAGIC_NANOS | MAGIC_MICROS_SWAPPED | MAGIC_NANOS_SWAPPED => {
+                let swapped = matches!(magic, MAGIC_MICROS_SWAPPED | MAGIC_NANOS_SWAPPED);
+                let nanos = matches!(magic, MAGIC_NANOS | MAGIC_NANOS_SWAPPED);
                 let linktype = (u32_at(b, 20, swapped)
                     .ok_or(FileError::TruncatedPcapHeader(b.len()))?
                     & 0x0fff_ffff) as i32;
@@ -524,7 +514,7 @@ impl Reader {
 
 /// Largest record a [`Stream`] holds: libpcap's own bound on a pcapng block (16 MiB);
 /// a pcap record is at most the 256 KiB snap length in anything libpcap writes.
-pub const MAX_STREAM_RECORD: usize = 16 << 20;
+pub(crate) const MAX_STREAM_RECORD: usize = 16 << 20;
 
 /// Bytes asked of the source per read.
 const STREAM_CHUNK: usize = 256 << 10;

@@ -300,7 +300,7 @@ pub struct Frame<'a> {
 
 impl Frame<'_> {
     /// Appends the frame to a pcap file (`-O`).
-    pub fn write_to(&self, sf: &mut pcap::Savefile) {
+    pub(crate) fn write_to(&self, sf: &mut pcap::Savefile) {
         let d = self.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         let header = pcap::PacketHeader {
             ts: libc::timeval {
@@ -353,7 +353,7 @@ pub fn interface_exists(dev: &str) -> bool {
 impl Source {
     /// A capture file (`-I FILE`), or standard input for `-`, as tcpdump's `-r -`. A
     /// regular file is mapped; a pipe, FIFO or terminal is read as a stream.
-    pub fn open_file(path: &Path, filter: &str) -> Result<Source> {
+    pub(crate) fn open_file(path: &Path, filter: &str) -> Result<Source> {
         let name = path.display().to_string();
         let f = if path == Path::new("-") {
             // A descriptor of our own for the read-ahead thread; stdin stays usable.
@@ -414,7 +414,7 @@ impl Source {
 
     /// A capture read as it comes (`name` for errors): waits for its file header (and a
     /// pcapng's first interface) here, then reads ahead on a thread.
-    pub fn open_stream<R: Read + Send + 'static>(
+    pub(crate) fn open_stream<R: Read + Send + 'static>(
         src: R,
         name: &str,
         filter: &str,
@@ -506,7 +506,7 @@ impl Source {
     }
 
     /// A capture read from a pipe: it may pause (`Next::Idle`) and go on.
-    pub fn is_stream(&self) -> bool {
+    pub(crate) fn is_stream(&self) -> bool {
         matches!(&self.handle, Handle::File(fs) if fs.map.is_none())
     }
 
@@ -772,7 +772,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let err = Source::open_file(&dir, "").err().unwrap();
         assert_eq!(err.subject(), Subject::File);
-        assert_eq!(err.to_string(), format!("{}: is a directory", dir.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("{}: is a directory", dir.display())
+        );
         let missing = dir.join("interceptor-no-such-capture.pcap");
         let err = Source::open_file(&missing, "").err().unwrap();
         assert_eq!(err.subject(), Subject::File);

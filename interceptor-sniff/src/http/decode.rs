@@ -67,7 +67,7 @@ pub enum Coding {
 
 impl Coding {
     /// From a Content-Encoding value; several codings or unknown ones are shown raw.
-    pub fn from_header(value: Option<&str>) -> Coding {
+    pub(crate) fn from_header(value: Option<&str>) -> Coding {
         match value.map(|v| v.trim().to_ascii_lowercase()) {
             Some(v) if v == "gzip" || v == "x-gzip" => Coding::Gzip,
             Some(v) if v == "deflate" => Coding::Deflate,
@@ -118,7 +118,7 @@ impl Collector {
 
     /// Keeps the raw bytes in `buf` (emptied first) rather than in a new buffer.
     #[inline]
-    pub fn with_buffer(mut self, mut buf: Vec<u8>) -> Collector {
+    pub(crate) fn with_buffer(mut self, mut buf: Vec<u8>) -> Collector {
         buf.clear();
         self.raw = buf;
         self

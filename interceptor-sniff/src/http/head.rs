@@ -34,7 +34,7 @@ const MAX_LEN: usize = 1024;
 const BLOCK: usize = 32;
 const BLOCKS: usize = MAX_LEN / BLOCK;
 /// Most fields taken.
-pub const MAX_FIELDS: usize = 32;
+pub(crate) const MAX_FIELDS: usize = 32;
 
 /// The start line, as places in the head.
 #[derive(Clone, Debug, PartialEq, Eq)]

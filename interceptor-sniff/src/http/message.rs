@@ -268,7 +268,7 @@ impl Headers {
     /// given as where its name and where its value lie in it. A range that is not a slice
     /// of `head` (out of it, reversed, or not on character boundaries) is skipped. A head
     /// that is not UTF-8 is refused whole, with nothing added.
-    pub fn push_head<I>(&mut self, head: &[u8], fields: I) -> Result<(), std::str::Utf8Error>
+    pub(crate) fn push_head<I>(&mut self, head: &[u8], fields: I) -> Result<(), std::str::Utf8Error>
     where
         I: IntoIterator<Item = (Range<usize>, Range<usize>)>,
     {
@@ -294,7 +294,7 @@ impl Headers {
 
     /// Appends the fields of a head `head::scan` accepted: its text is ASCII and every
     /// range is inside it, so nothing needs checking.
-    pub fn push_scanned(&mut self, head: &Scanned<'_>) {
+    pub(crate) fn push_scanned(&mut self, head: &Scanned<'_>) {
         self.fields.reserve(head.len());
         self.append_head(head.text, head.fields());
     }
@@ -369,7 +369,8 @@ impl Headers {
     }
 
     /// Every value of field `name` (any case), in wire order.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    #[cfg(test)]
+    pub(crate) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let (from, most) = self.span(name);
         self.iter_from(from)
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))

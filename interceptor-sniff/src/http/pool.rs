@@ -81,7 +81,7 @@ fn small(headers: &Headers, body: &Body, strings: usize) -> bool {
 /// Empties a reported request for reuse, keeping its buffers; false if it holds too much
 /// to be worth keeping. Done by whichever thread last read it, so that the parser's
 /// thread need not touch it again before it builds the next message in it.
-pub fn empty_request(r: &mut Request) -> bool {
+pub(crate) fn empty_request(r: &mut Request) -> bool {
     let strings = r.method.capacity() + r.target.capacity();
     r.method.clear();
     r.target.clear();
@@ -91,7 +91,7 @@ pub fn empty_request(r: &mut Request) -> bool {
 }
 
 /// `empty_request` for a response.
-pub fn empty_response(r: &mut Response) -> bool {
+pub(crate) fn empty_response(r: &mut Response) -> bool {
     let strings = r.reason.capacity();
     r.status = 0;
     r.reason.clear();
@@ -102,7 +102,7 @@ pub fn empty_response(r: &mut Response) -> bool {
 
 /// Takes back requests that were emptied by `empty_request` (and found worth keeping),
 /// without reading them.
-pub fn keep_requests(rs: impl IntoIterator<Item = Box<Request>>) {
+pub(crate) fn keep_requests(rs: impl IntoIterator<Item = Box<Request>>) {
     POOL.with(|p| {
         let requests = &mut p.borrow_mut().requests;
         let room = MAX_KEPT.saturating_sub(requests.len());
@@ -111,7 +111,7 @@ pub fn keep_requests(rs: impl IntoIterator<Item = Box<Request>>) {
 }
 
 /// `keep_requests` for responses.
-pub fn keep_responses(rs: impl IntoIterator<Item = Box<Response>>) {
+pub(crate) fn keep_responses(rs: impl IntoIterator<Item = Box<Response>>) {
     POOL.with(|p| {
         let responses = &mut p.borrow_mut().responses;
         let room = MAX_KEPT.saturating_sub(responses.len());
@@ -120,14 +120,14 @@ pub fn keep_responses(rs: impl IntoIterator<Item = Box<Response>>) {
 }
 
 /// Takes back a request that has been reported.
-pub fn recycle_request(mut r: Box<Request>) {
+pub(crate) fn recycle_request(mut r: Box<Request>) {
     if empty_request(&mut r) {
         keep_requests([r]);
     }
 }
 
 /// Takes back a response that has been reported.
-pub fn recycle_response(mut r: Box<Response>) {
+pub(crate) fn recycle_response(mut r: Box<Response>) {
     if empty_response(&mut r) {
         keep_responses([r]);
     }

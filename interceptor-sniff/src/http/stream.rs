@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use super::decode::{Coding, Collector};
 use super::head::{self, StartLine};
-use super::message::{Headers, Known, Request, Response};
 use super::head::{Role, MAX_HEADERS};
+use super::message::{Headers, Known, Request, Response};
 use super::pool;
 
 #[derive(Clone, Debug)]
@@ -69,7 +69,7 @@ impl Asked {
 
 /// How a message body is delimited (RFC 9112 section 6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -79,7 +79,7 @@ pub enum Framing {
 
 /// Why a message cannot be framed; the rest of the direction is not trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BadFraming {
+pub(crate) enum BadFraming {
     /// Content-Length not a number, or several different ones.
     ContentLength,
     /// A request whose Transfer-Encoding does not end in chunked.
@@ -126,7 +126,7 @@ fn decimal(b: &[u8]) -> Option<u64> {
 }
 
 /// Request body framing. Transfer-Encoding overrides Content-Length (RFC 9112 6.3 item 3).
-pub fn request_framing(headers: &Headers) -> Result<Framing, BadFraming> {
+pub(crate) fn request_framing(headers: &Headers) -> Result<Framing, BadFraming> {
     match transfer_chunked(headers) {
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Err(BadFraming::TransferEncoding),
@@ -138,7 +138,7 @@ pub fn request_framing(headers: &Headers) -> Result<Framing, BadFraming> {
 }
 
 /// Response body framing, given the request it answers.
-pub fn response_framing(
+pub(crate) fn response_framing(
     status: u16,
     asked: Asked,
     headers: &Headers,

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::{epoch_micros, tunnel_kind, utc};
-use crate::sink::{Sink, Summary, TlsFlow};
 use crate::http::{Body, Exchange, Headers, Request, Response};
 use crate::pod::PodTags;
+use crate::sink::{Sink, Summary, TlsFlow};
 
 /// Appends `,"name":` with the name known at compile time (one copy of a constant).
 macro_rules! key {
@@ -321,7 +321,9 @@ fn any_marked(marks: &[u64; 16], from: usize, to: usize) -> bool {
     let high = !0u64 >> (63 - (to - 1) % 64);
     match marks.get(first..=last) {
         Some([only]) => only & low & high != 0,
-        Some([a, middle @ .., z]) => a & low != 0 || z & high != 0 || middle.iter().any(|&w| w != 0),
+        Some([a, middle @ .., z]) => {
+            a & low != 0 || z & high != 0 || middle.iter().any(|&w| w != 0)
+        }
         _ => true,
     }
 }
@@ -441,11 +443,17 @@ fn escape_run(b: &[u8], stop_high: bool, stop_nul: bool, out: &mut Vec<u8>) -> u
             let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
             // Unsigned v <= 0x1f  <=>  min(v, 0x1f) == v.
             let ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-            let special =
-                _mm_or_si128(_mm_or_si128(ctl, is(b'"')), _mm_or_si128(is(b'\\'), is(0x7f)));
+            let special = _mm_or_si128(
+                _mm_or_si128(ctl, is(b'"')),
+                _mm_or_si128(is(b'\\'), is(0x7f)),
+            );
             _mm_storeu_si128(dst.add(o) as *mut __m128i, v);
             // The sign bit of each byte is set exactly for bytes >= 0x80.
-            let high = if stop_high { _mm_movemask_epi8(v) as u32 } else { 0 };
+            let high = if stop_high {
+                _mm_movemask_epi8(v) as u32
+            } else {
+                0
+            };
             (_mm_movemask_epi8(special) as u32 | high) & ((1 << n) - 1)
         };
         // The bytes from `i` to the end of the chunk are stored at `o`.
@@ -520,9 +528,7 @@ fn text(out: &mut Vec<u8>, mut b: &[u8], truncated: bool) -> bool {
         // Not ASCII: the rest must be UTF-8.
         match std::str::from_utf8(&b[start..]) {
             Ok(_) => {}
-            Err(e) if truncated && e.error_len().is_none() => {
-                b = &b[..start + e.valid_up_to()]
-            }
+            Err(e) if truncated && e.error_len().is_none() => b = &b[..start + e.valid_up_to()],
             Err(_) => {
                 out.truncate(mark);
                 return false;
@@ -540,7 +546,7 @@ pub fn push_u64(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Appends `ip:port` (`[ip]:port` for IPv6) without going through `fmt`.
-pub fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+pub(crate) fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
     let v4 = match a {
         SocketAddr::V4(v4) => v4,
         SocketAddr::V6(v6) => {
@@ -913,7 +919,10 @@ mod tests {
                 };
                 let ns = head.len();
                 head.push_str(&format!("{name}: {value}\r\n"));
-                spans.push((ns..ns + name.len(), ns + name.len() + 2..ns + name.len() + 2 + value.len()));
+                spans.push((
+                    ns..ns + name.len(),
+                    ns + name.len() + 2..ns + name.len() + 2 + value.len(),
+                ));
             }
             head.push_str("\r\n");
             let mut hs = Headers::new();
@@ -932,7 +941,10 @@ mod tests {
                 want.push(b']');
             }
             want.push(b']');
-            assert_eq!(String::from_utf8(j.buf).unwrap(), String::from_utf8(want).unwrap());
+            assert_eq!(
+                String::from_utf8(j.buf).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
         }
     }
 

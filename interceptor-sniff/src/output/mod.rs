@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::http::{Exchange, Headers, Request, Response};
 
 /// Seconds and microseconds since the epoch (times before it clamp to zero).
-pub fn epoch_micros(t: SystemTime) -> (i64, u32) {
+pub(crate) fn epoch_micros(t: SystemTime) -> (i64, u32) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     (d.as_secs() as i64, d.subsec_micros())
 }
@@ -29,7 +29,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Broken-down UTC time: (year, month, day, hour, minute, second, microsecond).
-pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+pub(crate) fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let (secs, us) = epoch_micros(t);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400) as u32;
@@ -43,7 +43,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// How a connection left HTTP after this exchange, if it did.
-pub fn tunnel_kind(ex: &Exchange) -> Option<String> {
+pub(crate) fn tunnel_kind(ex: &Exchange) -> Option<String> {
     let resp = ex.response.as_ref()?;
     if resp.status == 101 {
         return Some(
@@ -60,7 +60,7 @@ pub fn tunnel_kind(ex: &Exchange) -> Option<String> {
 }
 
 /// Renders a message head and body as it went over the wire (for MATCH and display).
-pub fn wire_text(start: &str, headers: &Headers, body: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn wire_text(start: &str, headers: &Headers, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(start.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (n, v) in headers {

@@ -91,10 +91,7 @@ impl<W: Write> Text<W> {
                 let (secs, us) = epoch_micros(ts);
                 if self.second.0 != secs {
                     let (y, mo, d, h, mi, s, _) = utc(ts);
-                    self.second = (
-                        secs,
-                        format!("{y:04}/{mo:02}/{d:02} {h:02}:{mi:02}:{s:02}"),
-                    );
+                    self.second = (secs, format!("{y:04}/{mo:02}/{d:02} {h:02}:{mi:02}:{s:02}"));
                 }
                 self.buf.extend_from_slice(self.second.1.as_bytes());
                 push_frac(&mut self.buf, us);
@@ -125,17 +122,27 @@ impl<W: Write> Text<W> {
     /// Closes the `T` line: the message follows on the next line, or on the same one
     /// (`-W single`).
     fn t_end(&mut self) {
-        if let Some(t) = self.t_pod.take().and_then(|i| self.pods.as_ref()?.tags().get(i)) {
+        if let Some(t) = self
+            .t_pod
+            .take()
+            .and_then(|i| self.pods.as_ref()?.tags().get(i))
+        {
             self.buf.extend_from_slice(b"] pod ");
             self.buf.extend_from_slice(t.label().as_bytes());
-            self.buf.extend_from_slice(if self.layout == Layout::Single { b" " } else { b"\n" });
+            self.buf
+                .extend_from_slice(if self.layout == Layout::Single {
+                    b" "
+                } else {
+                    b"\n"
+                });
             return;
         }
-        self.buf.extend_from_slice(if self.layout == Layout::Single {
-            b"] "
-        } else {
-            b"]\n"
-        });
+        self.buf
+            .extend_from_slice(if self.layout == Layout::Single {
+                b"] "
+            } else {
+                b"]\n"
+            });
     }
 
     /// A message: `start` is its start line in parts, joined by spaces.
@@ -156,9 +163,11 @@ impl<W: Write> Text<W> {
                             push_span(&mut self.buf, text, ns, ve)
                         }
                         _ => {
-                            self.buf.extend_from_slice(text.get(ns..ne).unwrap_or_default());
+                            self.buf
+                                .extend_from_slice(text.get(ns..ne).unwrap_or_default());
                             self.buf.extend_from_slice(b": ");
-                            self.buf.extend_from_slice(text.get(vs..ve).unwrap_or_default());
+                            self.buf
+                                .extend_from_slice(text.get(vs..ve).unwrap_or_default());
                         }
                     }
                     self.buf.push(b'\n');
@@ -370,7 +379,11 @@ fn show_ascii(b: &[u8], keep_lines: bool, out: &mut Vec<u8>) -> usize {
             return i;
         }
         let kept = keep_lines && (c == b'\n' || c == b'\t');
-        out.push(if (c < 0x20 || c == 0x7f) && !kept { b'.' } else { c });
+        out.push(if (c < 0x20 || c == 0x7f) && !kept {
+            b'.'
+        } else {
+            c
+        });
     }
     b.len()
 }
@@ -416,7 +429,8 @@ impl<W: Write + Send> Sink for Text<W> {
         server: SocketAddr,
     ) -> io::Result<()> {
         self.t_line(resp.ts, server, client);
-        self.buf.extend_from_slice(b"response, request not captured");
+        self.buf
+            .extend_from_slice(b"response, request not captured");
         self.t_end();
         self.response_message(resp)?;
         self.spill()
@@ -604,13 +618,16 @@ mod tests {
             HTTP/1.1 200 OK\nContent-Type: application/json\n\n[\n  1\n]\n[body: 20 bytes, 9 shown]\n\n";
         assert_eq!(written(Layout::Byline, Clock::Absolute), block.repeat(2));
         let normal = written(Layout::Normal, Clock::Delta);
-        assert!(normal.starts_with(
-            "T +0.000000 10.0.0.1:41000 -> [fe80::1%2]:80 [request]\n\
+        assert!(
+            normal.starts_with(
+                "T +0.000000 10.0.0.1:41000 -> [fe80::1%2]:80 [request]\n\
              GET /items HTTP/1.1..Host: catalog....\n\n\
              T +1.234005 [fe80::1%2]:80 -> 10.0.0.1:41000 [response to GET /items, 1234.005 ms]\n\
              HTTP/1.1 200 OK..Content-Type: application/json....[..  1..]\n\n\
              T +0.000000 10.0.0.1:41000"
-        ), "{normal}");
+            ),
+            "{normal}"
+        );
         let single = written(Layout::Single, Clock::None);
         assert!(single.starts_with(
             "T 10.0.0.1:41000 -> [fe80::1%2]:80 [request] GET /items HTTP/1.1..Host: catalog....\n\n"

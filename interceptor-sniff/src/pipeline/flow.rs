@@ -6,13 +6,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::output::{request_line, status_line, wire_text};
-use crate::sink::{Counts, Sink, TlsFlow};
 use super::writer::{Record, Writer};
 use crate::http::head::Role;
 use crate::http::stream::{Asked, Limits, Parsed, Parser};
 use crate::http::{pool, Exchange, Request, Response};
+use crate::output::{request_line, status_line, wire_text};
 use crate::reassembly::{CloseReason, Dir, FlowId, Handler};
+use crate::sink::{Counts, Sink, TlsFlow};
 use crate::tls::{self, Hello};
 
 /// Most unanswered requests kept per connection; older ones are reported unanswered.
@@ -39,7 +39,6 @@ pub struct Ctx {
     scratch: Vec<Parsed>,
     text: Vec<u8>,
 }
-
 
 impl Ctx {
     /// `live`: the capture is live, so output is handed over and flushed promptly.
@@ -451,9 +450,9 @@ impl Handler for HttpFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::packet::{build::ethernet_tcp, decode, flags, LinkType};
-    use crate::reassembly::{Config, Table};
     use crate::output::json::Json;
+    use crate::reassembly::{Config, Table};
+    use crate::wire::packet::{build::ethernet_tcp, decode, flags, LinkType};
     use std::time::{Duration, SystemTime};
 
     /// Pseudo-random segments over a few flows (any flags, sequence numbers near each

@@ -14,12 +14,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-
-use crate::wire::packet::{self, Skip};
 use crate::capture::{self, LiveConfig, Next, Source};
 use crate::http::stream::Limits;
 use crate::reassembly::{self, Table};
 use crate::sink::{KernelStats, Sink, Summary};
+use crate::wire::packet::{self, Skip};
 use flow::{Ctx, HttpFlow};
 
 /// Where packets come from.
@@ -278,15 +277,13 @@ pub fn run_with(
         table.finish(&mut ctx, last_ts);
     }
     if let Some(sf) = savefile.as_mut() {
-        sf.flush().map_err(|e| {
-            capture::Error::Savefile {
-                path: opts
-                    .savefile
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                reason: e.to_string(),
-            }
+        sf.flush().map_err(|e| capture::Error::Savefile {
+            path: opts
+                .savefile
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            reason: e.to_string(),
         })?;
     }
     sum.tcp = table.stats.clone();
@@ -318,7 +315,7 @@ pub fn run_with(
 }
 
 /// The line printed on stderr at the end, in the spirit of tcpdump's.
-pub fn summary_line(s: &Summary) -> String {
+pub(crate) fn summary_line(s: &Summary) -> String {
     let mut line = format!(
         "{} packets, {} truncated, {} flows, {} exchanges ({} seen), {} unanswered requests, {} orphan responses, {} TLS flows, {} gaps",
         s.packets,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::sink::{Sink, Summary, TlsFlow};
 use crate::http::{pool, Exchange, Request, Response};
+use crate::sink::{Sink, Summary, TlsFlow};
 
 /// Records per batch.
 const BATCH: usize = 256;

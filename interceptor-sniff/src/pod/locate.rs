@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Where sysfs and procfs are (tests point these at fixtures).
 #[derive(Clone, Debug)]
-pub struct Roots {
+pub(crate) struct Roots {
     pub proc_net: PathBuf,
     pub sys_class_net: PathBuf,
 }
@@ -31,7 +31,7 @@ impl Default for Roots {
 
 /// The route the node would use to reach an address (main table).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     pub dev: String,
     pub gateway: Option<IpAddr>,
     pub prefix_len: u8,
@@ -98,7 +98,7 @@ pub fn locate(ip: IpAddr) -> Result<PodLink, LocateError> {
 }
 
 /// [`locate`] over the given tables, with `driver` naming an interface's driver.
-pub fn locate_in(
+pub(crate) fn locate_in(
     ip: IpAddr,
     roots: &Roots,
     driver: &dyn Fn(&str) -> Option<String>,
@@ -163,7 +163,7 @@ fn kind_of(roots: &Roots, dev: &str, driver: &dyn Fn(&str) -> Option<String>) ->
 
 /// Longest-prefix match over `/proc/net/route` (addresses in hex, host byte order as the
 /// kernel prints them: little-endian here), lowest metric on a tie; routes not up skipped.
-pub fn route_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
+pub(crate) fn route_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
     const RTF_UP: u32 = 0x1;
     const RTF_GATEWAY: u32 = 0x2;
     let target = u32::from_le_bytes(ip.octets());
@@ -174,7 +174,9 @@ pub fn route_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
             continue;
         };
         let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-        let (Some(dest), Some(gw), Some(flags), Some(mask)) = (hex(dest), hex(gw), hex(flags), hex(mask)) else {
+        let (Some(dest), Some(gw), Some(flags), Some(mask)) =
+            (hex(dest), hex(gw), hex(flags), hex(mask))
+        else {
             continue;
         };
         let metric: u32 = metric.parse().unwrap_or(u32::MAX);
@@ -182,7 +184,9 @@ pub fn route_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
             continue;
         }
         let len = mask.count_ones() as u8;
-        if best.as_ref().is_some_and(|(l, m, _)| (*l, std::cmp::Reverse(*m)) >= (len, std::cmp::Reverse(metric))) {
+        if best.as_ref().is_some_and(|(l, m, _)| {
+            (*l, std::cmp::Reverse(*m)) >= (len, std::cmp::Reverse(metric))
+        }) {
             continue;
         }
         let gateway = (flags & RTF_GATEWAY != 0 && gw != 0)
@@ -202,7 +206,7 @@ pub fn route_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
 
 /// Longest-prefix match over `/proc/net/ipv6_route`: destination, its prefix length,
 /// source and its length, next hop, metric, counters, flags, device; all hex.
-pub fn route_v6(table: &str, ip: Ipv6Addr) -> Option<Route> {
+pub(crate) fn route_v6(table: &str, ip: Ipv6Addr) -> Option<Route> {
     const RTF_UP: u32 = 0x1;
     const RTF_GATEWAY: u32 = 0x2;
     const RTF_REJECT: u32 = 0x200;
@@ -225,11 +229,17 @@ pub fn route_v6(table: &str, ip: Ipv6Addr) -> Option<Route> {
         if plen > 128 || flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || dev == "lo" {
             continue;
         }
-        let mask = if plen == 0 { 0 } else { u128::MAX << (128 - u32::from(plen)) };
+        let mask = if plen == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(plen))
+        };
         if target & mask != dest & mask {
             continue;
         }
-        if best.as_ref().is_some_and(|(l, m, _)| (*l, std::cmp::Reverse(*m)) >= (plen, std::cmp::Reverse(metric))) {
+        if best.as_ref().is_some_and(|(l, m, _)| {
+            (*l, std::cmp::Reverse(*m)) >= (plen, std::cmp::Reverse(metric))
+        }) {
             continue;
         }
         let gateway = (flags & RTF_GATEWAY != 0 && next_hop != 0)
@@ -272,7 +282,8 @@ fn bridge_port(
         path: fdb_path,
         source,
     })?;
-    let port = fdb_port(&fdb, mac).ok_or_else(|| fail("its MAC is not in the bridge's forwarding table".into()))?;
+    let port = fdb_port(&fdb, mac)
+        .ok_or_else(|| fail("its MAC is not in the bridge's forwarding table".into()))?;
     let ports = roots.sys_class_net.join(bridge).join("brif");
     let entries = fs::read_dir(&ports).map_err(|source| LocateError::Io {
         ip,
@@ -290,7 +301,7 @@ fn bridge_port(
 }
 
 /// The MAC of `ip` on `dev` in `/proc/net/arp` (complete entries only).
-pub fn neighbour_mac(table: &str, ip: Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
+pub(crate) fn neighbour_mac(table: &str, ip: Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
     const ATF_COM: u32 = 0x2;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -313,7 +324,7 @@ pub fn neighbour_mac(table: &str, ip: Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
 
 /// The port of `mac` in a `brforward` dump (`struct __fdb_entry`: mac[6], port_no,
 /// is_local, ageing timer u32, port_hi, padding).
-pub fn fdb_port(fdb: &[u8], mac: [u8; 6]) -> Option<u16> {
+pub(crate) fn fdb_port(fdb: &[u8], mac: [u8; 6]) -> Option<u16> {
     fdb.chunks_exact(16)
         .find(|e| e[..6] == mac && e[7] == 0)
         .map(|e| u16::from(e[6]) | (u16::from(e[12]) << 8))
@@ -321,7 +332,7 @@ pub fn fdb_port(fdb: &[u8], mac: [u8; 6]) -> Option<u16> {
 
 /// The driver of interface `dev` (`veth`, `bridge`, `e1000e`…), by the ethtool ioctl
 /// that `ethtool -i` uses; None when it cannot be asked.
-pub fn driver_of(dev: &str) -> Option<String> {
+pub(crate) fn driver_of(dev: &str) -> Option<String> {
     #[repr(C)]
     struct DrvInfo {
         cmd: u32,
@@ -364,7 +375,11 @@ pub fn driver_of(dev: &str) -> Option<String> {
     if r < 0 {
         return None;
     }
-    let end = info.driver.iter().position(|&c| c == 0).unwrap_or(info.driver.len());
+    let end = info
+        .driver
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
@@ -375,7 +390,8 @@ pub fn netns_has_ip(netns: &Path, ip: IpAddr) -> io::Result<bool> {
     let file = fs::File::open(netns)?;
     std::thread::scope(|s| {
         s.spawn(|| -> io::Result<bool> {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
             let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
             Ok(addrs.filter_map(|a| a.address).any(|a| {
                 a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())) == Some(ip)
@@ -391,7 +407,8 @@ pub fn netns_has_ip(netns: &Path, ip: IpAddr) -> io::Result<bool> {
 mod tests {
     use super::*;
 
-    const ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
 eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
 cali1234\t05007B0A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
@@ -404,13 +421,23 @@ down0\t00037B0A\t00000000\t0000\t0\t0\t0\t00FFFFFF\t0\t0\t0
     fn ipv4_routes_by_longest_prefix() {
         let r = |ip: &str| route_v4(ROUTE, ip.parse().unwrap());
         let host = r("10.123.0.5").unwrap();
-        assert_eq!((host.dev.as_str(), host.gateway, host.prefix_len), ("cali1234", None, 32));
+        assert_eq!(
+            (host.dev.as_str(), host.gateway, host.prefix_len),
+            ("cali1234", None, 32)
+        );
         assert_eq!(r("10.123.1.9").unwrap().dev, "cni0");
         let remote = r("10.123.2.7").unwrap();
         assert_eq!(remote.gateway, Some("10.123.2.0".parse().unwrap()));
         let default = r("8.8.8.8").unwrap();
-        assert_eq!((default.dev.as_str(), default.gateway), ("eth0", Some("192.168.2.1".parse().unwrap())));
-        assert_eq!(r("10.123.3.1").unwrap().dev, "eth0", "a route that is not up is skipped");
+        assert_eq!(
+            (default.dev.as_str(), default.gateway),
+            ("eth0", Some("192.168.2.1".parse().unwrap()))
+        );
+        assert_eq!(
+            r("10.123.3.1").unwrap().dev,
+            "eth0",
+            "a route that is not up is skipped"
+        );
         assert_eq!(route_v4("Iface\n", "10.0.0.1".parse().unwrap()), None);
     }
 
@@ -424,8 +451,14 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
 ";
         let r = |ip: &str| route_v6(table, ip.parse().unwrap());
         assert_eq!(r("fd00::105").unwrap().dev, "vethab");
-        assert_eq!(r("fd00::9").map(|r| (r.dev, r.gateway)), Some(("eth0".into(), None)));
-        assert_eq!(r("2001:db8::1").unwrap().gateway, Some("fe80::1".parse().unwrap()));
+        assert_eq!(
+            r("fd00::9").map(|r| (r.dev, r.gateway)),
+            Some(("eth0".into(), None))
+        );
+        assert_eq!(
+            r("2001:db8::1").unwrap().gateway,
+            Some("fe80::1".parse().unwrap())
+        );
     }
 
     /// A fake sysfs and procfs in a temporary directory.
@@ -436,7 +469,8 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
 
     impl Fake {
         fn new(route: &str) -> Fake {
-            let dir = std::env::temp_dir().join(format!("locate-{}-{}", std::process::id(), next()));
+            let dir =
+                std::env::temp_dir().join(format!("locate-{}-{}", std::process::id(), next()));
             let roots = Roots {
                 proc_net: dir.join("proc"),
                 sys_class_net: dir.join("sys"),
@@ -467,7 +501,14 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
     }
 
     fn drivers(dev: &str) -> Option<String> {
-        Some(if dev.starts_with("cali") || dev.starts_with("veth") { "veth" } else { "e1000e" }.into())
+        Some(
+            if dev.starts_with("cali") || dev.starts_with("veth") {
+                "veth"
+            } else {
+                "e1000e"
+            }
+            .into(),
+        )
     }
 
     #[test]
@@ -476,7 +517,14 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
         f.iface("cali1234", 7);
         f.iface("eth0", 2);
         let link = locate_in("10.123.0.5".parse().unwrap(), &f.roots, &drivers).unwrap();
-        assert_eq!(link, PodLink { ip: "10.123.0.5".parse().unwrap(), interface: "cali1234".into(), ifindex: 7 });
+        assert_eq!(
+            link,
+            PodLink {
+                ip: "10.123.0.5".parse().unwrap(),
+                interface: "cali1234".into(),
+                ifindex: 7
+            }
+        );
         let e = locate_in("10.123.2.7".parse().unwrap(), &f.roots, &drivers).unwrap_err();
         assert_eq!(e.to_string(), "--pod 10.123.2.7: not a pod on this node (its route goes through 10.123.2.0 on flannel.1)");
         let e = locate_in("192.168.2.40".parse().unwrap(), &f.roots, &drivers).unwrap_err();
@@ -492,11 +540,18 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
         fs::create_dir_all(br.join("bridge")).unwrap();
         for (port, no) in [("veth11", "0x1"), ("veth22", "0x2")] {
             fs::create_dir_all(br.join("brif").join(port)).unwrap();
-            fs::write(br.join("brif").join(port).join("port_no"), format!("{no}\n")).unwrap();
+            fs::write(
+                br.join("brif").join(port).join("port_no"),
+                format!("{no}\n"),
+            )
+            .unwrap();
             f.iface(port, 10 + no.len() as u32);
         }
         let mut fdb = Vec::new();
-        for (mac, port, local) in [([2u8, 0, 0, 0, 0, 9], 1u8, 1u8), ([0x0a, 0x58, 0x0a, 0x7b, 1, 9], 2, 0)] {
+        for (mac, port, local) in [
+            ([2u8, 0, 0, 0, 0, 9], 1u8, 1u8),
+            ([0x0a, 0x58, 0x0a, 0x7b, 1, 9], 2, 0),
+        ] {
             fdb.extend_from_slice(&mac);
             fdb.extend_from_slice(&[port, local, 0, 0, 0, 0, 0, 0, 0, 0]);
         }
@@ -509,7 +564,11 @@ fd000000000000000000000000000105 80 00000000000000000000000000000000 00 00000000
         let link = locate_in("10.123.1.9".parse().unwrap(), &f.roots, &drivers).unwrap();
         assert_eq!(link.interface, "veth22");
         let e = locate_in("10.123.1.10".parse().unwrap(), &f.roots, &drivers).unwrap_err();
-        assert!(e.to_string().contains("bridge cni0, but the node has no neighbour entry"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("bridge cni0, but the node has no neighbour entry"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl PodTags {
 
     /// The pod at either end; when both are pods of the capture, the one given first (so
     /// a request and its response, whose ends are swapped, name the same pod).
-    pub fn for_addrs(&self, a: SocketAddr, b: SocketAddr) -> Option<&Tag> {
+    pub(crate) fn for_addrs(&self, a: SocketAddr, b: SocketAddr) -> Option<&Tag> {
         let ia = self.by_ip.get(&a.ip()).copied();
         let ib = self.by_ip.get(&b.ip()).copied();
         let i = match (ia, ib) {
@@ -142,14 +142,26 @@ mod tests {
             response: None,
         };
         let label = |e: &Exchange| t.for_exchange(e).map(|t| t.label().to_string());
-        assert_eq!(label(&ex("10.1.0.6:1", "10.1.0.5:80", Some("veth2"))).as_deref(), Some("10.1.0.6"));
-        assert_eq!(label(&ex("10.1.0.6:1", "10.1.0.5:80", None)).as_deref(), Some("shop/catalog-v1-6d9c5f8b7-xk2lp"));
-        assert_eq!(label(&ex("10.9.0.1:1", "10.1.0.6:80", Some("eth0"))).as_deref(), Some("10.1.0.6"));
+        assert_eq!(
+            label(&ex("10.1.0.6:1", "10.1.0.5:80", Some("veth2"))).as_deref(),
+            Some("10.1.0.6")
+        );
+        assert_eq!(
+            label(&ex("10.1.0.6:1", "10.1.0.5:80", None)).as_deref(),
+            Some("shop/catalog-v1-6d9c5f8b7-xk2lp")
+        );
+        assert_eq!(
+            label(&ex("10.9.0.1:1", "10.1.0.6:80", Some("eth0"))).as_deref(),
+            Some("10.1.0.6")
+        );
         assert_eq!(label(&ex("10.9.0.1:1", "10.9.0.2:80", None)), None);
         assert_eq!(
             String::from_utf8(t.tags()[0].json().to_vec()).unwrap(),
             r#"{"ip":"10.1.0.5","name":"catalog-v1-6d9c5f8b7-xk2lp","namespace":"shop"}"#
         );
-        assert_eq!(t.tags()[1].json(), br#"{"ip":"10.1.0.6","name":null,"namespace":null}"#);
+        assert_eq!(
+            t.tags()[1].json(),
+            br#"{"ip":"10.1.0.6","name":null,"namespace":null}"#
+        );
     }
 }

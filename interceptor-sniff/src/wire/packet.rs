@@ -46,7 +46,7 @@ impl LinkType {
 pub mod flags {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
+    pub(crate) const RST: u8 = 0x04;
     pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
 }
@@ -96,21 +96,21 @@ const ETH_VLAN_OLD_QINQ: u16 = 0x9100;
 mod offset {
     /// Ethernet II: two addresses, then the ethertype.
     pub mod eth {
-        pub const ETHERTYPE: usize = 12;
+        pub(crate) const ETHERTYPE: usize = 12;
         pub const LEN: usize = 14;
         /// An 802.1Q/802.1ad tag: TCI, then the inner ethertype.
-        pub const TAG_ETHERTYPE: usize = 2;
-        pub const TAG_LEN: usize = 4;
+        pub(crate) const TAG_ETHERTYPE: usize = 2;
+        pub(crate) const TAG_LEN: usize = 4;
     }
     /// Linux cooked capture v1 (`any`).
     pub mod sll {
-        pub const PROTOCOL: usize = 14;
+        pub(crate) const PROTOCOL: usize = 14;
         pub const LEN: usize = 16;
     }
     /// Linux cooked capture v2: the protocol first, then the interface index.
     pub mod sll2 {
-        pub const PROTOCOL: usize = 0;
-        pub const IFINDEX: usize = 4;
+        pub(crate) const PROTOCOL: usize = 0;
+        pub(crate) const IFINDEX: usize = 4;
         pub const LEN: usize = 20;
     }
     /// BSD loopback: the address family, 4 bytes.
@@ -118,28 +118,28 @@ mod offset {
         pub const LEN: usize = 4;
     }
     pub mod ipv4 {
-        pub const TOTAL_LEN: usize = 2;
-        pub const FRAGMENT: usize = 6;
-        pub const PROTOCOL: usize = 9;
-        pub const SRC: usize = 12;
-        pub const DST: usize = 16;
-        pub const MIN_LEN: usize = 20;
+        pub(crate) const TOTAL_LEN: usize = 2;
+        pub(crate) const FRAGMENT: usize = 6;
+        pub(crate) const PROTOCOL: usize = 9;
+        pub(crate) const SRC: usize = 12;
+        pub(crate) const DST: usize = 16;
+        pub(crate) const MIN_LEN: usize = 20;
     }
     pub mod ipv6 {
-        pub const PAYLOAD_LEN: usize = 4;
-        pub const NEXT_HEADER: usize = 6;
-        pub const SRC: usize = 8;
-        pub const DST: usize = 24;
+        pub(crate) const PAYLOAD_LEN: usize = 4;
+        pub(crate) const NEXT_HEADER: usize = 6;
+        pub(crate) const SRC: usize = 8;
+        pub(crate) const DST: usize = 24;
         pub const LEN: usize = 40;
     }
     pub mod tcp {
-        pub const SRC_PORT: usize = 0;
-        pub const DST_PORT: usize = 2;
-        pub const SEQ: usize = 4;
+        pub(crate) const SRC_PORT: usize = 0;
+        pub(crate) const DST_PORT: usize = 2;
+        pub(crate) const SEQ: usize = 4;
         pub const ACK: usize = 8;
-        pub const DATA_OFFSET: usize = 12;
-        pub const FLAGS: usize = 13;
-        pub const MIN_LEN: usize = 20;
+        pub(crate) const DATA_OFFSET: usize = 12;
+        pub(crate) const FLAGS: usize = 13;
+        pub(crate) const MIN_LEN: usize = 20;
     }
 }
 

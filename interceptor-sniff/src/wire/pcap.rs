@@ -6,9 +6,9 @@
 use std::io::{self, Write};
 
 /// Magic number of a file with microsecond timestamps, in the writer's byte order.
-pub const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
+pub(crate) const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
 /// Magic number of a file with nanosecond timestamps.
-pub const MAGIC_NANOS: u32 = 0xa1b2_3c4d;
+pub(crate) const MAGIC_NANOS: u32 = 0xa1b2_3c4d;
 /// The format version every reader accepts.
 pub const VERSION: (u16, u16) = (2, 4);
 /// LINKTYPE_ETHERNET.
@@ -17,25 +17,23 @@ pub const LINKTYPE_ETHERNET: u32 = 1;
 /// The file header: 24 bytes.
 pub mod file_header {
     pub const LEN: usize = 24;
-    pub const MAGIC: usize = 0;
-    pub const VERSION_MAJOR: usize = 4;
-    pub const VERSION_MINOR: usize = 6;
-    /// Time zone offset and timestamp accuracy: always zero.
-    pub const RESERVED: usize = 8;
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const VERSION_MAJOR: usize = 4;
+    pub(crate) const VERSION_MINOR: usize = 6;
     pub const SNAPLEN: usize = 16;
-    pub const LINKTYPE: usize = 20;
+    pub(crate) const LINKTYPE: usize = 20;
 }
 
 /// Each packet's record header: 16 bytes, then the captured bytes.
 pub mod record_header {
     pub const LEN: usize = 16;
-    pub const TS_SECONDS: usize = 0;
+    pub(crate) const TS_SECONDS: usize = 0;
     /// Microseconds (or nanoseconds, by the magic number).
-    pub const TS_FRACTION: usize = 4;
+    pub(crate) const TS_FRACTION: usize = 4;
     /// Bytes present in the file.
-    pub const CAPTURED_LEN: usize = 8;
+    pub(crate) const CAPTURED_LEN: usize = 8;
     /// Bytes the packet had on the wire.
-    pub const ORIGINAL_LEN: usize = 12;
+    pub(crate) const ORIGINAL_LEN: usize = 12;
 }
 
 /// Writes a classic pcap, one packet at a time.
