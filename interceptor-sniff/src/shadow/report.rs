@@ -177,6 +177,8 @@ pub struct Reporter<W: Write> {
     out: W,
     style: Style,
     summary: Summary,
+    /// A line put together before it is written.
+    line: Vec<u8>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -185,6 +187,7 @@ impl<W: Write> Reporter<W> {
             out,
             style,
             summary: Summary::default(),
+            line: Vec::new(),
         }
     }
 
@@ -218,8 +221,10 @@ impl<W: Write> Reporter<W> {
         }
         match self.style {
             Style::Json => {
-                serde_json::to_writer(&mut self.out, &pair_out(pair, cmp))?;
-                self.out.write_all(b"\n")
+                self.line.clear();
+                push_pair_json(&mut self.line, pair, cmp);
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
             }
             Style::Text { color, width } => write_pair_text(&mut self.out, pair, cmp, color, width),
         }
@@ -415,12 +420,127 @@ pub fn pair_json(pair: &Pair, cmp: &Comparison) -> Value {
 /// Appends the pair's JSON object, as `--shadow --json` writes it, to `out` (one line,
 /// no line end).
 pub fn write_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
-    let mark = out.len();
-    if serde_json::to_writer(&mut *out, &pair_out(pair, cmp)).is_err() {
-        out.truncate(mark);
-        out.extend_from_slice(b"{\"type\":\"shadow\"}");
+    push_pair_json(out, pair, cmp);
+}
+
+/// Appends `s` as a JSON string escaped as serde_json escapes it (the `--shadow --json`
+/// output was serde_json's, and stays byte for byte the same).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let short = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(&[b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// Appends an optional value: `null`, a string (escaped here), or what serde_json writes.
+fn push_json_value(out: &mut Vec<u8>, v: &Option<Value>) {
+    match v {
+        None => out.extend_from_slice(b"null"),
+        Some(Value::String(s)) => push_json_str(out, s),
+        Some(other) => {
+            if serde_json::to_writer(&mut *out, other).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
     }
 }
+
+fn push_json_side(out: &mut Vec<u8>, ex: &Exchange) {
+    use std::io::Write as _;
+    out.extend_from_slice(b"{\"server\":\"");
+    // A socket address needs no escaping.
+    let _ = write!(out, "{}", ex.server);
+    out.extend_from_slice(b"\",\"status\":");
+    match ex.response.as_ref() {
+        Some(r) => out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"latency_us\":");
+    match ex.latency_us() {
+        Some(l) => out.extend_from_slice(itoa::Buffer::new().format(l).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
+/// Appends the pair's JSON object, without a line end: `PairOut` as serde_json writes it,
+/// written by hand (serde's generic writer was most of what reporting a pair cost).
+fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
+    use std::fmt::Write as _;
+    out.extend_from_slice(b"{\"type\":\"shadow\",\"request_id\":");
+    match pair.request_id.as_deref() {
+        Some(id) => push_json_str(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(match pair.by {
+        MatchedBy::RequestId => b",\"matched_by\":\"request-id\",\"method\":",
+        MatchedBy::Shape => b",\"matched_by\":\"shape\",\"method\":",
+    });
+    push_json_str(out, &pair.primary.request.method);
+    out.extend_from_slice(b",\"target\":");
+    push_json_str(out, &pair.primary.request.target);
+    out.extend_from_slice(b",\"primary\":");
+    push_json_side(out, &pair.primary);
+    out.extend_from_slice(b",\"shadow\":");
+    push_json_side(out, &pair.shadow);
+    out.extend_from_slice(if cmp.same() {
+        b",\"verdict\":\"same\""
+    } else {
+        b",\"verdict\":\"different\""
+    });
+    let mut place = String::new();
+    for (key, list) in [
+        (&b",\"differences\":["[..], &cmp.differences),
+        (b",\"noise\":[", &cmp.noise),
+    ] {
+        out.extend_from_slice(key);
+        for (i, d) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            place.clear();
+            let _ = write!(place, "{}", d.location);
+            out.extend_from_slice(b"{\"where\":");
+            push_json_str(out, &place);
+            out.extend_from_slice(b",\"kind\":\"");
+            out.extend_from_slice(d.kind.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"primary\":");
+            push_json_value(out, &d.primary);
+            out.extend_from_slice(b",\"shadow\":");
+            push_json_value(out, &d.shadow);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    if cmp.omitted > 0 {
+        out.extend_from_slice(b",\"omitted\":");
+        out.extend_from_slice(itoa::Buffer::new().format(cmp.omitted).as_bytes());
+    }
+    out.push(b'}');
+}
+
 
 /// The JSON object for an exchange whose partner never came.
 pub fn unmatched_json(u: &Unmatched) -> Value {
@@ -519,7 +639,7 @@ fn push_fit(out: &mut String, s: &str, w: usize) {
     if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         if s.len() <= w {
             out.push_str(s);
-            out.extend(std::iter::repeat_n(' ', w - s.len()));
+            push_spaces(out, w - s.len());
         } else {
             out.push_str(&s[..w.saturating_sub(1)]);
             out.push('…');
@@ -531,7 +651,7 @@ fn push_fit(out: &mut String, s: &str, w: usize) {
         let n = s.chars().count();
         if n <= w {
             out.push_str(s);
-            out.extend(std::iter::repeat_n(' ', w - n));
+            push_spaces(out, w - n);
         } else {
             out.extend(s.chars().take(w.saturating_sub(1)));
             out.push('…');
@@ -541,18 +661,35 @@ fn push_fit(out: &mut String, s: &str, w: usize) {
     out.push_str(&fit(s, w));
 }
 
+/// `n` spaces, a slice at a time rather than a character at a time.
+fn push_spaces(out: &mut String, mut n: usize) {
+    const SPACES: &str = "                                                                ";
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        n -= k;
+    }
+}
+
 /// `side_text`, appended to `out`.
 fn push_side_text(out: &mut String, ex: &Exchange) {
     use std::fmt::Write as _;
     match ex.response.as_ref() {
-        Some(r) => {
-            let _ = write!(out, "{}", r.status);
-        }
+        Some(r) => out.push_str(itoa::Buffer::new().format(r.status)),
         None => out.push_str("no response"),
     }
-    if let Some(l) = ex.latency_us() {
-        out.push(' ');
-        out.push_str(&fmt_us(l));
+    match ex.latency_us() {
+        // `fmt_us`, without a string of its own for the usual case.
+        Some(l) if l < 1000 => {
+            out.push(' ');
+            out.push_str(itoa::Buffer::new().format(l));
+            out.push_str(" µs");
+        }
+        Some(l) => {
+            out.push(' ');
+            out.push_str(&fmt_us(l));
+        }
+        None => {}
     }
     let _ = write!(out, " from {}", ex.server);
 }
@@ -710,6 +847,39 @@ mod tests {
             },
             c,
         )
+    }
+
+    /// The hand-written pair object is what serde_json writes for `PairOut`, byte for byte.
+    #[test]
+    fn pair_json_is_serde_jsons() {
+        let bodies = [
+            (r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#),
+            (r#"{"a":"x\"y\\z\u0001\u007f\b\f\t é","n":1.5}"#, r#"{"a":"w","n":2e3,"o":{"k":[1,null,true]}}"#),
+            (r#"{"t":"2026-11-22T22:31:43Z"}"#, r#"{"t":"2026-11-22T22:31:44Z"}"#),
+            ("same", "same"),
+            ("text\nline", "text\nother"),
+        ];
+        for (pb, sb) in bodies {
+            let (mut p, mut cmp) = pair(pb, sb);
+            for variant in 0..3 {
+                if variant == 1 {
+                    p.request_id = None;
+                    p.by = MatchedBy::Shape;
+                    p.shadow.response = None;
+                }
+                if variant == 2 {
+                    cmp.omitted = 7;
+                }
+                let want = serde_json::to_vec(&pair_out(&p, &cmp)).unwrap();
+                let mut got = Vec::new();
+                push_pair_json(&mut got, &p, &cmp);
+                assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+            }
+        }
+        let mut s = Vec::new();
+        let all: String = (0u8..0x80).map(char::from).collect();
+        push_json_str(&mut s, &all);
+        assert_eq!(s, serde_json::to_vec(&all).unwrap());
     }
 
     #[test]
