@@ -23,7 +23,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed={SKIP}");
     if env::var_os(SKIP).is_some_and(|v| !v.is_empty() && v != "0") {
         println!("cargo:warning={SKIP} is set: the eBPF programs are not built and the eBPF mode will refuse to start");
-        std::fs::write(&dest, b"").unwrap_or_else(|e| fail(&format!("writing {}: {e}", dest.display())));
+        std::fs::write(&dest, b"")
+            .unwrap_or_else(|e| fail(&format!("writing {}: {e}", dest.display())));
         return;
     }
     for p in ebpf_build::sources(&root) {

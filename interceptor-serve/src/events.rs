@@ -403,7 +403,9 @@ impl Ring {
         while g.events.len() > 1
             && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
         {
-            let Some(old) = g.events.pop_front() else { break };
+            let Some(old) = g.events.pop_front() else {
+                break;
+            };
             g.bytes = g.bytes.saturating_sub(old.size);
             g.evicted += 1;
             evicted.push(old);
@@ -540,7 +542,10 @@ mod tests {
     #[test]
     fn frames_carry_seq_first_and_stay_one_data_line() {
         let ring = Ring::new(Limits::default());
-        assert_eq!(ring.push_json("exchange", br#"{"type":"exchange","a":1}"#), 1);
+        assert_eq!(
+            ring.push_json("exchange", br#"{"type":"exchange","a":1}"#),
+            1
+        );
         assert_eq!(ring.push_json("shadow", b"{}"), 2);
         assert_eq!(ring.push_json("shadow", b"{\"x\":\n2}"), 3);
         let (mut c, mut s) = (ring.start(None), 0);
@@ -551,7 +556,10 @@ mod tests {
             "id: 1\nevent: exchange\ndata: {\"seq\":1,\"type\":\"exchange\",\"a\":1}\n\n"
         );
         assert_eq!(frames[1], "id: 2\nevent: shadow\ndata: {\"seq\":2}\n\n");
-        assert_eq!(frames[2], "id: 3\nevent: shadow\ndata: {\"seq\":3,\"x\":\ndata: 2}\n\n");
+        assert_eq!(
+            frames[2],
+            "id: 3\nevent: shadow\ndata: {\"seq\":3,\"x\":\ndata: 2}\n\n"
+        );
         assert_eq!(c, 4);
     }
 
@@ -591,7 +599,11 @@ mod tests {
         assert!(st.bytes <= 4096 && st.len == 2, "{st:?}");
         let huge = format!("{{\"b\":\"{}\"}}", "x".repeat(10_000));
         ring.push_json("exchange", huge.as_bytes());
-        assert_eq!(ring.stats().len, 1, "one event over the bound alone is kept");
+        assert_eq!(
+            ring.stats().len,
+            1,
+            "one event over the bound alone is kept"
+        );
     }
 
     #[test]
@@ -604,7 +616,11 @@ mod tests {
             ring.push_json("exchange", b"{}");
         }
         assert_eq!(ring.start(Some(2)), 3);
-        assert_eq!(ring.start(Some(99)), 1, "an id from another run replays everything");
+        assert_eq!(
+            ring.start(Some(99)),
+            1,
+            "an id from another run replays everything"
+        );
         let mut c = ring.start(Some(1));
         for _ in 0..5 {
             ring.push_json("exchange", b"{}");
@@ -626,7 +642,10 @@ mod tests {
             b.summary.as_deref(),
             Some(&b"event: summary\ndata: {\"exchanges\":2}\n\n"[..])
         );
-        assert!(ring.wait(&mut c, &mut s, 10, Duration::ZERO).summary.is_none());
+        assert!(ring
+            .wait(&mut c, &mut s, 10, Duration::ZERO)
+            .summary
+            .is_none());
         let r = ring.clone();
         let waiter = std::thread::spawn(move || {
             let (mut c, mut s) = (r.start(None), 2);

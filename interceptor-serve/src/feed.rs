@@ -108,10 +108,13 @@ impl LazyEvent for LazyExchange {
     fn size(&self) -> usize {
         let ex = &self.exchange;
         let msg = |headers: usize, body: usize| 256 + headers + body;
-        msg(ex.request.headers.text().len(), ex.request.body.data.capacity())
-            + ex.response.as_ref().map_or(0, |r| {
-                msg(r.headers.text().len(), r.body.data.capacity())
-            })
+        msg(
+            ex.request.headers.text().len(),
+            ex.request.body.data.capacity(),
+        ) + ex
+            .response
+            .as_ref()
+            .map_or(0, |r| msg(r.headers.text().len(), r.body.data.capacity()))
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -194,7 +197,10 @@ impl Shared {
         report::write_pair_json(&mut buf, pair, cmp);
         if buf.last() == Some(&b'}') {
             buf.pop();
-            for (k, seq) in [("primary_exchange_seq", primary), ("shadow_exchange_seq", shadow)] {
+            for (k, seq) in [
+                ("primary_exchange_seq", primary),
+                ("shadow_exchange_seq", shadow),
+            ] {
                 if let Some(s) = seq {
                     let _ = write!(buf, ",\"{k}\":{s}");
                 }
@@ -213,7 +219,8 @@ impl Shared {
         self.recorder.unmatched(role);
         self.summary.unmatched();
         let mut v = report::unmatched_json(u);
-        if let (Some(seq), Some(obj)) = (self.remembered.take(&key(&u.exchange)), v.as_object_mut()) {
+        if let (Some(seq), Some(obj)) = (self.remembered.take(&key(&u.exchange)), v.as_object_mut())
+        {
             obj.insert("exchange_seq".into(), seq.into());
         }
         if let Ok(b) = serde_json::to_vec(&v) {
@@ -248,7 +255,11 @@ impl Feed {
         Feed::with_shared(shared, ring, pods)
     }
 
-    fn with_shared(shared: Arc<Mutex<Shared>>, ring: Arc<Ring>, pods: Option<Arc<PodTags>>) -> Feed {
+    fn with_shared(
+        shared: Arc<Mutex<Shared>>,
+        ring: Arc<Ring>,
+        pods: Option<Arc<PodTags>>,
+    ) -> Feed {
         let workloads = pods
             .iter()
             .flat_map(|p| p.tags())
@@ -463,7 +474,8 @@ impl ServeSink {
             return;
         }
         let mut s = lock(&self.feed.shared);
-        s.summary.exchanges(self.pending_exchanges, &self.pending_latencies);
+        s.summary
+            .exchanges(self.pending_exchanges, &self.pending_latencies);
         drop(s);
         self.pending_exchanges = 0;
         self.pending_latencies.clear();
@@ -473,7 +485,9 @@ impl ServeSink {
     /// every `FLUSH_EVERY` exchanges and at each flush (every batch of a live capture) or
     /// idle moment, so the clock is read rarely.
     fn maybe_summary(&mut self, force: bool) {
-        let due = self.last_summary.is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
+        let due = self
+            .last_summary
+            .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
         if force || due {
             self.last_summary = Some(Instant::now());
             self.flush_counts();
@@ -530,11 +544,18 @@ impl Sink for ServeSink {
             exchange: ex,
             pods: self.feed.pods.clone(),
         });
-        self.feed.ring.push_lazy("exchange", lazy, &mut self.evicted);
+        self.feed
+            .ring
+            .push_lazy("exchange", lazy, &mut self.evicted);
         Ok(self.reclaim())
     }
 
-    fn orphan(&mut self, resp: &Response, client: SocketAddr, server: SocketAddr) -> io::Result<()> {
+    fn orphan(
+        &mut self,
+        resp: &Response,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> io::Result<()> {
         self.inner.orphan(resp, client, server)
     }
 

@@ -75,7 +75,12 @@ pub fn read_head<S: Read + SetTimeout>(
         let n = match s.read(room) {
             Ok(0) => return Err(HeadError::Closed),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(HeadError::Timeout(timeout))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -97,7 +102,11 @@ fn parse(b: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Complete(_)) => {
             let method = req.method.unwrap_or_default().to_string();
             let target = req.path.unwrap_or_default();
-            let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
+            let path = target
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
             let find = |name: &str| {
                 req.headers
                     .iter()
@@ -151,8 +160,19 @@ pub fn respond<W: Write>(
 }
 
 /// A plain-text answer (errors, health).
-pub fn respond_text<W: Write>(w: &mut W, status: &str, text: &str, head_only: bool) -> io::Result<()> {
-    respond(w, status, "text/plain; charset=utf-8", text.as_bytes(), head_only)
+pub fn respond_text<W: Write>(
+    w: &mut W,
+    status: &str,
+    text: &str,
+    head_only: bool,
+) -> io::Result<()> {
+    respond(
+        w,
+        status,
+        "text/plain; charset=utf-8",
+        text.as_bytes(),
+        head_only,
+    )
 }
 
 #[cfg(test)]
@@ -195,7 +215,11 @@ mod tests {
     #[test]
     fn a_head_in_pieces_with_query_and_headers() {
         let h = head(
-            &["GET /events?x=1 HT", "TP/1.1\r\nAccept: text/event-stream\r\nLast-Event-ID:  42 \r\n", "\r\n"],
+            &[
+                "GET /events?x=1 HT",
+                "TP/1.1\r\nAccept: text/event-stream\r\nLast-Event-ID:  42 \r\n",
+                "\r\n",
+            ],
             8192,
         )
         .unwrap();
@@ -244,6 +268,8 @@ mod tests {
         assert!(s.ends_with("\r\n\r\nhello"));
         let mut out = Vec::new();
         respond(&mut out, "200 OK", "text/plain", b"hello", true).unwrap();
-        assert!(String::from_utf8(out).unwrap().ends_with("Content-Length: 5\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"));
+        assert!(String::from_utf8(out).unwrap().ends_with(
+            "Content-Length: 5\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        ));
     }
 }

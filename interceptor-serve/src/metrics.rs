@@ -41,8 +41,8 @@ use interceptor_sniff::pipeline::health::Health;
 /// Envoy's default histogram bucket bounds, in milliseconds (what Istio's
 /// `istio_request_duration_milliseconds` uses).
 pub const ENVOY_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Distinct request label sets before the rest is counted as `other`.
@@ -388,12 +388,32 @@ impl Collector for CaptureCollector {
         let s = self.0.snapshot();
         let counters = [
             ("interceptor_capture_packets", "Packets read", s.packets),
-            ("interceptor_capture_bytes", "Bytes of the packets read", s.bytes),
-            ("interceptor_capture_kernel_dropped", "Packets the kernel dropped for want of room in the capture ring (live capture)", s.kernel_dropped),
-            ("interceptor_capture_interface_dropped", "Packets the interface dropped (live capture)", s.if_dropped),
+            (
+                "interceptor_capture_bytes",
+                "Bytes of the packets read",
+                s.bytes,
+            ),
+            (
+                "interceptor_capture_kernel_dropped",
+                "Packets the kernel dropped for want of room in the capture ring (live capture)",
+                s.kernel_dropped,
+            ),
+            (
+                "interceptor_capture_interface_dropped",
+                "Packets the interface dropped (live capture)",
+                s.if_dropped,
+            ),
             ("interceptor_tcp_flows", "TCP flows seen", s.flows),
-            ("interceptor_tcp_gaps", "Holes in TCP streams that reassembly skipped", s.gaps),
-            ("interceptor_tcp_flows_evicted", "Flows pushed out of the full flow table", s.evicted),
+            (
+                "interceptor_tcp_gaps",
+                "Holes in TCP streams that reassembly skipped",
+                s.gaps,
+            ),
+            (
+                "interceptor_tcp_flows_evicted",
+                "Flows pushed out of the full flow table",
+                s.evicted,
+            ),
         ];
         for (name, help, v) in counters {
             let c = ConstCounter::new(v);
@@ -441,7 +461,8 @@ mod tests {
         assert!(b.windows(2).all(|w| w[0] < w[1]));
         let mut reg = Registry::default();
         let m = Metrics::register(&mut reg);
-        m.recorder().request(&req("catalog:80", "GET", Some(200), 3));
+        m.recorder()
+            .request(&req("catalog:80", "GET", Some(200), 3));
         let t = text(&reg);
         let les: Vec<&str> = t
             .lines()
@@ -457,11 +478,18 @@ mod tests {
         );
         let bucket = |le: &str| {
             t.lines()
-                .find(|l| l.starts_with("interceptor_request_duration_seconds_bucket{") && l.contains(&format!("le=\"{le}\"")))
+                .find(|l| {
+                    l.starts_with("interceptor_request_duration_seconds_bucket{")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
                 .and_then(|l| l.rsplit(' ').next())
                 .map(str::to_string)
         };
-        assert_eq!(bucket("0.005").as_deref(), Some("1"), "3 ms falls in the 5 ms bucket:\n{t}");
+        assert_eq!(
+            bucket("0.005").as_deref(),
+            Some("1"),
+            "3 ms falls in the 5 ms bucket:\n{t}"
+        );
         assert_eq!(bucket("0.001").as_deref(), Some("0"));
     }
 
@@ -495,16 +523,26 @@ mod tests {
         }
         assert_eq!(r.count, MAX_REQUEST_LABEL_SETS);
         let t = text(&reg);
-        let series: Vec<&str> = t.lines().filter(|l| l.starts_with("interceptor_requests_total{")).collect();
+        let series: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("interceptor_requests_total{"))
+            .collect();
         assert_eq!(series.len(), MAX_REQUEST_LABEL_SETS + 1);
         let other = series
             .iter()
             .find(|l| l.contains("destination_service=\"other\""))
             .unwrap();
         assert!(other.ends_with(" 2000"), "{other}");
-        assert!(series.iter().any(|l| l.contains("method=\"OTHER\"") && l.contains("response_code=\"0\"")));
-        assert!(series.iter().all(|l| l.contains("source_workload=\"webapp\"") || l.contains("source_workload=\"other\"")));
-        assert!(series.iter().any(|l| l.contains("destination_workload=\"unknown\"")));
+        assert!(series
+            .iter()
+            .any(|l| l.contains("method=\"OTHER\"") && l.contains("response_code=\"0\"")));
+        assert!(series
+            .iter()
+            .all(|l| l.contains("source_workload=\"webapp\"")
+                || l.contains("source_workload=\"other\"")));
+        assert!(series
+            .iter()
+            .any(|l| l.contains("destination_workload=\"unknown\"")));
 
         for i in 0..MAX_DIFFERENCE_PATHS + 50 {
             r.pair(false, &[format!("body:[*].f{i}"), "header:etag".into()]);
@@ -512,9 +550,15 @@ mod tests {
         r.pair(true, &[]);
         r.unmatched("shadow");
         let t = text(&reg);
-        let paths = t.lines().filter(|l| l.starts_with("interceptor_shadow_differences_total{")).count();
+        let paths = t
+            .lines()
+            .filter(|l| l.starts_with("interceptor_shadow_differences_total{"))
+            .count();
         assert_eq!(paths, MAX_DIFFERENCE_PATHS + 1);
-        assert!(t.contains("interceptor_shadow_differences_total{path=\"other\"} 51"), "{t}");
+        assert!(
+            t.contains("interceptor_shadow_differences_total{path=\"other\"} 51"),
+            "{t}"
+        );
         assert!(t.contains("interceptor_shadow_differences_total{path=\"header:etag\"} 250"));
         assert!(t.contains("interceptor_shadow_pairs_total{verdict=\"different\"} 250"));
         assert!(t.contains("interceptor_shadow_pairs_total{verdict=\"same\"} 1"));

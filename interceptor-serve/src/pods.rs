@@ -205,7 +205,10 @@ mod tests {
         fs::write(dir.join("bad.json"), "{\"name\":1}").unwrap();
         let e = read_all(&dir).unwrap_err();
         assert!(e.to_string().contains("bad.json: not a pod record"), "{e}");
-        assert!(matches!(write(&dir, &rec("x", "y", "../evil", "10.0.0.3")), Err(PodsError::BadUid(_))));
+        assert!(matches!(
+            write(&dir, &rec("x", "y", "../evil", "10.0.0.3")),
+            Err(PodsError::BadUid(_))
+        ));
         // Unknown keys are ignored; the optional ones may be missing.
         let r: PodRecord = serde_json::from_str(
             r#"{"namespace":"n","name":"p","uid":"u","ip":"fd00::1","future":true}"#,

@@ -131,7 +131,10 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (`127.0.0.1:9090`, `[::]:0`, `localhost:9090`) and starts serving
     /// `state` with the default limits.
-    pub fn bind<A: ToSocketAddrs + std::fmt::Display>(addr: A, state: State) -> Result<Server, ServeError> {
+    pub fn bind<A: ToSocketAddrs + std::fmt::Display>(
+        addr: A,
+        state: State,
+    ) -> Result<Server, ServeError> {
         Server::bind_with(addr, state, Config::default())
     }
 
@@ -199,7 +202,9 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
         self.shared.stop.store(true, Ordering::SeqCst);
         // shutdown(2) on a listening socket makes a blocked accept(2) return (EINVAL) on
         // Linux: no self-connection needed to wake it.
@@ -249,7 +254,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             // Answered here, briefly: this thread must get back to accepting.
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            let _ = http::respond_text(&mut stream, "503 Service Unavailable", "too many connections\n", false);
+            let _ = http::respond_text(
+                &mut stream,
+                "503 Service Unavailable",
+                "too many connections\n",
+                false,
+            );
             continue;
         }
         let slot = Slot(shared.clone());
@@ -286,7 +296,12 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
 fn route(stream: &mut TcpStream, head: &Head, shared: &Shared) -> io::Result<()> {
     let head_only = head.method == "HEAD";
     if head.method != "GET" && !head_only {
-        return http::respond_text(stream, "405 Method Not Allowed", "only GET and HEAD\n", false);
+        return http::respond_text(
+            stream,
+            "405 Method Not Allowed",
+            "only GET and HEAD\n",
+            false,
+        );
     }
     let state = &shared.state;
     match (head.path.as_str(), state.events()) {
@@ -301,13 +316,24 @@ fn route(stream: &mut TcpStream, head: &Head, shared: &Shared) -> io::Result<()>
         ("/metrics", _) => {
             let (body, content_type) = metrics_text(&state.registry, head.accept.as_deref());
             match body {
-                Ok(text) => http::respond(stream, "200 OK", content_type, text.as_bytes(), head_only),
-                Err(_) => http::respond_text(stream, "500 Internal Server Error", "encoding the metrics failed\n", head_only),
+                Ok(text) => {
+                    http::respond(stream, "200 OK", content_type, text.as_bytes(), head_only)
+                }
+                Err(_) => http::respond_text(
+                    stream,
+                    "500 Internal Server Error",
+                    "encoding the metrics failed\n",
+                    head_only,
+                ),
             }
         }
-        ("/" | "/index.html", Some(_)) => {
-            http::respond(stream, "200 OK", "text/html; charset=utf-8", PAGE.as_bytes(), head_only)
-        }
+        ("/" | "/index.html", Some(_)) => http::respond(
+            stream,
+            "200 OK",
+            "text/html; charset=utf-8",
+            PAGE.as_bytes(),
+            head_only,
+        ),
         ("/events", Some(ring)) if !head_only => {
             let last = head.last_event_id.as_deref().and_then(|v| v.parse().ok());
             crate::sse::stream(stream, ring, last, &shared.config)

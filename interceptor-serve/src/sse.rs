@@ -31,7 +31,10 @@ pub fn stream(
     let mut last_sent = Instant::now();
     loop {
         let quiet_for = last_sent.elapsed();
-        let wait = cfg.ping_interval.saturating_sub(quiet_for).max(Duration::from_millis(1));
+        let wait = cfg
+            .ping_interval
+            .saturating_sub(quiet_for)
+            .max(Duration::from_millis(1));
         let batch = ring.wait(&mut cursor, &mut summary_seen, cfg.batch, wait);
         if batch.closed {
             return Ok(());

@@ -102,8 +102,14 @@ mod tests {
         s.unmatched();
         let v: serde_json::Value = serde_json::from_slice(&s.json()).unwrap();
         assert_eq!(v["exchanges"], 5);
-        assert_eq!(v["pairs"], json!({"same": 1, "different": 2, "unmatched": 1}));
-        assert_eq!(v["top_differences"], json!([["body:[*].imageUrl", 2], ["header:etag", 1]]));
+        assert_eq!(
+            v["pairs"],
+            json!({"same": 1, "different": 2, "unmatched": 1})
+        );
+        assert_eq!(
+            v["top_differences"],
+            json!([["body:[*].imageUrl", 2], ["header:etag", 1]])
+        );
         assert_eq!(v["latency_us"]["count"], 4);
         assert_eq!(v["latency_us"]["p50"], 20);
         assert_eq!(v["latency_us"]["p99"], 400);

@@ -41,7 +41,10 @@ fn probes_routes_and_the_page() {
     let server = Server::bind("127.0.0.1:0", state.clone()).unwrap();
     let addr = server.local_addr();
     assert_eq!(status(&get(addr, "/healthz")), "HTTP/1.1 200 OK");
-    assert_eq!(status(&get(addr, "/readyz")), "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(
+        status(&get(addr, "/readyz")),
+        "HTTP/1.1 503 Service Unavailable"
+    );
     state.ready().store(true, Ordering::Relaxed);
     let r = get(addr, "/readyz?verbose");
     assert_eq!((status(&r), body(&r)), ("HTTP/1.1 200 OK", "ready\n"));
@@ -50,7 +53,10 @@ fn probes_routes_and_the_page() {
     assert_eq!(status(&get(addr, "/events")), "HTTP/1.1 404 Not Found");
     let r = fetch(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(status(&r), "HTTP/1.1 405 Method Not Allowed");
-    let r = fetch(addr, &format!("GET / HTTP/1.1\r\nCookie: {}\r\n\r\n", "a".repeat(9000)));
+    let r = fetch(
+        addr,
+        &format!("GET / HTTP/1.1\r\nCookie: {}\r\n\r\n", "a".repeat(9000)),
+    );
     assert_eq!(status(&r), "HTTP/1.1 431 Request Header Fields Too Large");
     let r = fetch(addr, "GARBAGE\r\n\r\n");
     assert_eq!(status(&r), "HTTP/1.1 400 Bad Request");
@@ -78,10 +84,16 @@ fn a_silent_client_times_out_and_connections_are_bounded() {
     let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.active_connections() < 4 {
-        assert!(Instant::now() < deadline, "the silent clients were never accepted");
+        assert!(
+            Instant::now() < deadline,
+            "the silent clients were never accepted"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(status(&get(addr, "/healthz")), "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(
+        status(&get(addr, "/healthz")),
+        "HTTP/1.1 503 Service Unavailable"
+    );
     // They are answered 408 after the head timeout, and the slots come back.
     for mut s in silent {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -103,7 +115,8 @@ fn read_frames(s: &mut TcpStream, until: Duration, mut done: impl FnMut(&str) ->
     let mut text = String::new();
     let mut buf = vec![0u8; 1 << 16];
     while Instant::now() < deadline && !done(&text) {
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
@@ -136,19 +149,30 @@ fn frames(text: &str) -> Vec<(String, serde_json::Value)> {
 fn the_stream_replays_then_follows_with_summary_and_pings() {
     let ring = Arc::new(Ring::new(Limits::default()));
     for i in 0..3 {
-        ring.push_json("exchange", format!("{{\"type\":\"exchange\",\"i\":{i}}}").as_bytes());
+        ring.push_json(
+            "exchange",
+            format!("{{\"type\":\"exchange\",\"i\":{i}}}").as_bytes(),
+        );
     }
     ring.set_summary(b"{\"type\":\"summary\",\"exchanges\":3}");
     let cfg = Config {
         ping_interval: Duration::from_millis(200),
         ..Config::default()
     };
-    let server = Server::bind_with("127.0.0.1:0", State::new().with_events(ring.clone()), cfg).unwrap();
+    let server =
+        Server::bind_with("127.0.0.1:0", State::new().with_events(ring.clone()), cfg).unwrap();
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
-    s.write_all(b"GET /events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
     let text = read_frames(&mut s, Duration::from_secs(5), |t| t.contains("summary"));
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"), "{text}");
-    assert!(text.contains("\r\n\r\nretry: 1000\n\n"), "retry comes first: {text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\n\r\nretry: 1000\n\n"),
+        "retry comes first: {text}"
+    );
     let f = frames(&text);
     let kinds: Vec<&str> = f.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(kinds, ["exchange", "exchange", "exchange", "summary"]);
@@ -156,13 +180,20 @@ fn the_stream_replays_then_follows_with_summary_and_pings() {
     assert_eq!(f[2].1["i"], 2);
     ring.push_json("shadow", b"{\"type\":\"shadow\"}");
     let text = read_frames(&mut s, Duration::from_secs(5), |t| t.contains(": ping"));
-    assert!(text.starts_with("id: 4\nevent: shadow\ndata: {\"seq\":4,\"type\":\"shadow\"}\n\n"), "{text}");
+    assert!(
+        text.starts_with("id: 4\nevent: shadow\ndata: {\"seq\":4,\"type\":\"shadow\"}\n\n"),
+        "{text}"
+    );
     assert!(text.contains(": ping\n\n"));
     // A reconnecting browser gets what followed its Last-Event-ID only.
     let mut s2 = TcpStream::connect(server.local_addr()).unwrap();
-    s2.write_all(b"GET /events HTTP/1.1\r\nLast-Event-ID: 3\r\n\r\n").unwrap();
+    s2.write_all(b"GET /events HTTP/1.1\r\nLast-Event-ID: 3\r\n\r\n")
+        .unwrap();
     let text = read_frames(&mut s2, Duration::from_secs(5), |t| t.contains("summary"));
-    let seqs: Vec<u64> = frames(&text).iter().filter_map(|(_, d)| d["seq"].as_u64()).collect();
+    let seqs: Vec<u64> = frames(&text)
+        .iter()
+        .filter_map(|(_, d)| d["seq"].as_u64())
+        .collect();
     assert_eq!(seqs, [4]);
     // Shutdown ends the streams.
     server.shutdown();
@@ -180,11 +211,16 @@ fn a_browser_that_stops_reading_never_holds_up_the_producer_and_learns_what_it_m
     let server = Server::bind("127.0.0.1:0", State::new().with_events(ring.clone())).unwrap();
     let mut slow = TcpStream::connect(server.local_addr()).unwrap();
     slow.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
-    let head = read_frames(&mut slow, Duration::from_secs(5), |t| t.contains("retry: 1000"));
+    let head = read_frames(&mut slow, Duration::from_secs(5), |t| {
+        t.contains("retry: 1000")
+    });
     assert!(head.contains("retry: 1000"));
     // 20 000 events of 16 KiB, 320 MB in all, while the browser reads nothing: every push
     // is quick, and the ring stays within its bounds.
-    let payload = format!("{{\"type\":\"exchange\",\"body\":\"{}\"}}", "x".repeat(16 * 1024));
+    let payload = format!(
+        "{{\"type\":\"exchange\",\"body\":\"{}\"}}",
+        "x".repeat(16 * 1024)
+    );
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
     for _ in 0..20_000 {
@@ -193,24 +229,50 @@ fn a_browser_that_stops_reading_never_holds_up_the_producer_and_learns_what_it_m
         slowest = slowest.max(t.elapsed());
     }
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(10), "20 000 pushes took {took:?}");
-    assert!(slowest < Duration::from_millis(200), "a push waited {slowest:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "20 000 pushes took {took:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(200),
+        "a push waited {slowest:?}"
+    );
     let st = ring.stats();
     assert!(st.len <= 256 && st.evicted >= 20_000 - 256, "{st:?}");
     // Now the browser reads: it gets a `dropped` with its running total, then the newest
     // events, and the seqs it saw plus the missed account for every event.
     // Until the last event has arrived whole (its frame can come in several reads).
     let text = read_frames(&mut slow, Duration::from_secs(20), |t| {
-        t.rfind("\"seq\":20000,").is_some_and(|at| t[at..].contains("\n\n"))
+        t.rfind("\"seq\":20000,")
+            .is_some_and(|at| t[at..].contains("\n\n"))
     });
     let f = frames(&text);
-    let seen: Vec<u64> = f.iter().filter(|(e, _)| e == "exchange").filter_map(|(_, d)| d["seq"].as_u64()).collect();
-    let dropped: Vec<&serde_json::Value> = f.iter().filter(|(e, _)| e == "dropped").map(|(_, d)| d).collect();
+    let seen: Vec<u64> = f
+        .iter()
+        .filter(|(e, _)| e == "exchange")
+        .filter_map(|(_, d)| d["seq"].as_u64())
+        .collect();
+    let dropped: Vec<&serde_json::Value> = f
+        .iter()
+        .filter(|(e, _)| e == "dropped")
+        .map(|(_, d)| d)
+        .collect();
     assert!(!dropped.is_empty(), "no dropped event");
     let missed = dropped.last().and_then(|d| d["missed"].as_u64()).unwrap();
-    let totals: Vec<u64> = dropped.iter().filter_map(|d| d["missed"].as_u64()).collect();
-    assert!(totals.windows(2).all(|w| w[0] < w[1]), "missed is a running total: {totals:?}");
-    assert_eq!(seen.len() as u64 + missed, 20_000, "seen {} + missed {missed}", seen.len());
+    let totals: Vec<u64> = dropped
+        .iter()
+        .filter_map(|d| d["missed"].as_u64())
+        .collect();
+    assert!(
+        totals.windows(2).all(|w| w[0] < w[1]),
+        "missed is a running total: {totals:?}"
+    );
+    assert_eq!(
+        seen.len() as u64 + missed,
+        20_000,
+        "seen {} + missed {missed}",
+        seen.len()
+    );
     assert_eq!(seen.last(), Some(&20_000));
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
@@ -222,12 +284,15 @@ fn a_browser_that_stops_reading_never_holds_up_the_producer_and_learns_what_it_m
 fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<String, String>, f64)> {
     let name_ok = |n: &str| {
         let mut c = n.chars();
-        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
             && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
     };
     let label_ok = |n: &str| {
         let mut c = n.chars();
-        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
     };
     let mut types: HashMap<String, String> = HashMap::new();
     let mut samples = Vec::new();
@@ -241,10 +306,21 @@ fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<Strin
             let mut parts = c.splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("EOF"), None, None) if openmetrics => assert_eq!(i + 1, lines.len()),
-                (Some("HELP"), Some(n), Some(_)) | (Some("UNIT"), Some(n), Some(_)) => assert!(name_ok(n), "{line}"),
+                (Some("HELP"), Some(n), Some(_)) | (Some("UNIT"), Some(n), Some(_)) => {
+                    assert!(name_ok(n), "{line}")
+                }
                 (Some("TYPE"), Some(n), Some(t)) => {
                     let known: &[&str] = if openmetrics {
-                        &["counter", "gauge", "histogram", "summary", "unknown", "info", "stateset", "gaugehistogram"]
+                        &[
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "unknown",
+                            "info",
+                            "stateset",
+                            "gaugehistogram",
+                        ]
                     } else {
                         &["counter", "gauge", "histogram", "summary", "untyped"]
                     };
@@ -255,7 +331,11 @@ fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<Strin
             }
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "line {}: {line:?}", i + 1);
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "line {}: {line:?}",
+            i + 1
+        );
         // name, optional {labels}, value.
         let (name, rest) = match line.find(['{', ' ']) {
             Some(j) => line.split_at(j),
@@ -269,7 +349,9 @@ fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<Strin
                     r = after;
                     break;
                 }
-                let eq = r.find("=\"").unwrap_or_else(|| panic!("line {}: bad label in {line}", i + 1));
+                let eq = r
+                    .find("=\"")
+                    .unwrap_or_else(|| panic!("line {}: bad label in {line}", i + 1));
                 let (ln, after) = r.split_at(eq);
                 assert!(label_ok(ln), "line {}: bad label name {ln}", i + 1);
                 let mut value = String::new();
@@ -282,11 +364,17 @@ fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<Strin
                             Some((_, c @ ('"' | '\\'))) => value.push(c),
                             other => panic!("line {}: bad escape {other:?}", i + 1),
                         },
-                        Some((_, '\n')) | None => panic!("line {}: unterminated label value", i + 1),
+                        Some((_, '\n')) | None => {
+                            panic!("line {}: unterminated label value", i + 1)
+                        }
                         Some((_, c)) => value.push(c),
                     }
                 };
-                assert!(labels.insert(ln.to_string(), value).is_none(), "line {}: label {ln} twice", i + 1);
+                assert!(
+                    labels.insert(ln.to_string(), value).is_none(),
+                    "line {}: label {ln} twice",
+                    i + 1
+                );
                 r = &after[2 + end + 1..];
                 r = r.strip_prefix(',').unwrap_or(r);
             }
@@ -294,34 +382,53 @@ fn check_exposition(text: &str, openmetrics: bool) -> Vec<(String, HashMap<Strin
         } else {
             rest
         };
-        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("line {}: no space before the value", i + 1));
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("line {}: no space before the value", i + 1));
         let value = value.split(' ').next().unwrap_or_default();
         let v: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            v => v.parse().unwrap_or_else(|_| panic!("line {}: bad value {v:?}", i + 1)),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("line {}: bad value {v:?}", i + 1)),
         };
         let family = ["_total", "_bucket", "_sum", "_count", "_created"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
             .unwrap_or(name);
-        assert!(types.contains_key(family), "line {}: {name} has no TYPE before it", i + 1);
+        assert!(
+            types.contains_key(family),
+            "line {}: {name} has no TYPE before it",
+            i + 1
+        );
         samples.push((name.to_string(), labels, v));
     }
     // Buckets: cumulative per label set, ending at +Inf equal to _count.
     let mut series: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
     for (name, labels, v) in &samples {
         if let Some(base) = name.strip_suffix("_bucket") {
-            let mut l: Vec<(&String, &String)> = labels.iter().filter(|(k, _)| *k != "le").collect();
+            let mut l: Vec<(&String, &String)> =
+                labels.iter().filter(|(k, _)| *k != "le").collect();
             l.sort();
             let le = &labels["le"];
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
-            series.entry(format!("{base}{l:?}")).or_default().push((le, *v));
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            series
+                .entry(format!("{base}{l:?}"))
+                .or_default()
+                .push((le, *v));
         }
     }
     for (k, b) in &series {
-        assert!(b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{k}: {b:?}");
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{k}: {b:?}"
+        );
         assert_eq!(b.last().map(|x| x.0), Some(f64::INFINITY), "{k}");
     }
     samples
@@ -353,10 +460,16 @@ fn metrics_are_valid_exposition_text_in_both_formats() {
             latency: status.map(|_| Duration::from_millis(ms)),
         });
     }
-    r.pair(false, &["body:[*].imageUrl".into(), "header:x-\"odd\"\\name".into()]);
+    r.pair(
+        false,
+        &["body:[*].imageUrl".into(), "header:x-\"odd\"\\name".into()],
+    );
     let server = Server::bind("127.0.0.1:0", state).unwrap();
     let plain = get(server.local_addr(), "/metrics");
-    assert!(plain.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"), "{plain}");
+    assert!(
+        plain.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "{plain}"
+    );
     let samples = check_exposition(body(&plain), false);
     let om = fetch(
         server.local_addr(),
@@ -367,14 +480,62 @@ fn metrics_are_valid_exposition_text_in_both_formats() {
     let find = |name: &str, want: &[(&str, &str)]| {
         samples
             .iter()
-            .find(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .find(|(n, l, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|(_, _, v)| *v)
     };
-    assert_eq!(find("interceptor_requests_total", &[("destination_service", "catalog.istioinaction"), ("response_code", "200")]), Some(2.0));
-    assert_eq!(find("interceptor_requests_total", &[("destination_service", "unknown"), ("method", "OTHER"), ("response_code", "0")]), Some(1.0));
-    assert_eq!(find("interceptor_request_duration_seconds_bucket", &[("destination_service", "catalog.istioinaction"), ("le", "0.05")]), Some(2.0));
-    assert_eq!(find("interceptor_request_duration_seconds_bucket", &[("destination_service", "catalog.istioinaction"), ("le", "0.025")]), Some(1.0));
-    assert_eq!(find("interceptor_shadow_differences_total", &[("path", "header:x-\"odd\"\\name")]), Some(1.0));
+    assert_eq!(
+        find(
+            "interceptor_requests_total",
+            &[
+                ("destination_service", "catalog.istioinaction"),
+                ("response_code", "200")
+            ]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        find(
+            "interceptor_requests_total",
+            &[
+                ("destination_service", "unknown"),
+                ("method", "OTHER"),
+                ("response_code", "0")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        find(
+            "interceptor_request_duration_seconds_bucket",
+            &[
+                ("destination_service", "catalog.istioinaction"),
+                ("le", "0.05")
+            ]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        find(
+            "interceptor_request_duration_seconds_bucket",
+            &[
+                ("destination_service", "catalog.istioinaction"),
+                ("le", "0.025")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        find(
+            "interceptor_shadow_differences_total",
+            &[("path", "header:x-\"odd\"\\name")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(find("interceptor_capture_packets_total", &[]), Some(0.0));
     assert_eq!(find("interceptor_tcp_open_flows", &[]), Some(0.0));
 }

@@ -92,4 +92,3 @@ pub trait Sink: Send {
     /// `exchange` hands back.
     fn spent(&mut self, _out: &mut Vec<Exchange>) {}
 }
-

@@ -100,9 +100,7 @@ fn main() -> ExitCode {
                 // --serve keeps serving after a file is read, until interrupted.
                 || args.inspect.serve.is_some();
             let stop = if live { stop_flag() } else { Ok(&NEVER) };
-            stop.and_then(|stop| {
-                sniff_args::run(&args, stop).map_err(|e| (format!("{e:#}"), 2))
-            })
+            stop.and_then(|stop| sniff_args::run(&args, stop).map_err(|e| (format!("{e:#}"), 2)))
         }
         (Command::Init(_) | Command::Cleanup(_), None) => unreachable!("options made above"),
     };

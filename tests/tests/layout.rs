@@ -8,7 +8,13 @@ use std::process::Command;
 /// Every package `root` depends on (normal and build dependencies, transitively).
 fn closure(root: &str) -> BTreeSet<String> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(host_triple())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
@@ -65,7 +71,10 @@ fn closure(root: &str) -> BTreeSet<String> {
 #[test]
 fn the_sniffer_needs_neither_the_ebpf_toolchain_nor_the_command_line() {
     let deps = closure("interceptor-sniff");
-    assert!(deps.contains("pcap") && deps.contains("httparse"), "{deps:?}");
+    assert!(
+        deps.contains("pcap") && deps.contains("httparse"),
+        "{deps:?}"
+    );
     for banned in [
         "aya",
         "aya-log",
@@ -83,7 +92,11 @@ fn the_sniffer_needs_neither_the_ebpf_toolchain_nor_the_command_line() {
 
 #[test]
 fn the_libraries_leave_flags_to_the_binary() {
-    for lib in ["interceptor-sniff", "interceptor-intercept", "interceptor-cni"] {
+    for lib in [
+        "interceptor-sniff",
+        "interceptor-intercept",
+        "interceptor-cni",
+    ] {
         assert!(
             !closure(lib).contains("clap"),
             "{lib} depends on clap: flags belong to the interceptor binary"

@@ -29,8 +29,14 @@ fn pods_that_are_not_here_are_named_and_exit_2() {
     for (args, want) in [
         // The default route goes through a gateway (or there is none): not a pod here.
         (vec!["--pod", "203.0.113.7"], "--pod 203.0.113.7: "),
-        (vec!["--pod", "shop/catalog-v1"], "--pod shop/catalog-v1: the node agent has no record of this pod"),
-        (vec!["--pod", "not-a-pod"], "--pod not-a-pod: neither an IP address nor NAMESPACE/NAME"),
+        (
+            vec!["--pod", "shop/catalog-v1"],
+            "--pod shop/catalog-v1: the node agent has no record of this pod",
+        ),
+        (
+            vec!["--pod", "not-a-pod"],
+            "--pod not-a-pod: neither an IP address nor NAMESPACE/NAME",
+        ),
     ] {
         let mut all = args.clone();
         all.extend(["--pod-records", records.to_str().unwrap()]);
@@ -63,10 +69,20 @@ impl Pod {
         let pod_if = unique("vp");
         let ip = format!("10.231.{n}.2");
         let gw = format!("10.231.{n}.1");
-        run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns.name]).unwrap();
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns.name,
+            ],
+        )
+        .unwrap();
         run("ip", &["addr", "add", &format!("{gw}/32"), "dev", &host_if]).unwrap();
         run("ip", &["link", "set", &host_if, "up"]).unwrap();
-        run("ip", &["route", "add", &format!("{ip}/32"), "dev", &host_if]).unwrap();
+        run(
+            "ip",
+            &["route", "add", &format!("{ip}/32"), "dev", &host_if],
+        )
+        .unwrap();
         ns.sh(&format!(
             "ip addr add {ip}/32 dev {pod_if} && ip link set {pod_if} up && ip route add {gw} dev {pod_if} && ip route add default via {gw}"
         ))
@@ -83,16 +99,29 @@ impl Pod {
 
     fn get(&self, path: &str) {
         let out = Command::new("curl")
-            .args(["-sS", "-m", "5", "-o", "/dev/null", &format!("http://{}:8000{path}", self.ip)])
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                &format!("http://{}:8000{path}", self.ip),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
     }
 }
 
@@ -131,7 +160,10 @@ impl Sniff {
 
     /// Waits for the "listening on" notice.
     fn listening(&self) -> String {
-        let line = self.err.recv_timeout(Duration::from_secs(10)).expect("sniff said nothing");
+        let line = self
+            .err
+            .recv_timeout(Duration::from_secs(10))
+            .expect("sniff said nothing");
         assert!(line.contains("listening on"), "{line}");
         line
     }
@@ -142,7 +174,9 @@ impl Sniff {
         let mut got = Vec::new();
         while got.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.out.recv_timeout(left) else { break };
+            let Ok(line) = self.out.recv_timeout(left) else {
+                break;
+            };
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["type"] == "exchange" {
                 got.push(v);
@@ -165,13 +199,19 @@ fn one_pod_is_captured_on_its_veth_and_tagged() {
     let pod = Pod::new(1);
     let s = Sniff::start(&["--pod", &pod.ip, "--json", "", "tcp port 8000"]);
     let line = s.listening();
-    assert!(line.contains(&format!("listening on {}", pod.host_if)), "{line}");
+    assert!(
+        line.contains(&format!("listening on {}", pod.host_if)),
+        "{line}"
+    );
     pod.get("/one");
     let ex = s.exchanges(1);
     assert_eq!(ex.len(), 1, "no exchange captured");
     assert_eq!(ex[0]["request"]["target"], "/one");
     assert_eq!(ex[0]["interface"], pod.host_if.as_str());
-    assert_eq!(ex[0]["pod"], serde_json::json!({"ip": pod.ip, "name": null, "namespace": null}));
+    assert_eq!(
+        ex[0]["pod"],
+        serde_json::json!({"ip": pod.ip, "name": null, "namespace": null})
+    );
 }
 
 #[test]
@@ -179,7 +219,8 @@ fn pods_by_name_from_the_agents_records_and_several_pods_at_once() {
     require_root!();
     let a = Pod::new(2);
     let b = Pod::new(3);
-    let records = std::env::temp_dir().join(format!("interceptor-pod-records-{}", std::process::id()));
+    let records =
+        std::env::temp_dir().join(format!("interceptor-pod-records-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&records);
     std::fs::create_dir_all(&records).unwrap();
     let rec = serde_json::json!({
@@ -189,8 +230,19 @@ fn pods_by_name_from_the_agents_records_and_several_pods_at_once() {
     std::fs::write(records.join("uid-a.json"), rec.to_string()).unwrap();
     let dir = records.to_str().unwrap();
     // By name, with the text output: the T lines name the pod.
-    let s = Sniff::start(&["--pod-records", dir, "--pod", "shop/catalog-v1-6d9c5f8b7-xk2lp", "-n", "1", "", "tcp port 8000"]);
-    assert!(s.listening().contains(&format!("listening on {}", a.host_if)));
+    let s = Sniff::start(&[
+        "--pod-records",
+        dir,
+        "--pod",
+        "shop/catalog-v1-6d9c5f8b7-xk2lp",
+        "-n",
+        "1",
+        "",
+        "tcp port 8000",
+    ]);
+    assert!(s
+        .listening()
+        .contains(&format!("listening on {}", a.host_if)));
     a.get("/by-name");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut t_lines = Vec::new();
@@ -207,18 +259,37 @@ fn pods_by_name_from_the_agents_records_and_several_pods_at_once() {
     }
     drop(s);
     // Two pods: one capture on `any`, kept to their two veths; each record names its own.
-    let s = Sniff::start(&["--pod-records", dir, "--pod", &a.ip, "--pod", &b.ip, "--json", "", "tcp port 8000"]);
+    let s = Sniff::start(&[
+        "--pod-records",
+        dir,
+        "--pod",
+        &a.ip,
+        "--pod",
+        &b.ip,
+        "--json",
+        "",
+        "tcp port 8000",
+    ]);
     let line = s.listening();
-    assert!(line.contains("listening on any") && line.contains("ifindex"), "{line}");
+    assert!(
+        line.contains("listening on any") && line.contains("ifindex"),
+        "{line}"
+    );
     a.get("/a");
     b.get("/b");
     let ex = s.exchanges(2);
     assert_eq!(ex.len(), 2, "{ex:?}");
     for e in &ex {
         let (want_pod, want_if) = if e["request"]["target"] == "/a" {
-            (serde_json::json!({"ip": a.ip, "name": "catalog-v1-6d9c5f8b7-xk2lp", "namespace": "shop"}), &a.host_if)
+            (
+                serde_json::json!({"ip": a.ip, "name": "catalog-v1-6d9c5f8b7-xk2lp", "namespace": "shop"}),
+                &a.host_if,
+            )
         } else {
-            (serde_json::json!({"ip": b.ip, "name": null, "namespace": null}), &b.host_if)
+            (
+                serde_json::json!({"ip": b.ip, "name": null, "namespace": null}),
+                &b.host_if,
+            )
         };
         assert_eq!(e["pod"], want_pod);
         assert_eq!(e["interface"], want_if.as_str());
@@ -234,15 +305,31 @@ fn plain_json_has_no_pod_key() {
     let capture = dir.join("c.pcap");
     interceptor_tests::pcap_synth::write(
         std::io::BufWriter::new(std::fs::File::create(&capture).unwrap()),
-        &interceptor_tests::pcap_synth::Spec { requests: 3, ..Default::default() },
+        &interceptor_tests::pcap_synth::Spec {
+            requests: 3,
+            ..Default::default()
+        },
     )
     .unwrap();
     let plain = sniff(&["--json", "-q", "-I", capture.to_str().unwrap()]);
     assert!(plain.status.success());
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("\"pod\""));
     // With --pod on a file, records are tagged by address (no interface to find).
-    let tagged = sniff(&["--json", "-q", "--pod", "10.123.2.2", "--pod-records", dir.to_str().unwrap(), "-I", capture.to_str().unwrap()]);
-    assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+    let tagged = sniff(&[
+        "--json",
+        "-q",
+        "--pod",
+        "10.123.2.2",
+        "--pod-records",
+        dir.to_str().unwrap(),
+        "-I",
+        capture.to_str().unwrap(),
+    ]);
+    assert!(
+        tagged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&tagged.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -250,12 +337,27 @@ fn plain_json_has_no_pod_key() {
         .collect();
     assert_eq!(lines.len(), 6);
     for l in &lines {
-        let want = if l["server"] == "10.123.2.2:3000" { serde_json::json!({"ip": "10.123.2.2", "name": null, "namespace": null}) } else { Value::Null };
+        let want = if l["server"] == "10.123.2.2:3000" {
+            serde_json::json!({"ip": "10.123.2.2", "name": null, "namespace": null})
+        } else {
+            Value::Null
+        };
         assert_eq!(l["pod"], want, "{l}");
     }
     // Byte for byte, a tagged line is the plain line with the pod key added last.
-    let plain_first = String::from_utf8_lossy(&plain.stdout).lines().next().unwrap().to_string();
-    let tagged_first = String::from_utf8_lossy(&tagged.stdout).lines().next().unwrap().to_string();
-    assert!(tagged_first.starts_with(plain_first.trim_end_matches('}')), "{plain_first}\n{tagged_first}");
+    let plain_first = String::from_utf8_lossy(&plain.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let tagged_first = String::from_utf8_lossy(&tagged.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        tagged_first.starts_with(plain_first.trim_end_matches('}')),
+        "{plain_first}\n{tagged_first}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

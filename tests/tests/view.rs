@@ -69,7 +69,10 @@ impl Sniff {
             if let Some(st) = self.child.try_wait().expect("waiting for sniff") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "sniff --serve did not end within 10 s of SIGINT");
+            assert!(
+                Instant::now() < deadline,
+                "sniff --serve did not end within 10 s of SIGINT"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -100,7 +103,10 @@ fn the_live_view_shows_the_seed_scenarios_exchanges_and_shadow_diff() {
         requests: REQUESTS,
         ..pcap_synth::Spec::default()
     };
-    assert!(spec.shadow_v2, "the shadow must serve v2, which adds imageUrl");
+    assert!(
+        spec.shadow_v2,
+        "the shadow must serve v2, which adds imageUrl"
+    );
     let file = std::fs::File::create(&capture).unwrap();
     let written = pcap_synth::write(std::io::BufWriter::new(file), &spec).unwrap();
     assert_eq!(written.pairs, REQUESTS);
@@ -120,7 +126,10 @@ fn the_live_view_shows_the_seed_scenarios_exchanges_and_shadow_diff() {
         .find(|w| w.starts_with("http://"))
         .expect("the serving line names its URL")
         .to_string();
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     // The file is read in a moment; the server stays up after it.
     sniff.wait_for("capture ended; still serving", &mut seen);
 
@@ -128,10 +137,14 @@ fn the_live_view_shows_the_seed_scenarios_exchanges_and_shadow_diff() {
     let metrics = get(&addr, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     assert!(
-        metrics.contains(&format!("interceptor_shadow_pairs_total{{verdict=\"different\"}} {REQUESTS}")),
+        metrics.contains(&format!(
+            "interceptor_shadow_pairs_total{{verdict=\"different\"}} {REQUESTS}"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains(&format!("interceptor_shadow_differences_total{{path=\"body:[*].imageUrl\"}} {REQUESTS}")));
+    assert!(metrics.contains(&format!(
+        "interceptor_shadow_differences_total{{path=\"body:[*].imageUrl\"}} {REQUESTS}"
+    )));
     assert!(metrics.contains("destination_service=\"catalog.istioinaction-shadow\""));
     assert!(get(&addr, "/readyz").starts_with("HTTP/1.1 200 OK"));
 
@@ -156,7 +169,10 @@ fn the_live_view_shows_the_seed_scenarios_exchanges_and_shadow_diff() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the browser test failed:\n{report}");
-    assert!(report.contains("# pass 8") && report.contains("# skipped 0"), "{report}");
+    assert!(
+        report.contains("# pass 8") && report.contains("# skipped 0"),
+        "{report}"
+    );
     let png = std::fs::read(&screenshot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
 

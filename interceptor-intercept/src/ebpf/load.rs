@@ -139,7 +139,11 @@ fn load_and_attach(
             .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
     }
 
-    record_existing_listener(&mut ebpf, target.netns_cookie, settings.inbound_capture_port)?;
+    record_existing_listener(
+        &mut ebpf,
+        target.netns_cookie,
+        settings.inbound_capture_port,
+    )?;
     write_settings(&mut ebpf, target, settings)?;
     Ok((ebpf, links))
 }

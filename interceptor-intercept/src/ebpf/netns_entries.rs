@@ -109,7 +109,12 @@ impl LocalAddrs {
 }
 
 /// Writes (or rewrites) everything for namespace `cookie`.
-pub fn write(maps: &mut dyn Maps, cookie: u64, settings: &Settings, local: &LocalAddrs) -> Result<()> {
+pub fn write(
+    maps: &mut dyn Maps,
+    cookie: u64,
+    settings: &Settings,
+    local: &LocalAddrs,
+) -> Result<()> {
     settings.validate()?;
     // Counters first: the programs only add to an entry that exists. A rewrite keeps them.
     {
@@ -152,10 +157,30 @@ pub fn write(maps: &mut dyn Maps, cookie: u64, settings: &Settings, local: &Loca
             .map(|(len, a)| (COOKIE_PREFIX_BITS + len, cidr_v6(cookie, a)))
             .collect()
     };
-    replace_trie(maps, map::OUT_EXCLUDE_V4, cookie, &v4(&settings.outbound_exclude_cidrs))?;
-    replace_trie(maps, map::OUT_EXCLUDE_V6, cookie, &v6(&settings.outbound_exclude_cidrs))?;
-    replace_trie(maps, map::OUT_INCLUDE_V4, cookie, &v4(settings.include_cidrs()))?;
-    replace_trie(maps, map::OUT_INCLUDE_V6, cookie, &v6(settings.include_cidrs()))?;
+    replace_trie(
+        maps,
+        map::OUT_EXCLUDE_V4,
+        cookie,
+        &v4(&settings.outbound_exclude_cidrs),
+    )?;
+    replace_trie(
+        maps,
+        map::OUT_EXCLUDE_V6,
+        cookie,
+        &v6(&settings.outbound_exclude_cidrs),
+    )?;
+    replace_trie(
+        maps,
+        map::OUT_INCLUDE_V4,
+        cookie,
+        &v4(settings.include_cidrs()),
+    )?;
+    replace_trie(
+        maps,
+        map::OUT_INCLUDE_V6,
+        cookie,
+        &v6(settings.include_cidrs()),
+    )?;
     replace_local(maps, map::LOCAL_V4, cookie, &local.v4)?;
     replace_local(maps, map::LOCAL_V6, cookie, &local.v6)?;
 
@@ -192,10 +217,30 @@ pub fn remove(maps: &mut dyn Maps, cookie: u64) -> Result<bool> {
         }
         Ok(())
     })());
-    note(replace_trie::<CidrV4>(maps, map::OUT_EXCLUDE_V4, cookie, &[]));
-    note(replace_trie::<CidrV6>(maps, map::OUT_EXCLUDE_V6, cookie, &[]));
-    note(replace_trie::<CidrV4>(maps, map::OUT_INCLUDE_V4, cookie, &[]));
-    note(replace_trie::<CidrV6>(maps, map::OUT_INCLUDE_V6, cookie, &[]));
+    note(replace_trie::<CidrV4>(
+        maps,
+        map::OUT_EXCLUDE_V4,
+        cookie,
+        &[],
+    ));
+    note(replace_trie::<CidrV6>(
+        maps,
+        map::OUT_EXCLUDE_V6,
+        cookie,
+        &[],
+    ));
+    note(replace_trie::<CidrV4>(
+        maps,
+        map::OUT_INCLUDE_V4,
+        cookie,
+        &[],
+    ));
+    note(replace_trie::<CidrV6>(
+        maps,
+        map::OUT_INCLUDE_V6,
+        cookie,
+        &[],
+    ));
     note(replace_local::<u32>(maps, map::LOCAL_V4, cookie, &[]));
     note(replace_local::<[u32; 4]>(maps, map::LOCAL_V6, cookie, &[]));
     note((|| {
@@ -249,7 +294,12 @@ pub fn counters(maps: &mut dyn Maps, cookie: u64) -> Vec<(&'static str, u64)> {
 
 /// What is missing or different for namespace `cookie` compared with what [`write`]
 /// would put there: one line per problem, empty when all is in place.
-pub fn check(maps: &mut dyn Maps, cookie: u64, settings: &Settings, local: &LocalAddrs) -> Vec<String> {
+pub fn check(
+    maps: &mut dyn Maps,
+    cookie: u64,
+    settings: &Settings,
+    local: &LocalAddrs,
+) -> Vec<String> {
     let mut problems = Vec::new();
     match read_settings(maps, cookie) {
         None => problems.push(format!("no SETTINGS entry for netns cookie {cookie}")),
@@ -272,8 +322,14 @@ pub fn check(maps: &mut dyn Maps, cookie: u64, settings: &Settings, local: &Loca
         Err(e) => problems.push(format!("{e:#}")),
     }
     for (name, present) in [
-        (map::LOCAL_V4, local_values::<u32>(maps, map::LOCAL_V4, &local.v4)),
-        (map::LOCAL_V6, local_values::<[u32; 4]>(maps, map::LOCAL_V6, &local.v6)),
+        (
+            map::LOCAL_V4,
+            local_values::<u32>(maps, map::LOCAL_V4, &local.v4),
+        ),
+        (
+            map::LOCAL_V6,
+            local_values::<[u32; 4]>(maps, map::LOCAL_V6, &local.v6),
+        ),
     ] {
         match present {
             Ok(values) if values.iter().all(|v| *v == Some(cookie)) => {}
@@ -303,8 +359,14 @@ fn cidr_v6(cookie: u64, a: [u32; 4]) -> CidrV6 {
 }
 
 fn keys_of(ports: &HashMap<&mut MapData, NetnsPort, u8>, cookie: u64) -> Result<Vec<NetnsPort>> {
-    let all: Vec<NetnsPort> = ports.keys().collect::<Result<_, _>>().context("reading PORTS")?;
-    Ok(all.into_iter().filter(|k| k.netns_cookie == cookie).collect())
+    let all: Vec<NetnsPort> = ports
+        .keys()
+        .collect::<Result<_, _>>()
+        .context("reading PORTS")?;
+    Ok(all
+        .into_iter()
+        .filter(|k| k.netns_cookie == cookie)
+        .collect())
 }
 
 /// A trie key's data as words, to tell whose it is: the first two are the cookie.
@@ -382,7 +444,11 @@ fn replace_local<K: aya::Pod + PartialEq>(
 }
 
 /// The namespace each of `addrs` is mapped to.
-fn local_values<K: aya::Pod>(maps: &mut dyn Maps, name: &str, addrs: &[K]) -> Result<Vec<Option<u64>>> {
+fn local_values<K: aya::Pod>(
+    maps: &mut dyn Maps,
+    name: &str,
+    addrs: &[K],
+) -> Result<Vec<Option<u64>>> {
     let set: HashMap<&mut MapData, K, u64> = HashMap::try_from(maps.map(name)?)?;
     Ok(addrs.iter().map(|a| set.get(a, 0).ok()).collect())
 }

@@ -65,8 +65,7 @@ pub struct Attached {
 /// bpffs is mounted at /sys/fs/bpf; each error names the path.
 pub fn check_machine(cgroup_root: &Path) -> Result<()> {
     let magic = |p: &Path| -> Result<i64> {
-        let st = nix::sys::statfs::statfs(p)
-            .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        let st = nix::sys::statfs::statfs(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
         Ok(st.filesystem_type().0 as i64)
     };
     if magic(cgroup_root)? != CGROUP2_SUPER_MAGIC {
@@ -121,7 +120,9 @@ fn load_and_attach(cgroup_root: &Path, dir: &Path, undo: &mut Undo) -> Result<()
         .default_map_pin_directory(dir)
         .override_global(aya_log::LEVEL, &level, true)
         .load(object::object()?)
-        .map_err(|e| anyhow!("loading the eBPF object failed: {e}; use --mode iptables on this node"))?;
+        .map_err(|e| {
+            anyhow!("loading the eBPF object failed: {e}; use --mode iptables on this node")
+        })?;
     for name in CGROUP_PROGRAMS
         .iter()
         .map(|(n, _)| *n)
@@ -152,8 +153,7 @@ fn load_and_attach(cgroup_root: &Path, dir: &Path, undo: &mut Undo) -> Result<()
     }
     let prog_pin = dir.join(SKLOOKUP_PROG_PIN);
     if let Ok(old) = sys::obj_get(&prog_pin) {
-        fs::remove_file(&prog_pin)
-            .with_context(|| format!("replacing {}", prog_pin.display()))?;
+        fs::remove_file(&prog_pin).with_context(|| format!("replacing {}", prog_pin.display()))?;
         undo.replaced_prog = Some(old);
     }
     sys::obj_pin(sklookup, &prog_pin)
@@ -363,7 +363,10 @@ pub fn counters(cookie: u64) -> Vec<(&'static str, u64)> {
 
 /// The inode of a namespace file (what sk_lookup links report as their target).
 pub fn netns_inode(netns: &File) -> Result<u64> {
-    Ok(netns.metadata().context("stat of the network namespace")?.ino())
+    Ok(netns
+        .metadata()
+        .context("stat of the network namespace")?
+        .ino())
 }
 
 fn netns_links(dir: &Path) -> Vec<u64> {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use interceptor_common::{self as common, map};
 
-use super::sys::{self, attach, LinkInfo, LinkTarget};
 use super::netns_entries;
+use super::sys::{self, attach, LinkInfo, LinkTarget};
 use super::target::cgroup_path_by_id;
 use super::PIN_ROOT;
 

@@ -127,7 +127,6 @@ impl<W: Write> Shadow<W> {
         out.append(&mut self.spent);
     }
 
-
     /// Also tells `o` about each pair and unmatched exchange.
     pub fn observe(mut self, o: Box<dyn Observer>) -> Shadow<W> {
         self.observer = Some(o);
@@ -430,13 +429,19 @@ mod tests {
             ignore_path: vec!["a[b".into()],
             ..Settings::default()
         });
-        assert!(matches!(&e, SettingsError::IgnorePath(m) if m.starts_with("\"a[b\"")), "{e}");
+        assert!(
+            matches!(&e, SettingsError::IgnorePath(m) if m.starts_with("\"a[b\"")),
+            "{e}"
+        );
         let e = bad(Settings {
             max_age: 0.0,
             ..Settings::default()
         });
         assert_eq!(e, SettingsError::MaxAge(0.0));
-        assert_eq!(e.to_string(), "0: must be more than 0 and at most 86400 seconds");
+        assert_eq!(
+            e.to_string(),
+            "0: must be more than 0 and at most 86400 seconds"
+        );
         let e = bad(Settings {
             max_pending: 0,
             ..Settings::default()

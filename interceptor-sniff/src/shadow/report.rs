@@ -446,7 +446,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
         out.push(b'\\');
         out.push(short);
         if short == b'u' {
-            out.extend_from_slice(&[b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+            out.extend_from_slice(&[
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 15)],
+            ]);
         }
         start = i + 1;
     }
@@ -540,7 +545,6 @@ fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
     }
     out.push(b'}');
 }
-
 
 /// The JSON object for an exchange whose partner never came.
 pub fn unmatched_json(u: &Unmatched) -> Value {
@@ -854,8 +858,14 @@ mod tests {
     fn pair_json_is_serde_jsons() {
         let bodies = [
             (r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#),
-            (r#"{"a":"x\"y\\z\u0001\u007f\b\f\t é","n":1.5}"#, r#"{"a":"w","n":2e3,"o":{"k":[1,null,true]}}"#),
-            (r#"{"t":"2026-11-22T22:31:43Z"}"#, r#"{"t":"2026-11-22T22:31:44Z"}"#),
+            (
+                r#"{"a":"x\"y\\z\u0001\u007f\b\f\t é","n":1.5}"#,
+                r#"{"a":"w","n":2e3,"o":{"k":[1,null,true]}}"#,
+            ),
+            (
+                r#"{"t":"2026-11-22T22:31:43Z"}"#,
+                r#"{"t":"2026-11-22T22:31:44Z"}"#,
+            ),
             ("same", "same"),
             ("text\nline", "text\nother"),
         ];
@@ -873,7 +883,10 @@ mod tests {
                 let want = serde_json::to_vec(&pair_out(&p, &cmp)).unwrap();
                 let mut got = Vec::new();
                 push_pair_json(&mut got, &p, &cmp);
-                assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(want).unwrap()
+                );
             }
         }
         let mut s = Vec::new();

@@ -536,7 +536,10 @@ mod tests {
         let memo = Options::default();
         let pairs = [
             (r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#),
-            (r#"{"a":1,"b":"2026-11-22T22:31:43Z"}"#, r#"{"a":2,"b":"2026-11-22T22:31:44Z"}"#),
+            (
+                r#"{"a":1,"b":"2026-11-22T22:31:43Z"}"#,
+                r#"{"a":2,"b":"2026-11-22T22:31:44Z"}"#,
+            ),
             ("line one\nline two", "line one\nline 2"),
         ];
         for round in 0..3 {
@@ -548,7 +551,10 @@ mod tests {
         // More body pairs than are remembered: the older ones are compared anew.
         for i in 0..2 * MEMO_ENTRIES {
             let (p, s) = (format!("[{i}]"), format!("[{}]", i + 1));
-            assert_eq!(cmp_bodies(&p, &s, &memo), cmp_bodies(&p, &s, &Options::default()));
+            assert_eq!(
+                cmp_bodies(&p, &s, &memo),
+                cmp_bodies(&p, &s, &Options::default())
+            );
         }
     }
 
