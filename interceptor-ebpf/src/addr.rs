@@ -22,6 +22,16 @@ pub fn is_loopback_v4(ip: u32) -> bool {
     ip.to_ne_bytes()[0] == 127
 }
 
+/// A loopback address (127/8, ::1; a v4-mapped one has become IPv4 in [`v6`]).
+#[inline(always)]
+pub fn is_loopback(a: &SockAddr) -> bool {
+    if a.family == AF_INET {
+        is_loopback_v4(a.addr[0])
+    } else {
+        a.addr == LOOPBACK_V6
+    }
+}
+
 #[inline(always)]
 pub fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
     ip6[0] == 0 && ip6[1] == 0 && ip6[2] == MAPPED_PREFIX

@@ -34,6 +34,8 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
 }
 
 fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
+    // Only three of the callbacks every TCP socket of the cgroup makes (about five each,
+    // no per-packet one: no BPF_SOCK_OPS_*_CB_FLAG is ever set) concern us.
     let op = ctx.op();
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
         && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
@@ -41,13 +43,14 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
     {
         return None;
     }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
-    let s = maps::settings(netns)?;
     let ops = ctx.ops;
     let family = ctx.family();
     let local_port = ctx.local_port() as u16;
 
     if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        // SAFETY: the helper only reads the socket the context points at.
+        let netns = unsafe { bpf_get_netns_cookie(ops.cast()) };
+        let s = maps::settings(netns)?;
         if local_port != s.inbound_port {
             return None;
         }
@@ -56,6 +59,8 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
             index: if family == u32::from(AF_INET) { 0 } else { 1 },
             _pad: 0,
         };
+        // SAFETY: `ops` is the kernel's context for this listening socket, which is what
+        // bpf_sock_hash_update takes from sockops.
         LISTENER
             .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_ANY))
             .ok()?;
@@ -68,6 +73,7 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
 
     // remote_port holds the network-order port in its upper half.
     let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    // SAFETY (read_ip6): local_ip6 and remote_ip6 are four readable context words.
     let tuple = if family == u32::from(AF_INET) {
         SockTuple {
             local: addr::v4(ctx.local_ip4(), local_port),
@@ -86,8 +92,26 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
         }
     };
 
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+    // Both ends in this namespace (loopback, or the pod's own address): the sockets the
+    // fast path pairs.
+    let local_pair =
+        tuple.local.addr == tuple.remote.addr && tuple.local.family == tuple.remote.family;
+    // A redirected connect goes to the proxy on loopback (whatever source the app bound).
+    let redirected = op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && addr::is_loopback(&tuple.remote);
+    // Anything else (the proxy's connects upstream, the server side of connections from
+    // outside, and in node mode every other socket of the node) is none of ours: done
+    // before the map lookups.
+    if !local_pair && !redirected {
+        return None;
+    }
+    // SAFETY: the helper only reads the socket the context points at.
+    let netns = unsafe { bpf_get_netns_cookie(ops.cast()) };
+    maps::settings(netns)?;
+
+    if redirected {
+        // SAFETY: as above.
         let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
+        // SAFETY: the value is copied out at once; an LRU entry may go at any time after.
         if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(cookie) } {
             let orig = *orig;
             let key = NetnsTuple {
@@ -100,13 +124,13 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
         }
     }
 
-    // Both ends in this namespace (loopback, or the pod's own address): pair them.
     let mut key = NetnsTuple {
         netns_cookie: netns,
         tuple,
     };
-    if tuple.local.addr == tuple.remote.addr
-        && tuple.local.family == tuple.remote.family
+    // SAFETY: `ops` is the kernel's context for this established socket, which is what
+    // bpf_sock_hash_update takes from sockops.
+    if local_pair
         && SOCKETS
             .update(&mut key, unsafe { &mut *ops }, u64::from(BPF_NOEXIST))
             .is_ok()
