@@ -40,3 +40,38 @@ macro_rules! require_root {
         );
     };
 }
+
+/// Waits for a started `interceptor agent` (stderr piped) to say where it serves metrics:
+/// its address (`127.0.0.1:PORT`) and everything it writes on stderr, collected as it comes.
+/// An agent that has not said so within 20 s is killed and the test fails with its output.
+pub fn agent_listening(
+    child: &mut std::process::Child,
+) -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("the agent's stderr is piped");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("metrics on http://").nth(1) {
+                let _ = tx.send(addr.trim_end_matches("/metrics").to_string());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(addr) => (addr, log),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "the agent did not start ({status}):\n{}",
+                log.lock().unwrap()
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! alone). Then one pod's veth is deleted: its capture fails alone, is counted and retried,
 //! and the others go on. Nothing skips: a missing tool or a run without root fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -321,31 +321,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("metrics on http://").nth(1) {
-                    let _ = tx.send(addr.trim_end_matches("/metrics").to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                panic!(
-                    "the agent did not start ({status}):\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
+        let (addr, log) = interceptor_tests::agent_listening(&mut child);
         Agent {
             child: Some(child),
             addr,
