@@ -75,3 +75,26 @@ pub fn agent_listening(
         }
     }
 }
+
+/// The arguments istio's sidecar injector gives istio-init (injection-template.yaml), as
+/// the image's entry point receives them.
+pub const INJECTOR_ARGS: &[&str] = &[
+    "istio-iptables",
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--log_output_level=default:info",
+];

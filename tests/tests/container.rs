@@ -11,28 +11,6 @@ use std::collections::BTreeMap;
 use interceptor_tests::podman::{self, exit_code, logs, Pod, Rootfs};
 use interceptor_tests::{unique, Netns};
 
-/// What istio's sidecar injector passes to istio-init (proxyv2 `istio-iptables`).
-const INJECTOR_ARGS: &[&str] = &[
-    "istio-iptables",
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--log_output_level=default:info",
-];
-
 /// The init container's podman options, as the injector's securityContext has them.
 const INIT_OPTS: &[&str] = &[
     "--cap-drop",
@@ -50,7 +28,7 @@ const VALIDATION_OPTS: &[&str] = &["--user", "1337:1337", "--cap-drop", "ALL", "
 
 /// The injector's arguments followed by `extra`.
 fn args(extra: &[&'static str]) -> Vec<&'static str> {
-    let mut a = INJECTOR_ARGS.to_vec();
+    let mut a = interceptor_tests::INJECTOR_ARGS.to_vec();
     a.extend_from_slice(extra);
     a
 }
@@ -457,7 +435,7 @@ fn ebpf_init_container_with_cgroup_pod_intercepts_the_app_container() {
     let mut create: Vec<&str> = opts.iter().map(String::as_str).collect();
     create.push(image);
     create.extend_from_slice(&["init", "--mode", "ebpf", "--cgroup", "pod"]);
-    create.extend_from_slice(&INJECTOR_ARGS[1..]);
+    create.extend_from_slice(&interceptor_tests::INJECTOR_ARGS[1..]);
     let init = pod.add_init("init", &create);
     let started = pod.start();
     let init_logs = logs(&init);

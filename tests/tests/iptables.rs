@@ -996,35 +996,13 @@ fn validation_passes_with_rules_and_fails_with_126_without() {
     assert!(err.contains("192.0.2.1:15002"), "{err}");
 }
 
-/// The arguments istio's sidecar injector gives istio-init (injection-template.yaml).
-const INJECTOR_ARGS: &[&str] = &[
-    "istio-iptables",
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--log_output_level=default:info",
-];
-
 #[test]
 fn istio_init_command_line_is_accepted_unchanged() {
     require_root!();
     let ns = Netns::new("iinj").unwrap();
     let out = ns
         .command(interceptor_bin().to_str().unwrap())
-        .args(INJECTOR_ARGS)
+        .args(interceptor_tests::INJECTOR_ARGS)
         .output()
         .unwrap();
     assert!(
@@ -1071,7 +1049,7 @@ fn cni_validation_container_validates_as_the_proxy_user() {
              setpriv --reuid {PROXY} --regid {PROXY} --clear-groups --inh-caps=-all --bounding-set=-all -- \
              {} {} --run-validation --skip-rule-apply --probe-timeout 3s",
             b.display(),
-            INJECTOR_ARGS.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+            interceptor_tests::INJECTOR_ARGS.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
         ))
         .unwrap()
     };
@@ -1090,7 +1068,7 @@ fn cni_validation_container_validates_as_the_proxy_user() {
     let (with_rules, _peer) = pod_with_route();
     let out = with_rules
         .command(b.to_str().unwrap())
-        .args(INJECTOR_ARGS)
+        .args(interceptor_tests::INJECTOR_ARGS)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -1561,7 +1539,7 @@ fn init_logs_the_configuration_and_the_applied_input() {
     // With no flag, and with the injector's (--log_output_level=default:info): plain text,
     // no terminal colours.
     let mut injector = vec!["init"];
-    injector.extend_from_slice(&INJECTOR_ARGS[1..]);
+    injector.extend_from_slice(&interceptor_tests::INJECTOR_ARGS[1..]);
     for args in [&["init"][..], &injector[..]] {
         let log = run(args);
         assert!(!log.contains('\x1b'), "{args:?}: ANSI codes in {log:?}");
