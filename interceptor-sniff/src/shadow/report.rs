@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::diff::{generalise, Comparison, Difference, Kind};
 use super::pair::{MatchedBy, Pair, Stats, Unmatched};
 use crate::http::Exchange;
+use crate::output::json::push_addr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
@@ -179,6 +180,7 @@ pub struct Reporter<W: Write> {
     summary: Summary,
     /// A line put together before it is written.
     line: Vec<u8>,
+    text: TextScratch,
 }
 
 impl<W: Write> Reporter<W> {
@@ -188,6 +190,7 @@ impl<W: Write> Reporter<W> {
             style,
             summary: Summary::default(),
             line: Vec::new(),
+            text: TextScratch::default(),
         }
     }
 
@@ -226,7 +229,9 @@ impl<W: Write> Reporter<W> {
                 self.line.push(b'\n');
                 self.out.write_all(&self.line)
             }
-            Style::Text { color, width } => write_pair_text(&mut self.out, pair, cmp, color, width),
+            Style::Text { color, width } => {
+                write_pair_text(&mut self.out, &mut self.text, pair, cmp, color, width)
+            }
         }
     }
 
@@ -424,13 +429,20 @@ pub fn write_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
 }
 
 /// Appends `s` as a JSON string escaped as serde_json escapes it (the `--shadow --json`
-/// output was serde_json's, and stays byte for byte the same).
+/// output was serde_json's, and stays byte for byte the same): the runs between the bytes
+/// to escape are copied whole, and most strings (paths, ids, URLs) are one run.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let b = s.as_bytes();
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
+    while let Some(k) = b[start..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    {
+        let i = start + k;
+        let c = b[i];
+        out.extend_from_slice(&b[start..i]);
         let short = match c {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -439,10 +451,8 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b't',
             0x08 => b'b',
             0x0c => b'f',
-            0..=0x1f => b'u',
-            _ => continue,
+            _ => b'u',
         };
-        out.extend_from_slice(&b[start..i]);
         out.push(b'\\');
         out.push(short);
         if short == b'u' {
@@ -473,10 +483,9 @@ fn push_json_value(out: &mut Vec<u8>, v: &Option<Value>) {
 }
 
 fn push_json_side(out: &mut Vec<u8>, ex: &Exchange) {
-    use std::io::Write as _;
     out.extend_from_slice(b"{\"server\":\"");
     // A socket address needs no escaping.
-    let _ = write!(out, "{}", ex.server);
+    push_addr(out, ex.server);
     out.extend_from_slice(b"\",\"status\":");
     match ex.response.as_ref() {
         Some(r) => out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes()),
@@ -493,7 +502,6 @@ fn push_json_side(out: &mut Vec<u8>, ex: &Exchange) {
 /// Appends the pair's JSON object, without a line end: `PairOut` as serde_json writes it,
 /// written by hand (serde's generic writer was most of what reporting a pair cost).
 fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
-    use std::fmt::Write as _;
     out.extend_from_slice(b"{\"type\":\"shadow\",\"request_id\":");
     match pair.request_id.as_deref() {
         Some(id) => push_json_str(out, id),
@@ -526,7 +534,7 @@ fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
                 out.push(b',');
             }
             place.clear();
-            let _ = write!(place, "{}", d.location);
+            d.location.push_to(&mut place);
             out.extend_from_slice(b"{\"where\":");
             push_json_str(out, &place);
             out.extend_from_slice(b",\"kind\":\"");
@@ -605,10 +613,30 @@ fn cell(v: &Option<Value>) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether every byte is printable ASCII (0x20 to 0x7e): eight bytes at a time, as each
+/// value and place of each difference is asked.
+fn printable_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    let mut words = b.chunks_exact(8);
+    // Per byte, high bit set when it is below 0x20 (the borrow), 0x7f or above (the
+    // carry), or 0x80 and above (its own). A borrow or carry into the next byte only
+    // comes from a byte already marked.
+    let marked = |x: u64| (x.wrapping_sub(0x20 * ONES) | x.wrapping_add(ONES) | x) & HIGH != 0;
+    for w in words.by_ref() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        if marked(u64::from_le_bytes(a)) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|c| (0x20..0x7f).contains(c))
+}
+
 /// Cuts `s` to `w` characters, marking the cut; control characters are escaped.
 fn fit(s: &str, w: usize) -> String {
     // Nearly every value is printable ASCII: a character per byte and nothing to escape.
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if printable_ascii(s.as_bytes()) {
         let mut t = String::with_capacity(w.max(s.len()) + 2);
         if s.len() <= w {
             t.push_str(s);
@@ -638,15 +666,15 @@ fn fit(s: &str, w: usize) -> String {
 }
 
 /// Appends `s` cut or padded to `w` characters, as `fit` returns it.
-fn push_fit(out: &mut String, s: &str, w: usize) {
+fn push_fit(out: &mut Vec<u8>, s: &str, w: usize) {
     // Nearly every value is printable ASCII: a character per byte and nothing to escape.
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if printable_ascii(s.as_bytes()) {
         if s.len() <= w {
-            out.push_str(s);
+            out.extend_from_slice(s.as_bytes());
             push_spaces(out, w - s.len());
         } else {
-            out.push_str(&s[..w.saturating_sub(1)]);
-            out.push('…');
+            out.extend_from_slice(&s.as_bytes()[..w.saturating_sub(1)]);
+            out.extend_from_slice("…".as_bytes());
         }
         return;
     }
@@ -654,86 +682,102 @@ fn push_fit(out: &mut String, s: &str, w: usize) {
     if !s.chars().any(char::is_control) {
         let n = s.chars().count();
         if n <= w {
-            out.push_str(s);
+            out.extend_from_slice(s.as_bytes());
             push_spaces(out, w - n);
         } else {
-            out.extend(s.chars().take(w.saturating_sub(1)));
-            out.push('…');
+            let cut = s
+                .char_indices()
+                .nth(w.saturating_sub(1))
+                .map_or(s.len(), |(i, _)| i);
+            out.extend_from_slice(&s.as_bytes()[..cut]);
+            out.extend_from_slice("…".as_bytes());
         }
         return;
     }
-    out.push_str(&fit(s, w));
+    out.extend_from_slice(fit(s, w).as_bytes());
 }
 
 /// `n` spaces, a slice at a time rather than a character at a time.
-fn push_spaces(out: &mut String, mut n: usize) {
-    const SPACES: &str = "                                                                ";
-    while n > 0 {
-        let k = n.min(SPACES.len());
-        out.push_str(&SPACES[..k]);
-        n -= k;
-    }
+fn push_spaces(out: &mut Vec<u8>, n: usize) {
+    out.resize(out.len() + n, b' ');
 }
 
 /// `side_text`, appended to `out`.
-fn push_side_text(out: &mut String, ex: &Exchange) {
-    use std::fmt::Write as _;
+fn push_side_text(out: &mut Vec<u8>, ex: &Exchange) {
     match ex.response.as_ref() {
-        Some(r) => out.push_str(itoa::Buffer::new().format(r.status)),
-        None => out.push_str("no response"),
+        Some(r) => out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes()),
+        None => out.extend_from_slice(b"no response"),
     }
     match ex.latency_us() {
         // `fmt_us`, without a string of its own for the usual case.
         Some(l) if l < 1000 => {
-            out.push(' ');
-            out.push_str(itoa::Buffer::new().format(l));
-            out.push_str(" µs");
+            out.push(b' ');
+            out.extend_from_slice(itoa::Buffer::new().format(l).as_bytes());
+            out.extend_from_slice(" µs".as_bytes());
         }
         Some(l) => {
-            out.push(' ');
-            out.push_str(&fmt_us(l));
+            out.push(b' ');
+            out.extend_from_slice(fmt_us(l).as_bytes());
         }
         None => {}
     }
-    let _ = write!(out, " from {}", ex.server);
+    out.extend_from_slice(b" from ");
+    push_addr(out, ex.server);
 }
 
-/// A pair as text: put together in one string (no string per part), then written.
+/// What the text report of a pair reuses from one pair to the next.
+#[derive(Default)]
+struct TextScratch {
+    /// The pair's text, written in one piece.
+    text: Vec<u8>,
+    /// The differences' places one after another (`body:[0].imageUrl (noise)`), and
+    /// where each ends.
+    places: String,
+    ends: Vec<usize>,
+}
+
+/// A pair as text: put together in one buffer (no string per part), then written.
 fn write_pair_text<W: Write>(
     o: &mut W,
+    scratch: &mut TextScratch,
     pair: &Pair,
     cmp: &Comparison,
     color: bool,
     width: usize,
 ) -> io::Result<()> {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(256 + 2 * width);
-    let painted = |s: &mut String, code: &str, text: &str| {
+    use std::io::Write as _;
+    let TextScratch {
+        text: s,
+        places,
+        ends,
+    } = scratch;
+    s.clear();
+    let painted = |s: &mut Vec<u8>, code: &str, text: &str| {
         if color {
-            s.push_str(code);
-            s.push_str(text);
-            s.push_str("\x1b[0m");
+            s.extend_from_slice(code.as_bytes());
+            s.extend_from_slice(text.as_bytes());
+            s.extend_from_slice(b"\x1b[0m");
         } else {
-            s.push_str(text);
+            s.extend_from_slice(text.as_bytes());
         }
     };
     if cmp.same() {
-        painted(&mut s, GREEN, "same     ");
+        painted(s, GREEN, "same     ");
     } else {
-        painted(&mut s, RED, "different");
+        painted(s, RED, "different");
     }
-    s.push(' ');
-    s.push_str(&pair.primary.request.method);
-    s.push(' ');
-    s.push_str(&pair.primary.request.target);
+    s.push(b' ');
+    s.extend_from_slice(pair.primary.request.method.as_bytes());
+    s.push(b' ');
+    s.extend_from_slice(pair.primary.request.target.as_bytes());
     if let Some(i) = pair.request_id.as_deref() {
-        s.push_str("  x-request-id ");
-        s.push_str(i);
+        s.extend_from_slice(b"  x-request-id ");
+        s.extend_from_slice(i.as_bytes());
     }
-    s.push_str("  primary ");
-    push_side_text(&mut s, &pair.primary);
-    s.push_str(" | shadow ");
-    push_side_text(&mut s, &pair.shadow);
+    s.extend_from_slice(b"  primary ");
+    push_side_text(s, &pair.primary);
+    s.extend_from_slice(b" | shadow ");
+    push_side_text(s, &pair.shadow);
     if !cmp.same() {
         let n = cmp.differences.len() + cmp.omitted;
         let _ = write!(s, "  {n} difference{}", if n == 1 { "" } else { "s" });
@@ -741,35 +785,35 @@ fn write_pair_text<W: Write>(
     if !cmp.noise.is_empty() {
         let _ = write!(s, "  {} noise", cmp.noise.len());
     }
-    s.push('\n');
+    s.push(b'\n');
     if cmp.differences.is_empty() && cmp.noise.is_empty() {
-        return o.write_all(s.as_bytes());
+        return o.write_all(s);
     }
-    let all: Vec<(&Difference, bool)> = cmp
-        .differences
-        .iter()
-        .map(|d| (d, false))
-        .chain(cmp.noise.iter().map(|d| (d, true)))
-        .collect();
-    let wheres: Vec<String> = all
-        .iter()
-        .map(|(d, noise)| format!("{}{}", d.location, if *noise { " (noise)" } else { "" }))
-        .collect();
-    let ww = wheres
-        .iter()
-        .map(|w| w.chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(width / 3);
+    let all =
+        || (cmp.differences.iter().map(|d| (d, false))).chain(cmp.noise.iter().map(|d| (d, true)));
+    places.clear();
+    ends.clear();
+    let mut ww = 0;
+    for (d, noise) in all() {
+        let at = places.len();
+        d.location.push_to(places);
+        if noise {
+            places.push_str(" (noise)");
+        }
+        ends.push(places.len());
+        ww = ww.max(places[at..].chars().count());
+    }
+    let ww = ww.min(width / 3);
     // "  ~ " + where + "  " + primary + " │ " + shadow
     let col = width.saturating_sub(4 + ww + 2 + 3) / 2;
     let col = col.max(12);
-    s.push_str("    ");
-    push_fit(&mut s, "", ww);
-    s.push_str("  ");
-    push_fit(&mut s, "primary", col);
-    s.push_str(" │ shadow\n");
-    for ((d, noise), w) in all.iter().zip(&wheres) {
+    s.extend_from_slice(b"    ");
+    push_fit(s, "", ww);
+    s.extend_from_slice(b"  ");
+    push_fit(s, "primary", col);
+    s.extend_from_slice(" │ shadow\n".as_bytes());
+    let mut start = 0;
+    for ((d, noise), &end) in all().zip(ends.iter()) {
         let (mark, code) = match (noise, d.kind) {
             (true, _) => ("·", DIM),
             (false, Kind::Added) => ("+", GREEN),
@@ -777,28 +821,30 @@ fn write_pair_text<W: Write>(
             (false, Kind::Changed) => ("~", YELLOW),
         };
         if color {
-            s.push_str(code);
+            s.extend_from_slice(code.as_bytes());
         }
-        s.push_str("  ");
-        s.push_str(mark);
-        s.push(' ');
-        push_fit(&mut s, w, ww);
-        s.push_str("  ");
-        push_fit(&mut s, &cell(&d.primary), col);
-        s.push_str(" │ ");
+        s.extend_from_slice(b"  ");
+        s.extend_from_slice(mark.as_bytes());
+        s.push(b' ');
+        push_fit(s, &places[start..end], ww);
+        start = end;
+        s.extend_from_slice(b"  ");
+        push_fit(s, &cell(&d.primary), col);
+        s.extend_from_slice(" │ ".as_bytes());
         let at = s.len();
-        push_fit(&mut s, &cell(&d.shadow), col);
-        let kept = s[at..].trim_end().len();
+        push_fit(s, &cell(&d.shadow), col);
+        // What push_fit wrote is UTF-8 (whole characters of a str, and spaces).
+        let kept = std::str::from_utf8(&s[at..]).map_or(s.len() - at, |t| t.trim_end().len());
         s.truncate(at + kept);
         if color {
-            s.push_str("\x1b[0m");
+            s.extend_from_slice(b"\x1b[0m");
         }
-        s.push('\n');
+        s.push(b'\n');
     }
     if cmp.omitted > 0 {
         let _ = writeln!(s, "    … and {} more", cmp.omitted);
     }
-    o.write_all(s.as_bytes())
+    o.write_all(s)
 }
 
 #[cfg(test)]
@@ -808,6 +854,22 @@ mod tests {
     use super::*;
     use crate::http::{Body, Headers, Request, Response};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn printable_ascii_marks_every_byte_outside_0x20_to_0x7e() {
+        for c in 0..=255u8 {
+            for at in 0..17 {
+                let mut b = vec![b'a'; 17];
+                b[at] = c;
+                assert_eq!(
+                    printable_ascii(&b),
+                    (0x20..0x7f).contains(&c),
+                    "{c:#x} at {at}"
+                );
+            }
+        }
+        assert!(printable_ascii(b""));
+    }
 
     fn ex(host: &str, server: &str, latency_ms: u64, body: &str) -> Exchange {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

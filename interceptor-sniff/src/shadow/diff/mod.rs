@@ -151,23 +151,23 @@ impl Options {
         Ok(())
     }
 
+    /// Whether `name` is ignored: asked for nearly every header of every pair, so the
+    /// patterns are tried in a plain loop, lengths first.
     fn header_ignored(&self, name: &str) -> bool {
-        let defaults: &[&str] = if self.strict {
-            &[]
-        } else {
-            DEFAULT_IGNORED_HEADERS
+        let n = name.as_bytes();
+        let matches = |pat: &str| match pat.as_bytes().split_last() {
+            Some((b'*', prefix)) => n
+                .get(..prefix.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(prefix)),
+            _ => n.len() == pat.len() && n.eq_ignore_ascii_case(pat.as_bytes()),
         };
-        defaults
-            .iter()
-            .copied()
-            .chain(self.ignore_headers.iter().map(String::as_str))
-            .any(|pat| match pat.strip_suffix('*') {
-                Some(prefix) => name
-                    .as_bytes()
-                    .get(..prefix.len())
-                    .is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes())),
-                None => name.eq_ignore_ascii_case(pat),
-            })
+        // The defaults are lower case and none is empty: their first byte rules most out.
+        let first = n.first().map(|c| c.to_ascii_lowercase());
+        let default = !self.strict
+            && DEFAULT_IGNORED_HEADERS
+                .iter()
+                .any(|p| p.as_bytes().first() == first.as_ref() && matches(p));
+        default || self.ignore_headers.iter().any(|p| matches(p))
     }
 
     fn path_ignored(&self, path: &[Seg]) -> bool {
@@ -197,22 +197,36 @@ pub enum Location {
     },
 }
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Location {
+    /// Appends the location as the reports show it (`request.header:host`,
+    /// `body:[0].imageUrl`): every difference of every pair is shown, so without `fmt`.
+    pub fn push_to(&self, out: &mut String) {
         match self {
-            Location::Status => f.write_str("status"),
-            Location::Target => f.write_str("request.target"),
+            Location::Status => out.push_str("status"),
+            Location::Target => out.push_str("request.target"),
             Location::Header { request, name } => {
-                write!(f, "{}header:{name}", if *request { "request." } else { "" })
+                if *request {
+                    out.push_str("request.");
+                }
+                out.push_str("header:");
+                out.push_str(name);
             }
             Location::Body { request, path } => {
-                f.write_str(if *request { "request.body" } else { "body" })?;
+                out.push_str(if *request { "request.body" } else { "body" });
                 if !path.is_empty() {
-                    write!(f, ":{path}")?;
+                    out.push(':');
+                    out.push_str(path);
                 }
-                Ok(())
             }
         }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        self.push_to(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -973,6 +987,29 @@ mod tests {
         );
         let c = compare(&p, &s, &Options::default());
         assert_eq!(wheres(&c.differences), ["header:etag added"]);
+    }
+
+    #[test]
+    fn names_alike_in_length_ends_and_middle_are_still_different_names() {
+        // "ab-cd", "ax-cd" and "AB-CD" have the same length, first, middle and last byte
+        // (case folded): only the first and the last are the same header.
+        let p = ex("c:80", &[], 200, &[("ab-cd", "1"), ("x@y", "2")], "");
+        let s = ex(
+            "c-shadow:80",
+            &[],
+            200,
+            &[("ax-cd", "1"), ("AB-CD", "1"), ("x`y", "2")],
+            "",
+        );
+        let c = compare(&p, &s, &Options::default());
+        assert_eq!(
+            wheres(&c.differences),
+            [
+                "header:x@y removed",
+                "header:ax-cd added",
+                "header:x`y added"
+            ]
+        );
     }
 
     #[test]
