@@ -197,6 +197,8 @@ const SPARE: usize = 8;
 pub struct Recycler {
     evicted: Vec<Arc<Event>>,
     spare: Vec<Arc<Event>>,
+    /// The payloads of lazy events evicted by these pushes, for their producer to reuse.
+    lazies: Vec<Box<dyn Any + Send>>,
 }
 
 impl Recycler {
@@ -204,10 +206,25 @@ impl Recycler {
         self.spare.pop()
     }
 
+    /// A lazy event's payload that a push evicted (see [`LazyEvent::into_any`]).
+    pub fn take_lazy(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.lazies.pop()
+    }
+
     /// Keeps what the last push evicted; whether a connection still holds it is asked
-    /// when it is taken.
+    /// when it is taken. A lazy payload no connection holds is kept apart: the events of
+    /// two producers share the ring, and the exchanges one evicts are the other's to reuse.
     fn recycle(&mut self) {
-        while let Some(ev) = self.evicted.pop() {
+        while let Some(mut ev) = self.evicted.pop() {
+            if let Some(e) = Arc::get_mut(&mut ev) {
+                if matches!(e.payload, Payload::Lazy(_)) && self.lazies.len() < SPARE {
+                    if let Payload::Lazy(l) =
+                        std::mem::replace(&mut e.payload, Payload::Json(Vec::new()))
+                    {
+                        self.lazies.push(l.into_any());
+                    }
+                }
+            }
             if self.spare.len() < SPARE {
                 self.spare.push(ev);
             }

@@ -11,8 +11,9 @@
 //!   the ring unrendered (a [`LazyEvent`]) and is rendered by the `/events` connection that
 //!   reads it, with the very writer `--json` uses; the exchange the ring evicts goes back to
 //!   the parser's pool;
-//! - with `--shadow`, whose comparison keeps the exchange until its partner comes, the
-//!   exchange is rendered at once;
+//! - with `--shadow`, whose comparison keeps the exchange until its partner comes, the ring
+//!   gets a lazy copy, made in the buffers of an exchange it evicted; a pair's event is the
+//!   object the comparison's report renders (once, for stdout's `--json` and the ring);
 //! - the metrics: each exchange's label set is found among the last few by comparing the
 //!   raw values (addresses, Host, method, status), without building a label or taking a
 //!   lock; the counters and the summary are brought up to date every [`FLUSH_EVERY`]
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{Json, Tap};
 use interceptor_sniff::pod::PodTags;
-use interceptor_sniff::shadow::diff::{generalise, Comparison};
+use interceptor_sniff::shadow::diff::{Comparison, DifferingPlaces};
 use interceptor_sniff::shadow::pair::{Pair, Role, Unmatched};
 use interceptor_sniff::shadow::{report, Observer};
 use interceptor_sniff::sink::{Sink, Summary as RunSummary, TlsFlow};
@@ -175,40 +176,35 @@ struct Shared {
     recorder: Recorder,
     summary: Summary,
     remembered: Remembered,
+    /// The differing places of the pairs, generalised for the metrics and the summary.
+    places: DifferingPlaces,
     buf: Vec<u8>,
     recycler: Recycler,
 }
 
 impl Shared {
-    fn pair(&mut self, pair: &Pair, cmp: &Comparison) {
-        let mut paths: Vec<String> = cmp
-            .differences
-            .iter()
-            .map(|d| generalise(&d.location.to_string()))
-            .collect();
-        paths.sort();
-        paths.dedup();
-        self.recorder.pair(cmp.same(), &paths);
-        self.summary.pair(cmp.same(), &paths);
+    fn pair(&mut self, pair: &Pair, cmp: &Comparison, json: &[u8]) {
+        let paths = self.places.of(cmp);
+        self.recorder.pair(cmp.same(), paths);
+        self.summary.pair(cmp.same(), paths);
         let primary = self.remembered.take(&key(&pair.primary));
         let shadow = self.remembered.take(&key(&pair.shadow));
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        report::write_pair_json(&mut buf, pair, cmp);
-        if buf.last() == Some(&b'}') {
-            buf.pop();
-            for (k, seq) in [
-                ("primary_exchange_seq", primary),
-                ("shadow_exchange_seq", shadow),
-            ] {
-                if let Some(s) = seq {
-                    let _ = write!(buf, ",\"{k}\":{s}");
-                }
+        // `json` ends with the object's `}`: the references to the exchange events go
+        // before it.
+        let (head, close) = json.split_at(json.len().saturating_sub(1));
+        let mut refs = std::mem::take(&mut self.buf);
+        refs.clear();
+        for (k, seq) in [
+            ("primary_exchange_seq", primary),
+            ("shadow_exchange_seq", shadow),
+        ] {
+            if let Some(s) = seq {
+                let _ = write!(refs, ",\"{k}\":{s}");
             }
-            buf.push(b'}');
         }
-        self.ring.push_parts("shadow", &[&buf], &mut self.recycler);
-        self.buf = buf;
+        self.ring
+            .push_parts("shadow", &[head, &refs, close], &mut self.recycler);
+        self.buf = refs;
     }
 
     fn unmatched(&mut self, u: &Unmatched) {
@@ -249,6 +245,7 @@ impl Feed {
             recorder: metrics.recorder(),
             summary: Summary::default(),
             remembered: Remembered::default(),
+            places: DifferingPlaces::default(),
             buf: Vec::new(),
             recycler: Recycler::default(),
         }));
@@ -308,8 +305,6 @@ impl Feed {
             evicted: Vec::new(),
             spare: Vec::new(),
             last_summary: None,
-            buf: Vec::new(),
-            recycler: Recycler::default(),
             sets: Vec::with_capacity(CACHED_SETS),
             next_set: 0,
             pending_exchanges: 0,
@@ -356,8 +351,8 @@ impl CachedSet {
 struct ShadowFeed(Arc<Mutex<Shared>>);
 
 impl Observer for ShadowFeed {
-    fn pair(&mut self, pair: &Pair, cmp: &Comparison) {
-        lock(&self.0).pair(pair, cmp);
+    fn pair(&mut self, pair: &Pair, cmp: &Comparison, json: &[u8]) {
+        lock(&self.0).pair(pair, cmp, json);
     }
 
     fn unmatched(&mut self, u: &Unmatched) {
@@ -379,8 +374,6 @@ pub struct ServeSink {
     evicted: Vec<Arc<Event>>,
     spare: Vec<Exchange>,
     last_summary: Option<Instant>,
-    buf: Vec<u8>,
-    recycler: Recycler,
     /// The label sets seen last, most traffic repeats a few.
     sets: Vec<CachedSet>,
     /// Where the next set found goes in `sets` once it is full.
@@ -496,9 +489,9 @@ impl ServeSink {
         }
     }
 
-    /// Takes back what the ring evicted: exchanges go back to the parser, via the spare
-    /// list when more than one came out at once.
-    fn reclaim(&mut self) -> Option<Exchange> {
+    /// Takes back the exchanges of the events the ring evicted, into `spare`: for the
+    /// parser to reuse, or for the next copy.
+    fn reclaim(&mut self) {
         for ev in self.evicted.drain(..) {
             if let Some(any) = Event::into_lazy(ev) {
                 if let Ok(lazy) = any.downcast::<LazyExchange>() {
@@ -508,7 +501,6 @@ impl ServeSink {
                 }
             }
         }
-        self.spare.pop()
     }
 }
 
@@ -520,16 +512,36 @@ impl Sink for ServeSink {
     fn exchange(&mut self, ex: Exchange, show_request: bool) -> io::Result<Option<Exchange>> {
         self.account(&ex);
         if self.inner_keeps {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            render_exchange(&ex, self.feed.pods.as_deref(), &mut buf);
-            let k = key(&ex);
+            // The comparison keeps `ex` until its partner comes: the ring gets a copy, made
+            // in the buffers of one it evicted, and rendered only if a browser reads it.
+            let mut shared = lock(&self.feed.shared);
+            // The pairs' events evict exchanges too.
+            let evicted_by_pairs = || {
+                let lazy = shared
+                    .recycler
+                    .take_lazy()?
+                    .downcast::<LazyExchange>()
+                    .ok()?;
+                Some(lazy.exchange)
+            };
+            let copy = match self.spare.pop().or_else(evicted_by_pairs) {
+                Some(mut c) => {
+                    c.clone_from(&ex);
+                    c
+                }
+                None => ex.clone(),
+            };
+            let lazy = Box::new(LazyExchange {
+                exchange: copy,
+                pods: self.feed.pods.clone(),
+            });
             let seq = self
                 .feed
                 .ring
-                .push_parts("exchange", &[&buf], &mut self.recycler);
-            self.buf = buf;
-            lock(&self.feed.shared).remembered.insert(k, seq);
+                .push_lazy("exchange", lazy, &mut self.evicted);
+            shared.remembered.insert(key(&ex), seq);
+            drop(shared);
+            self.reclaim();
             return self.inner.exchange(ex, show_request);
         }
         let Some(ex) = self.inner.exchange(ex, show_request)? else {
@@ -547,7 +559,8 @@ impl Sink for ServeSink {
         self.feed
             .ring
             .push_lazy("exchange", lazy, &mut self.evicted);
-        Ok(self.reclaim())
+        self.reclaim();
+        Ok(self.spare.pop())
     }
 
     fn orphan(
@@ -585,6 +598,10 @@ impl Sink for ServeSink {
 
     fn shows_requests(&self) -> bool {
         self.inner.shows_requests()
+    }
+
+    fn spent(&mut self, out: &mut Vec<Exchange>) {
+        self.inner.spent(out);
     }
 }
 

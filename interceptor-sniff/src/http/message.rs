@@ -30,7 +30,7 @@ pub struct Request {
     pub ts: SystemTime,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     pub reason: String,
@@ -43,7 +43,7 @@ pub struct Response {
 }
 
 /// One request and, when it came, its response, on one TCP connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Exchange {
     pub client: SocketAddr,
     pub server: SocketAddr,
@@ -93,6 +93,48 @@ impl Clone for Request {
         self.headers.clone_from(&o.headers);
         self.body.clone_from(&o.body);
         self.ts = o.ts;
+    }
+}
+
+impl Clone for Response {
+    fn clone(&self) -> Response {
+        Response {
+            status: self.status,
+            reason: self.reason.clone(),
+            version: self.version,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            ts: self.ts,
+        }
+    }
+
+    fn clone_from(&mut self, o: &Response) {
+        self.status = o.status;
+        self.reason.clone_from(&o.reason);
+        self.version = o.version;
+        self.headers.clone_from(&o.headers);
+        self.body.clone_from(&o.body);
+        self.ts = o.ts;
+    }
+}
+
+impl Clone for Exchange {
+    fn clone(&self) -> Exchange {
+        Exchange {
+            client: self.client,
+            server: self.server,
+            interface: self.interface.clone(),
+            request: self.request.clone(),
+            response: self.response.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, o: &Exchange) {
+        self.client = o.client;
+        self.server = o.server;
+        self.interface.clone_from(&o.interface);
+        self.request.clone_from(&o.request);
+        self.response.clone_from(&o.response);
     }
 }
 

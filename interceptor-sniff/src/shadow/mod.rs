@@ -85,7 +85,8 @@ impl Settings {
 /// Sees every pair and unmatched exchange as it is reported (the live view and the
 /// metrics of `sniff --serve`, beside the report on stdout).
 pub trait Observer: Send {
-    fn pair(&mut self, pair: &pair::Pair, cmp: &diff::Comparison);
+    /// `json`: the pair's JSON object as `--shadow --json` writes it (one line, no line end).
+    fn pair(&mut self, pair: &pair::Pair, cmp: &diff::Comparison, json: &[u8]);
     fn unmatched(&mut self, u: &pair::Unmatched);
 }
 
@@ -167,10 +168,7 @@ impl<W: Write> Shadow<W> {
             match e {
                 pair::Event::Pair(p) => {
                     let cmp = diff::compare(&p.primary, &p.shadow, &self.opts);
-                    if let Some(o) = self.observer.as_mut() {
-                        o.pair(&p, &cmp);
-                    }
-                    self.reporter.pair(&p, &cmp)?;
+                    self.reporter.pair(&p, &cmp, self.observer.as_deref_mut())?;
                     keep_spent(&mut self.spent, p.primary);
                     keep_spent(&mut self.spent, p.shadow);
                 }

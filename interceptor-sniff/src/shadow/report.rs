@@ -9,8 +9,9 @@ use std::io::{self, Write};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::diff::{generalise, Comparison, Difference, Kind};
+use super::diff::{Comparison, DifferingPlaces, Kind};
 use super::pair::{MatchedBy, Pair, Stats, Unmatched};
+use super::Observer;
 use crate::http::Exchange;
 use crate::output::json::push_addr;
 
@@ -58,36 +59,14 @@ pub struct Summary {
     /// Per generalised location (`body:[*].imageUrl`): in how many pairs it differed.
     paths: HashMap<String, u64>,
     other_paths: u64,
-    /// The differing locations of the last pair counted, and what `count` made of them:
-    /// consecutive pairs mostly differ in the same places.
-    last: (Vec<super::diff::Location>, Vec<String>),
+    places: DifferingPlaces,
     pub primary_latency: Histogram,
     pub shadow_latency: Histogram,
 }
 
 impl Summary {
     fn count(&mut self, cmp: &Comparison) {
-        let same_places = self.last.0.len() == cmp.differences.len()
-            && self
-                .last
-                .0
-                .iter()
-                .zip(&cmp.differences)
-                .all(|(l, d)| *l == d.location);
-        if !same_places {
-            let mut seen: Vec<String> = cmp
-                .differences
-                .iter()
-                .map(|d| generalise(&d.location.to_string()))
-                .collect();
-            seen.sort();
-            seen.dedup();
-            self.last = (
-                cmp.differences.iter().map(|d| d.location.clone()).collect(),
-                seen,
-            );
-        }
-        for p in &self.last.1 {
+        for p in self.places.of(cmp) {
             if let Some(n) = self.paths.get_mut(p) {
                 *n += 1;
             } else if self.paths.len() < MAX_COUNTED_PATHS {
@@ -206,7 +185,14 @@ impl<W: Write> Reporter<W> {
         self.out.flush()
     }
 
-    pub fn pair(&mut self, pair: &Pair, cmp: &Comparison) -> io::Result<()> {
+    /// Reports a pair; `observer` sees it too, with the pair's JSON object as
+    /// `--shadow --json` writes it (rendered once for both when the output is JSON).
+    pub fn pair(
+        &mut self,
+        pair: &Pair,
+        cmp: &Comparison,
+        observer: Option<&mut (dyn Observer + '_)>,
+    ) -> io::Result<()> {
         if cmp.same() {
             self.summary.same += 1;
             if !cmp.noise.is_empty() {
@@ -222,10 +208,15 @@ impl<W: Write> Reporter<W> {
         if let Some(l) = pair.shadow.latency_us() {
             self.summary.shadow_latency.record(l);
         }
+        if matches!(self.style, Style::Json) || observer.is_some() {
+            self.line.clear();
+            push_pair_json(&mut self.line, pair, cmp);
+        }
+        if let Some(o) = observer {
+            o.pair(pair, cmp, &self.line);
+        }
         match self.style {
             Style::Json => {
-                self.line.clear();
-                push_pair_json(&mut self.line, pair, cmp);
                 self.line.push(b'\n');
                 self.out.write_all(&self.line)
             }
@@ -360,6 +351,7 @@ fn side_json(ex: &Exchange) -> Value {
     serde_json::to_value(side_out(ex)).unwrap_or(Value::Null)
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct DifferenceOut<'a> {
     #[serde(rename = "where")]
@@ -369,8 +361,8 @@ struct DifferenceOut<'a> {
     shadow: &'a Option<Value>,
 }
 
-/// A pair as the JSON output shows it: serialised straight from borrowed parts (building a
-/// `Value` first allocates a map per object, which dominated the output's cost).
+/// A pair as serde_json writes it, what `push_pair_json` must write (the tests' oracle).
+#[cfg(test)]
 #[derive(Serialize)]
 struct PairOut<'a> {
     #[serde(rename = "type")]
@@ -388,8 +380,9 @@ struct PairOut<'a> {
     omitted: Option<usize>,
 }
 
+#[cfg(test)]
 fn pair_out<'a>(pair: &'a Pair, cmp: &'a Comparison) -> PairOut<'a> {
-    let diffs = |v: &'a [Difference]| -> Vec<DifferenceOut<'a>> {
+    let diffs = |v: &'a [super::diff::Difference]| -> Vec<DifferenceOut<'a>> {
         v.iter()
             .map(|d| DifferenceOut {
                 location: d.location.to_string(),
@@ -415,17 +408,6 @@ fn pair_out<'a>(pair: &'a Pair, cmp: &'a Comparison) -> PairOut<'a> {
         noise: diffs(&cmp.noise),
         omitted: (cmp.omitted > 0).then_some(cmp.omitted),
     }
-}
-
-/// The JSON object for one pair.
-pub fn pair_json(pair: &Pair, cmp: &Comparison) -> Value {
-    serde_json::to_value(pair_out(pair, cmp)).unwrap_or(Value::Null)
-}
-
-/// Appends the pair's JSON object, as `--shadow --json` writes it, to `out` (one line,
-/// no line end).
-pub fn write_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
-    push_pair_json(out, pair, cmp);
 }
 
 /// Appends `s` as a JSON string escaped as serde_json escapes it (the `--shadow --json`
@@ -961,7 +943,7 @@ mod tests {
     fn json_object_per_pair_matches_the_documented_shape() {
         let (p, c) = pair(r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#);
         let mut r = Reporter::new(Vec::new(), Style::Json);
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 1);
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -994,7 +976,7 @@ mod tests {
                 width: 100,
             },
         );
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("different GET /items  x-request-id rid-1  primary 200 2.0 ms from 10.123.2.2:3000 | shadow 200 5.0 ms from 10.123.3.2:3000  2 differences"), "{out}");
@@ -1025,7 +1007,7 @@ mod tests {
                 width: 100,
             },
         );
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 1);
         assert!(out.starts_with("\x1b[32msame"), "{out:?}");
@@ -1042,7 +1024,7 @@ mod tests {
                 width: 80,
             },
         );
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         for l in out.lines().skip(1) {
             assert!(l.chars().count() <= 80, "{l}");
@@ -1058,10 +1040,10 @@ mod tests {
                 r#"[{"id":1},{"id":2}]"#,
                 r#"[{"id":1,"imageUrl":"u"},{"id":2,"imageUrl":"u"}]"#,
             );
-            r.pair(&p, &c).unwrap();
+            r.pair(&p, &c, None).unwrap();
         }
         let (p, c) = pair("[1]", "[1]");
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let u = Unmatched {
             role: Role::Primary,
             exchange: ex("catalog:80", "10.123.2.2:3000", 1, ""),
@@ -1117,7 +1099,7 @@ mod tests {
             },
         );
         let (p, c) = pair(r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#);
-        r.pair(&p, &c).unwrap();
+        r.pair(&p, &c, None).unwrap();
         let stats = Stats {
             pairs: 1,
             unmatched_shadows: 2,

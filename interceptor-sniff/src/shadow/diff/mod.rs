@@ -286,6 +286,40 @@ impl Comparison {
     }
 }
 
+/// The generalised places a pair differs in (`body:[*].imageUrl`), sorted and without
+/// repeats, as the summaries and the metrics count them. Consecutive pairs mostly differ
+/// in the same places: those of the last pair are kept and given again.
+#[derive(Default)]
+pub struct DifferingPlaces {
+    locations: Vec<Location>,
+    paths: Vec<String>,
+    place: String,
+}
+
+impl DifferingPlaces {
+    pub fn of(&mut self, cmp: &Comparison) -> &[String] {
+        let same_places = self.locations.len() == cmp.differences.len()
+            && self
+                .locations
+                .iter()
+                .zip(&cmp.differences)
+                .all(|(l, d)| *l == d.location);
+        if !same_places {
+            self.locations.clear();
+            self.paths.clear();
+            for d in &cmp.differences {
+                self.locations.push(d.location.clone());
+                self.place.clear();
+                d.location.push_to(&mut self.place);
+                self.paths.push(generalise(&self.place));
+            }
+            self.paths.sort();
+            self.paths.dedup();
+        }
+        &self.paths
+    }
+}
+
 /// Compares `primary` with `shadow` under `opts`.
 pub fn compare(primary: &Exchange, shadow: &Exchange, opts: &Options) -> Comparison {
     let mut c = Comparison::default();
