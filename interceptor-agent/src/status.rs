@@ -17,6 +17,11 @@ pub struct PodStatus {
     pub name: String,
     pub container_id: String,
     pub mode: String,
+    /// eBPF mode: whether the pod's loopback sockets are paired (sk_msg), as its recorded
+    /// arguments ask (`--no-socket-fast-path`: off); a `SETTINGS` entry that says
+    /// otherwise makes the pod `broken`. `None` in the iptables mode, which has no fast path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_fast_path: Option<bool>,
     pub ip: String,
     pub netns: String,
     /// `healthy`, `broken`, `gone` (namespace no longer exists) or `unknown`.
@@ -39,6 +44,7 @@ pub fn pods(state_dir: &Path, parse: ArgsParser) -> Result<Vec<PodStatus>, Strin
                     name: String::new(),
                     container_id: String::new(),
                     mode: String::new(),
+                    socket_fast_path: None,
                     ip: String::new(),
                     netns: String::new(),
                     health: "unknown".into(),
@@ -48,11 +54,18 @@ pub fn pods(state_dir: &Path, parse: ArgsParser) -> Result<Vec<PodStatus>, Strin
             }
         };
         let (health, problems) = health(&rec, parse);
+        let socket_fast_path = match Mode::parse(&rec.mode) {
+            Ok(Mode::Ebpf) => intercept::options(parse, Mode::Ebpf, &rec.args)
+                .ok()
+                .map(|o| !o.flags.no_socket_fast_path),
+            _ => None,
+        };
         out.push(PodStatus {
             namespace: rec.namespace,
             name: rec.name,
             container_id: rec.container_id,
             mode: rec.mode,
+            socket_fast_path,
             ip: rec.ip.to_string(),
             netns: rec.netns,
             health: health.into(),
@@ -107,9 +120,14 @@ pub fn render(state_dir: &Path, pods: &[PodStatus]) -> String {
         state_dir.join(crate::record::PODS_DIR).display()
     );
     for p in pods {
+        let fast_path = match p.socket_fast_path {
+            Some(true) => " (socket fast path on)",
+            Some(false) => " (socket fast path off)",
+            None => "",
+        };
         let _ = writeln!(
             s,
-            "  pod {}/{} mode {} {} ip {} netns {} container {}",
+            "  pod {}/{} mode {}{fast_path} {} ip {} netns {} container {}",
             p.namespace, p.name, p.mode, p.health, p.ip, p.netns, p.container_id
         );
         for problem in &p.problems {
@@ -117,4 +135,52 @@ pub fn render(state_dir: &Path, pods: &[PodStatus]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(mode: &str, socket_fast_path: Option<bool>) -> PodStatus {
+        PodStatus {
+            namespace: "default".into(),
+            name: "web".into(),
+            container_id: "c1".into(),
+            mode: mode.into(),
+            socket_fast_path,
+            ip: "10.88.0.5".into(),
+            netns: "/run/netns/x".into(),
+            health: "healthy".into(),
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ebpf_pods_say_whether_the_socket_fast_path_is_on() {
+        let text = render(
+            Path::new("/run/interceptor"),
+            &[
+                pod("ebpf", Some(false)),
+                pod("ebpf", Some(true)),
+                pod("iptables", None),
+            ],
+        );
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert!(
+            lines[0].starts_with("  pod default/web mode ebpf (socket fast path off) healthy"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("  pod default/web mode ebpf (socket fast path on) healthy"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("  pod default/web mode iptables healthy"),
+            "{text}"
+        );
+        let v = serde_json::to_value(pod("ebpf", Some(false))).unwrap();
+        assert_eq!(v["socket_fast_path"], serde_json::Value::Bool(false));
+        let v = serde_json::to_value(pod("iptables", None)).unwrap();
+        assert!(v.get("socket_fast_path").is_none());
+    }
 }

@@ -48,6 +48,12 @@ pub const FLAG_REDIRECT_DNS: u32 = 1 << 2;
 /// Intercept at all; cleared while settings are being rewritten so a half-written set
 /// never redirects anything.
 pub const FLAG_ENABLED: u32 = 1 << 3;
+/// No socket fast path (`--no-socket-fast-path`): sockops leaves this namespace's sockets
+/// out of the `SOCKETS` sockhash, so sk_msg never passes their data socket to socket and
+/// it takes the TCP/IP stack on loopback (which a proxy reading with splice(2) needs).
+/// Redirection and the original destination are unchanged. A bit that says "off", so an
+/// entry without it (zero, or written before the bit existed) keeps the fast path.
+pub const FLAG_NO_SOCKET_FAST_PATH: u32 = 1 << 4;
 
 /// Bits of the per-port entry in the `PORTS` array map (indexed by port number).
 pub const PORT_OUT_INCLUDE: u8 = 1 << 0; // `-q`

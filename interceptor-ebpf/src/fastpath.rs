@@ -5,7 +5,9 @@
 //! inbound capture port it becomes the sk_lookup target.
 //!
 //! sk_msg: data sent on a socket of `SOCKETS` goes straight to the receive queue of its
-//! peer when the peer is there too, skipping the TCP/IP stack on loopback.
+//! peer when the peer is there too, skipping the TCP/IP stack on loopback. A namespace
+//! whose settings have `FLAG_NO_SOCKET_FAST_PATH` keeps its sockets out of `SOCKETS`
+//! (everything else sockops does for it stays: the original destination, the listener).
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -20,7 +22,9 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{counter, ListenerKey, NetnsTuple, SockTuple, AF_INET};
+use interceptor_common::{
+    counter, ListenerKey, NetnsTuple, SockTuple, AF_INET, FLAG_NO_SOCKET_FAST_PATH,
+};
 
 use crate::{
     addr,
@@ -106,7 +110,7 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
     }
     // SAFETY: the helper only reads the socket the context points at.
     let netns = unsafe { bpf_get_netns_cookie(ops.cast()) };
-    maps::settings(netns)?;
+    let fast_path = maps::settings(netns)?.flags & FLAG_NO_SOCKET_FAST_PATH == 0;
 
     if redirected {
         // SAFETY: as above.
@@ -124,6 +128,11 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
         }
     }
 
+    // Without the fast path (`--no-socket-fast-path`) the socket stays out of the
+    // sockhash: its data takes the TCP/IP stack, where splice(2) finds it.
+    if !fast_path {
+        return Some(());
+    }
     let mut key = NetnsTuple {
         netns_cookie: netns,
         tuple,

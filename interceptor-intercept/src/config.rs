@@ -122,6 +122,10 @@ pub struct Config {
     pub dns_servers_v6: Vec<Ipv6Addr>,
     /// Forced iptables variant; `None` detects it.
     pub backend: Option<Backend>,
+    /// eBPF mode: pair the app's and the proxy's loopback sockets so that sk_msg passes
+    /// data socket to socket (`--no-socket-fast-path` turns it off). The iptables mode has
+    /// no such path: there it is off whatever this says.
+    pub socket_fast_path: bool,
 }
 
 /// A rejected flag or environment variable value.
@@ -201,6 +205,10 @@ pub struct IstioFlags {
     pub dns_servers: Option<String>,
     /// Which iptables variant to use (default: the one holding rules, else the system's).
     pub force_iptables_binary: Option<String>,
+    /// eBPF mode: no socket fast path (sockops pairs no sockets, sk_msg passes nothing), for
+    /// a proxy that reads with splice(2). Ours, not istio's; moot in the iptables mode,
+    /// which has no fast path.
+    pub no_socket_fast_path: bool,
     /// The flags whose value came from an environment variable rather than the command
     /// line: long flag (`--inbound-capture-port`) to variable (`INBOUND_CAPTURE_PORT`).
     /// A rejected value is reported under the variable's name, the one the user set. Empty
@@ -247,6 +255,7 @@ impl Default for IstioFlags {
             ipv6: false,
             dns_servers: None,
             force_iptables_binary: None,
+            no_socket_fast_path: false,
             env_sources: BTreeMap::new(),
         }
     }
@@ -690,6 +699,7 @@ impl Config {
             dns_servers_v4,
             dns_servers_v6,
             backend,
+            socket_fast_path: !args.no_socket_fast_path,
         })
     }
 
@@ -856,7 +866,7 @@ pub(crate) fn flags_from_argv(argv: &[&str]) -> IstioFlags {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let bools: [(&str, &str, &mut bool); 7] = [
+        let bools: [(&str, &str, &mut bool); 8] = [
             ("-n", "--dry-run", &mut f.dry_run),
             ("", "--redirect-dns", &mut f.redirect_dns),
             ("", "--capture-all-dns", &mut f.capture_all_dns),
@@ -864,6 +874,7 @@ pub(crate) fn flags_from_argv(argv: &[&str]) -> IstioFlags {
             ("", "--dual-stack", &mut f.dual_stack),
             ("", "--run-validation", &mut f.run_validation),
             ("", "--ipv6", &mut f.ipv6),
+            ("", "--no-socket-fast-path", &mut f.no_socket_fast_path),
         ];
         if let Some((_, _, b)) = bools
             .into_iter()

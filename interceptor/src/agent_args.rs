@@ -54,6 +54,12 @@ pub struct AgentArgs {
     /// cgroup2 mount point, i.e. the root).
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
+    /// eBPF mode: no socket fast path for the pods the plugin meshes (the conflist's
+    /// `socket_fast_path: false`; each pod gets `init`'s --no-socket-fast-path): their
+    /// loopback sockets are not paired, for sidecars that read with splice(2). The
+    /// iptables mode has no fast path: there it changes nothing.
+    #[arg(long)]
+    pub no_socket_fast_path: bool,
     /// Sniff the recorded pods on their veths: the live view (/, /events) and the request
     /// and shadow metrics on --listen, every exchange tagged with its pod.
     #[arg(long, help_heading = "Inspection of the node's pods")]
@@ -117,6 +123,7 @@ impl From<&AgentArgs> for AgentOptions {
             agent_namespace: a.agent_namespace.clone(),
             reconcile_interval: a.reconcile_interval,
             cgroup_root: a.cgroup_root.clone(),
+            socket_fast_path: !a.no_socket_fast_path,
             self_exe: PathBuf::from("/proc/self/exe"),
             parse: cni_plugin::parse_init_args,
             inspect: a.inspect.then(|| InspectOptions {
@@ -126,5 +133,44 @@ impl From<&AgentArgs> for AgentOptions {
                 shadow: a.inspect_shadow,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<AgentOptions, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("agent").chain(argv.iter().copied()))
+            .map(|c| AgentOptions::from(&c.agent))
+    }
+
+    #[test]
+    fn no_socket_fast_path_reaches_the_conflist_entry() {
+        let on = parse(&["--mode", "ebpf"]).unwrap();
+        assert!(on.socket_fast_path && on.plugin_conf().socket_fast_path);
+        let off = parse(&["--mode", "ebpf", "--no-socket-fast-path"]).unwrap();
+        assert!(!off.socket_fast_path);
+        let conf = off.plugin_conf();
+        assert!(!conf.socket_fast_path);
+        assert_eq!(
+            conf.to_json()["socket_fast_path"],
+            serde_json::Value::Bool(false)
+        );
+        // A plain switch: a value is an error that names it.
+        let e = parse(&["--no-socket-fast-path=yes"])
+            .expect_err("a value is refused")
+            .to_string();
+        assert!(
+            e.contains("'yes'") && e.contains("--no-socket-fast-path"),
+            "{e}"
+        );
     }
 }

@@ -80,6 +80,12 @@ mod tests {
         let o = parse_init_args(&args).unwrap();
         assert_eq!(o.flags.local_exclude_ports, "15090,15021,15020");
         assert!(!o.flags.redirect_dns);
+        assert!(!o.flags.no_socket_fast_path);
+        // What the plugin appends for an eBPF pod when the conflist has
+        // `"socket_fast_path": false`.
+        let mut off = args.clone();
+        off.push("--no-socket-fast-path".into());
+        assert!(parse_init_args(&off).unwrap().flags.no_socket_fast_path);
         let e = parse_init_args(&["-p".to_string()]).unwrap_err();
         assert!(e.contains("-p"), "{e}");
     }

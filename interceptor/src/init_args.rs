@@ -311,6 +311,14 @@ pub struct IstioArgs {
         env = "FORCE_IPTABLES_BINARY"
     )]
     pub force_iptables_binary: Option<String>,
+    /// eBPF mode: no socket fast path. The app's and the proxy's loopback sockets are not
+    /// paired and sk_msg is not attached, so their data takes the TCP/IP stack; needed by a
+    /// proxy that reads with splice(2) (HAProxy's `option splice-*`), which does not see
+    /// data the fast path passes. Redirection and the original destination are unchanged.
+    /// The iptables mode has no fast path: there it changes nothing.
+    #[arg(long = "no-socket-fast-path", action = ArgAction::Set, num_args = 0..=1, value_name = "BOOL",
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub no_socket_fast_path: bool,
 }
 
 impl From<&IstioArgs> for IstioFlags {
@@ -343,6 +351,7 @@ impl From<&IstioArgs> for IstioFlags {
             ipv6: a.ipv6,
             dns_servers: a.dns_servers.clone(),
             force_iptables_binary: a.force_iptables_binary.clone(),
+            no_socket_fast_path: a.no_socket_fast_path,
             env_sources: BTreeMap::new(),
         }
     }
@@ -694,6 +703,32 @@ mod tests {
         // --envoy-port has no variable in istio.
         let o = parse_env(&[], &[("ENVOY_PORT", "1")]).unwrap();
         assert_eq!(o.flags.envoy_port, "15001");
+    }
+
+    #[test]
+    fn no_socket_fast_path_is_a_switch_and_names_a_bad_value() {
+        let f = |argv: &[&str]| parse(argv).unwrap().flags.no_socket_fast_path;
+        assert!(!f(&["--mode", "ebpf"]));
+        assert!(f(&["--mode", "ebpf", "--no-socket-fast-path"]));
+        assert!(f(&["--no-socket-fast-path=true", "--mode", "ebpf"]));
+        assert!(!f(&["--no-socket-fast-path=false"]));
+        // A bare switch does not swallow the next flag.
+        let o = parse(&["--no-socket-fast-path", "-p", "16001"]).unwrap();
+        assert!(o.flags.no_socket_fast_path && o.flags.envoy_port == "16001");
+        let c = config(&parse(&["--no-socket-fast-path"]).unwrap()).unwrap();
+        assert!(!c.socket_fast_path);
+        assert!(config(&parse(&[]).unwrap()).unwrap().socket_fast_path);
+        // A value that is no boolean: clap's error names the flag and the value.
+        let e = parse(&["--no-socket-fast-path=maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'maybe'") && e.contains("--no-socket-fast-path"),
+            "{e}"
+        );
+        // Not istio's: no environment variable turns it on.
+        let o = parse_env(&[], &[("NO_SOCKET_FAST_PATH", "true")]).unwrap();
+        assert!(!o.flags.no_socket_fast_path);
     }
 
     #[test]

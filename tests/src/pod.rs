@@ -157,9 +157,7 @@ impl Pod {
     /// Inbound connections go on to the app from 127.0.0.6, as istio's inbound passthrough
     /// does, which keeps them out of the outbound redirection under iptables too.
     pub fn start_sidecar(&mut self) -> Result<()> {
-        let cfg = std::env::temp_dir().join(format!("{}.haproxy.cfg", unique("sc")));
-        fs::write(
-            &cfg,
+        self.start_haproxy(
             "global\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
              frontend outbound\n  bind 127.0.0.1:15001\n  http-response set-header x-sidecar outbound\n  default_backend orig\n\
@@ -167,14 +165,40 @@ impl Pod {
              backend orig\n  server orig 0.0.0.0:0\n\
              backend passthrough\n  server orig 0.0.0.0:0 source 127.0.0.6\n",
         )?;
-        self.files.push(cfg.clone());
+        self.ns.wait_listen(15001)?;
+        self.ns.wait_listen(15006)
+    }
+
+    /// HAProxy as the sidecar in `mode tcp`, reading and writing with splice(2) (`option
+    /// splice-request` and `splice-response`): outbound listener 127.0.0.1:15001, each
+    /// connection forwarded to its original destination. It adds no header (it does not
+    /// parse HTTP), so what proves the path is the eBPF mode's counters. Returns the path
+    /// of its stats socket, whose `show info` counts the pipes splicing took
+    /// (`PipesUsed`, `PipesFree`).
+    pub fn start_splicing_sidecar(&mut self) -> Result<PathBuf> {
+        let stats = std::env::temp_dir().join(format!("{}.haproxy.sock", unique("sc")));
+        self.files.push(stats.clone());
+        self.start_haproxy(&format!(
+            "global\n  maxconn 4096\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode tcp\n  option splice-request\n  option splice-response\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend outbound\n  bind 127.0.0.1:15001\n  default_backend orig\n\
+             backend orig\n  server orig 0.0.0.0:0\n",
+            stats.display()
+        ))?;
+        self.ns.wait_listen(15001)?;
+        Ok(stats)
+    }
+
+    /// HAProxy with configuration `cfg`, as the proxy's uid/gid in the pod.
+    fn start_haproxy(&mut self, cfg: &str) -> Result<()> {
+        let path = std::env::temp_dir().join(format!("{}.haproxy.cfg", unique("sc")));
+        fs::write(&path, cfg)?;
+        self.files.push(path.clone());
         self.spawn_as(
             PROXY_UID,
             PROXY_UID,
-            &format!("/usr/sbin/haproxy -f {} -db", cfg.display()),
-        )?;
-        self.ns.wait_listen(15001)?;
-        self.ns.wait_listen(15006)
+            &format!("/usr/sbin/haproxy -f {} -db", path.display()),
+        )
     }
 
     /// An HTTP server of the app in the pod on `port` (uid 1000, in the cgroup).

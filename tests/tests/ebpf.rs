@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -1113,4 +1113,428 @@ fn cgroup_pod_in_a_private_cgroup_namespace_finds_the_pod_in_the_host_tree() {
     assert!(out.contains("detached and unpinned"), "{out}");
     assert!(host_pins_of(&pod).is_empty());
     assert!(cgroup_programs(&pod.cgroup).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// The socket fast path, on and off (`--no-socket-fast-path`).
+
+/// `show info` of the HAProxy whose stats socket is `sock`.
+fn haproxy_info(sock: &Path) -> String {
+    let py = format!(
+        "import socket;s=socket.socket(socket.AF_UNIX);s.connect('{}');s.sendall(b'show info\\n');print(s.makefile().read())",
+        sock.display()
+    );
+    let out = Command::new("python3").args(["-c", &py]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pipes HAProxy has taken for splicing so far (in use or kept for reuse).
+fn haproxy_pipes(sock: &Path) -> u64 {
+    let info = haproxy_info(sock);
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in HAProxy's show info:\n{info}"))
+    };
+    field("PipesUsed") + field("PipesFree")
+}
+
+/// How many requests the app answered by the upstream makes in a row, each a new
+/// connection (`curl` as uid 1000 in the pod's cgroup): the number of `upstream` bodies,
+/// and curl's errors.
+fn requests_from_app(pod: &Pod, n: usize) -> (usize, String) {
+    let url = format!("http://{SERVER_IP}:8080/who");
+    let out = pod
+        .run_as(
+            APP_UID,
+            APP_UID,
+            &format!("for i in $(seq {n}); do curl -sS -m 5 {url}; done"),
+        )
+        .unwrap();
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim() == "upstream")
+        .count();
+    (answered, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The requests of the splicing tests; HAProxy with `option splice-request` under the fast
+/// path left some of every few unanswered.
+const SPLICED_REQUESTS: usize = 20;
+
+#[test]
+fn without_the_socket_fast_path_a_splicing_sidecar_answers_every_request() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let out = pod.intercept(&["--no-socket-fast-path"]).unwrap();
+    assert!(
+        out.contains("socket fast path off (--no-socket-fast-path): no socket is paired, skmsg is not attached"),
+        "{out}"
+    );
+    let dir = pin_dir(&out);
+    // The six cgroup programs, sockops among them (it hands the original destination to
+    // getsockopt), and sk_lookup; only sk_msg is left out.
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+    assert_eq!(sk_lookup_links(&pod), 1);
+    let s = status_of(&pod, &dir);
+    assert!(s.contains("link track_sockets: sock_ops on cgroup"), "{s}");
+    assert!(s.contains(", socket fast path off\n"), "{s}");
+    assert!(
+        s.contains("sk_msg: not attached to SOCKETS (socket fast path off)"),
+        "{s}"
+    );
+
+    pod.start_upstream(8080).unwrap();
+    // Intercepted: with no sidecar yet, the app's connect to the upstream goes to
+    // 127.0.0.1:15001, where nothing listens.
+    let (answered, err) = requests_from_app(&pod, 1);
+    assert_eq!(answered, 0, "not redirected");
+    assert!(
+        err.contains("Couldn't connect") || err.contains("refused"),
+        "{err}"
+    );
+
+    let stats = pod.start_splicing_sidecar().unwrap();
+    let (answered, err) = requests_from_app(&pod, SPLICED_REQUESTS);
+    assert_eq!(answered, SPLICED_REQUESTS, "{err}");
+    // HAProxy did splice: it took pipes.
+    assert!(haproxy_pipes(&stats) > 0, "{}", haproxy_info(&stats));
+
+    let s = status_of(&pod, &dir);
+    // Every connect went to the sidecar (the refused one too), the sidecar asked each
+    // accepted connection for its original destination and got it (it reached the
+    // upstream's 8080 with it), and no socket was paired.
+    assert_eq!(
+        counter(&s, "connects_redirected"),
+        SPLICED_REQUESTS as u64 + 1,
+        "{s}"
+    );
+    assert_eq!(
+        counter(&s, "orig_dst_answered"),
+        SPLICED_REQUESTS as u64,
+        "{s}"
+    );
+    assert_eq!(counter(&s, "sockets_paired"), 0, "{s}");
+    assert_eq!(counter(&s, "skmsg_bytes"), 0, "{s}");
+    assert!(s.contains("cgroup_getsockopt") && s.contains("link track_sockets"));
+}
+
+/// The sk_msg line of a status block.
+fn skmsg_line(status: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.trim_start().starts_with("sk_msg: "))
+        .unwrap_or_else(|| panic!("no sk_msg line in\n{status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_socket_fast_path_is_turned_off_and_on_again_in_place() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let out = pod.intercept(&[]).unwrap();
+    assert!(
+        out.contains("socket fast path on: skmsg attached to sockhash SOCKETS"),
+        "{out}"
+    );
+    let dir = pin_dir(&out);
+    pod.start_sidecar().unwrap();
+    pod.start_upstream(8080).unwrap();
+    let url = format!("http://{SERVER_IP}:8080/who");
+    let get = |pod: &Pod| {
+        let r = pod.get_from_pod(APP_UID, APP_UID, &url).unwrap();
+        assert_eq!(
+            (r.sidecar.as_deref(), r.body.trim()),
+            (Some("outbound"), "upstream")
+        );
+    };
+
+    // On (the default): app <-> sidecar on loopback go socket to socket.
+    get(&pod);
+    let on = status_of(&pod, &dir);
+    assert!(on.contains(", socket fast path on\n"), "{on}");
+    assert!(
+        skmsg_line(&on).starts_with("sk_msg: sk_msg_verdict on sockhash SOCKETS (program id "),
+        "{on}"
+    );
+    let paired = counter(&on, "sockets_paired");
+    let bytes = counter(&on, "skmsg_bytes");
+    assert!(paired >= 2 && bytes > 0, "{on}");
+
+    // Off, on the running instance: sk_msg taken off the sockhash, no new pairing, and
+    // the interception goes on as before.
+    let out = pod.intercept(&["--no-socket-fast-path"]).unwrap();
+    assert!(out.contains("connect4 updated in place"), "{out}");
+    assert!(out.contains("skmsg taken off sockhash SOCKETS"), "{out}");
+    assert_eq!(cgroup_programs(&pod.cgroup).len(), 6);
+    get(&pod);
+    let off = status_of(&pod, &dir);
+    assert!(off.contains(", socket fast path off\n"), "{off}");
+    assert_eq!(
+        skmsg_line(&off),
+        "sk_msg: not attached to SOCKETS (socket fast path off)"
+    );
+    assert_eq!(counter(&off, "sockets_paired"), paired, "{off}");
+    assert_eq!(counter(&off, "skmsg_bytes"), bytes, "{off}");
+    assert_eq!(
+        counter(&off, "orig_dst_answered"),
+        counter(&on, "orig_dst_answered") + 1,
+        "{off}"
+    );
+
+    // On again.
+    let out = pod.intercept(&[]).unwrap();
+    assert!(out.contains("skmsg attached to sockhash SOCKETS"), "{out}");
+    get(&pod);
+    let again = status_of(&pod, &dir);
+    assert!(again.contains(", socket fast path on\n"), "{again}");
+    assert!(
+        skmsg_line(&again).starts_with("sk_msg: sk_msg_verdict on sockhash SOCKETS"),
+        "{again}"
+    );
+    assert!(counter(&again, "sockets_paired") >= paired + 2, "{again}");
+    assert!(counter(&again, "skmsg_bytes") > bytes, "{again}");
+}
+
+#[test]
+fn a_failed_init_without_the_fast_path_puts_everything_back() {
+    require_root!();
+    let pod = Pod::new(Mode::Ebpf).unwrap();
+    let dir = pin_dir(&pod.intercept(&[]).unwrap());
+    let before = status_of(&pod, &dir);
+    let line = |s: &str, start: &str| -> String {
+        s.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} in\n{s}"))
+            .to_string()
+    };
+    // Make the sk_lookup step fail: its link's pin is now a map. The cgroup links are
+    // updated and sk_msg taken off the sockhash before that step, so all of it must be
+    // put back.
+    let pin = dir.join("link_sklookup");
+    std::fs::remove_file(&pin).unwrap();
+    run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            pin.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "bogus",
+        ],
+    )
+    .unwrap();
+    let out = pod
+        .interceptor(&pod.init_args(&["--no-socket-fast-path"]))
+        .unwrap();
+    assert!(!out.status.success(), "init should fail");
+    let after = status_of(&pod, &dir);
+    assert_eq!(skmsg_line(&after), skmsg_line(&before), "{after}");
+    assert!(skmsg_line(&after).contains("sk_msg_verdict"), "{after}");
+    for start in ["settings: ", "link connect4: ", "link track_sockets: "] {
+        assert_eq!(line(&after, start), line(&before, start), "{start}");
+    }
+    assert!(after.contains(", socket fast path on\n"), "{after}");
+    std::fs::remove_file(&pin).unwrap();
+}
+
+/// A child process killed when dropped (the node agent of a test that fails half way).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One request to the CNI plugin (the `interceptor` binary run with `CNI_COMMAND`), as a
+/// runtime makes it: exit status and output.
+fn cni_plugin(command: &str, env: &[(&str, &str)], conf: &serde_json::Value) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(interceptor_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(conf).unwrap())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The node agent's way: `agent --mode ebpf --no-socket-fast-path` writes
+/// `"socket_fast_path": false` into its conflist entry, the plugin's ADD registers the pod
+/// with the node's shared programs with the namespace's "no fast path" bit, and sockops
+/// pairs none of its sockets, so a splicing sidecar answers every request.
+#[test]
+fn the_node_agents_pods_get_no_socket_fast_path_from_the_conflist() {
+    require_root!();
+    let mut pod = Pod::new(Mode::Ebpf).unwrap();
+    let root = std::env::temp_dir().join(interceptor_tests::unique("icfast"));
+    let (conf, bin, state) = (root.join("net.d"), root.join("bin"), root.join("state"));
+    for d in [&conf, &bin, &state] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let primary = conf.join("10-test.conflist");
+    std::fs::write(
+        &primary,
+        r#"{"cniVersion": "1.0.0", "name": "fastpath", "plugins": [{"type": "bridge", "bridge": "icfast0"}]}"#,
+    )
+    .unwrap();
+    // The node's programs go on the pod's cgroup (--cgroup-root), not the whole machine's.
+    let mut child = Command::new(interceptor_bin())
+        .args([
+            "agent",
+            "--mode",
+            "ebpf",
+            "--no-socket-fast-path",
+            "--cgroup-root",
+        ])
+        .arg(&pod.cgroup)
+        .arg("--cni-conf-dir")
+        .arg(&conf)
+        .arg("--cni-bin-dir")
+        .arg(&bin)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--namespaces", "fastpath", "--listen", "127.0.0.1:0"])
+        .args(["--reconcile-interval", "0.5"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_addr, log) = interceptor_tests::agent_listening(&mut child);
+    let mut agent = KillOnDrop(Some(child));
+    let entry = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&primary).unwrap()).unwrap();
+            let last = v["plugins"].as_array().unwrap().last().unwrap().clone();
+            if last["type"] == "interceptor" {
+                break last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not install its entry:\n{}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(entry["mode"], "ebpf", "{entry}");
+    assert_eq!(entry["socket_fast_path"], false, "{entry}");
+
+    // The runtime's ADD for a pod of a listed namespace (no annotations, as podman).
+    let mut rt = entry.clone();
+    rt["cniVersion"] = "1.0.0".into();
+    rt["name"] = "fastpath".into();
+    rt["prevResult"] = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": pod.ns.path()}],
+        "ips": [{"address": format!("{POD_IP}/24"), "interface": 0}],
+    });
+    let id = interceptor_tests::unique("fastpathpod");
+    let netns = pod.ns.path();
+    let env = [
+        ("CNI_CONTAINERID", id.as_str()),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=fastpath;K8S_POD_NAME=web"),
+    ];
+    let out = cni_plugin("ADD", &env, &rt);
+    assert!(
+        out.status.success(),
+        "ADD: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("pods").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["args"].as_array().unwrap().last().unwrap(),
+        "--no-socket-fast-path",
+        "{record}"
+    );
+    let cookie = record["netns_cookie"].as_u64().unwrap();
+    assert_eq!(cookie, netns_cookie(Some(&pod.ns)));
+
+    pod.start_upstream(8080).unwrap();
+    let stats = pod.start_splicing_sidecar().unwrap();
+    let (answered, err) = requests_from_app(&pod, SPLICED_REQUESTS);
+    assert_eq!(answered, SPLICED_REQUESTS, "{err}");
+    assert!(haproxy_pipes(&stats) > 0, "{}", haproxy_info(&stats));
+
+    // `status`: the pod, healthy, without the fast path; its namespace's settings and
+    // counters in the node's maps.
+    let out = Command::new(interceptor_bin())
+        .arg("status")
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pod fastpath/web mode ebpf (socket fast path off) healthy"),
+        "{text}"
+    );
+    let v = status_json();
+    let ns = v["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["namespaces"].as_array().unwrap().iter())
+        .find(|n| n["netns_cookie"] == cookie)
+        .unwrap_or_else(|| panic!("cookie {cookie} not in {v}"))
+        .clone();
+    assert_eq!(ns["settings"]["socket_fast_path"], false, "{ns}");
+    assert_eq!(
+        ns["counters"]["connects_redirected"], SPLICED_REQUESTS as u64,
+        "{ns}"
+    );
+    assert_eq!(
+        ns["counters"]["orig_dst_answered"], SPLICED_REQUESTS as u64,
+        "{ns}"
+    );
+    assert_eq!(ns["counters"]["sockets_paired"], 0, "{ns}");
+    assert_eq!(ns["counters"]["skmsg_bytes"], 0, "{ns}");
+
+    let out = cni_plugin("DEL", &env, &rt);
+    assert!(
+        out.status.success(),
+        "DEL: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut child = agent.0.take().unwrap();
+    run("kill", &["-TERM", &child.id().to_string()]).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", log.lock().unwrap());
+    assert!(!Path::new("/sys/fs/bpf/interceptor/node").exists());
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -60,6 +60,9 @@ pub struct AgentOptions {
     pub reconcile_interval: Duration,
     /// eBPF mode: where the node's cgroup programs go (default: the cgroup v2 mount).
     pub cgroup_root: Option<PathBuf>,
+    /// eBPF mode: the socket fast path for the pods the plugin meshes (the conflist's
+    /// `socket_fast_path`; `false` gives them `--no-socket-fast-path`).
+    pub socket_fast_path: bool,
     /// The executable installed as the plugin (normally /proc/self/exe).
     pub self_exe: PathBuf,
     pub parse: ArgsParser,
@@ -98,6 +101,7 @@ impl AgentOptions {
             namespaces: self.namespaces.clone(),
             state_dir: self.state_dir.clone(),
             log_file: Some(self.state_dir.join(PLUGIN_LOG)),
+            socket_fast_path: self.socket_fast_path,
             ..PluginConf::default()
         }
     }

@@ -138,9 +138,15 @@ fn skip(reason: impl Into<String>) -> Decision {
 }
 
 fn mesh(conf: &PluginConf, r: Redirect) -> Decision {
+    let mut args = r.args();
+    // Ours, not istio's: only the eBPF mode has a socket fast path to turn off, and the
+    // iptables mode's arguments stay istio-cni's.
+    if conf.mode == Mechanism::Ebpf && !conf.socket_fast_path {
+        args.push("--no-socket-fast-path".into());
+    }
     Decision::Mesh(Interception {
         mode: conf.mode,
-        args: r.args(),
+        args,
     })
 }
 

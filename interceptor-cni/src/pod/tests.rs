@@ -242,6 +242,49 @@ fn node_settings_reach_the_arguments() {
 }
 
 #[test]
+fn socket_fast_path_off_reaches_ebpf_pods_only() {
+    let ebpf_off = PluginConf {
+        mode: Mechanism::Ebpf,
+        namespaces: vec!["istioinaction".into()],
+        socket_fast_path: false,
+        ..PluginConf::default()
+    };
+    // Annotated or not, an eBPF pod gets the switch, after istio-cni's arguments.
+    for p in [injected(&[]), pod("istioinaction", None)] {
+        let args = mesh_args(decide(&p, &ebpf_off).unwrap());
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("--no-socket-fast-path")
+        );
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.contains("socket-fast-path"))
+                .count(),
+            1
+        );
+    }
+    assert_eq!(
+        mesh_args(decide(&injected(&[]), &ebpf_off).unwrap())[..istio_args(&[]).len()],
+        istio_args(&[])[..]
+    );
+    // With the fast path on, or in the iptables mode (which has none), nothing is added.
+    let ebpf_on = PluginConf {
+        socket_fast_path: true,
+        ..ebpf_off.clone()
+    };
+    let iptables_off = PluginConf {
+        mode: Mechanism::Iptables,
+        ..ebpf_off.clone()
+    };
+    for conf in [ebpf_on, iptables_off] {
+        assert_eq!(
+            mesh_args(decide(&injected(&[]), &conf).unwrap()),
+            istio_args(&[])
+        );
+    }
+}
+
+#[test]
 fn pods_without_annotations_get_the_injector_defaults() {
     let conf = PluginConf {
         namespaces: vec!["istioinaction".into()],

@@ -100,6 +100,13 @@ pub enum SpecError {
         field: String,
         expected: &'static str,
     },
+    #[error("network configuration field {field:?} is {value}: it must be {expected}")]
+    FieldValue {
+        field: String,
+        /// The value as JSON text.
+        value: String,
+        expected: &'static str,
+    },
     #[error("network configuration has no {field:?}")]
     MissingField { field: &'static str },
     #[error("invalid network name {value:?}: must start with a letter or digit, then letters, digits, '_', '.' or '-'")]
@@ -131,7 +138,9 @@ impl SpecError {
             | InvalidIfName { .. }
             | InvalidCniArgs { .. }
             | InvalidIgnoreUnknown { .. } => code::INVALID_ENVIRONMENT,
-            NotJson { .. } | NotAnObject | FieldType { .. } => code::DECODING_FAILURE,
+            NotJson { .. } | NotAnObject | FieldType { .. } | FieldValue { .. } => {
+                code::DECODING_FAILURE
+            }
             MissingField { .. }
             | InvalidNetworkName { .. }
             | UnknownMode { .. }

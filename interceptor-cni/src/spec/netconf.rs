@@ -15,6 +15,7 @@
 //! | `drop_invalid`       | bool            | `false`                 | as the proxy's `INVALID_DROP` |
 //! | `proxy_uid`          | integer         | `1337`                  | the sidecar's uid (istio-cni reads the proxy container's `runAsUser`) |
 //! | `proxy_gid`          | integer         | `1337`                  | the sidecar's gid (`runAsGroup`) |
+//! | `socket_fast_path`   | bool            | `true`                  | eBPF mode: pair the app's and the sidecar's loopback sockets (sk_msg); `false` for a sidecar that reads with splice(2), as `init --no-socket-fast-path`. The iptables mode has no fast path and ignores it |
 //!
 //! Unknown keys are ignored (a conflist entry carries `capabilities` and whatever else the
 //! installer put there). A key with the wrong JSON type is an error naming it; `null`
@@ -100,6 +101,8 @@ pub struct PluginConf {
     pub drop_invalid: bool,
     pub proxy_uid: u32,
     pub proxy_gid: u32,
+    /// eBPF mode: the socket fast path (`false`: pods get `--no-socket-fast-path`).
+    pub socket_fast_path: bool,
 }
 
 impl Default for PluginConf {
@@ -115,6 +118,7 @@ impl Default for PluginConf {
             drop_invalid: false,
             proxy_uid: DEFAULT_PROXY_ID,
             proxy_gid: DEFAULT_PROXY_ID,
+            socket_fast_path: true,
         }
     }
 }
@@ -137,6 +141,7 @@ impl PluginConf {
             drop_invalid: opt_bool(obj, "drop_invalid")?.unwrap_or(d.drop_invalid),
             proxy_uid: opt_u32(obj, "proxy_uid")?.unwrap_or(d.proxy_uid),
             proxy_gid: opt_u32(obj, "proxy_gid")?.unwrap_or(d.proxy_gid),
+            socket_fast_path: opt_bool(obj, "socket_fast_path")?.unwrap_or(d.socket_fast_path),
         })
     }
 
@@ -162,6 +167,7 @@ impl PluginConf {
         m.insert("drop_invalid".into(), self.drop_invalid.into());
         m.insert("proxy_uid".into(), self.proxy_uid.into());
         m.insert("proxy_gid".into(), self.proxy_gid.into());
+        m.insert("socket_fast_path".into(), self.socket_fast_path.into());
         m
     }
 }
@@ -270,7 +276,12 @@ fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, SpecErr
     match present(obj, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(field_type(key, "true or false")),
+        // The value is named: `"false"` (a string) is the likely slip.
+        Some(v) => Err(SpecError::FieldValue {
+            field: key.to_string(),
+            value: v.to_string(),
+            expected: "true or false (a JSON boolean)",
+        }),
     }
 }
 
@@ -425,7 +436,19 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"t","redirect_dns":"yes"}"#,
-                field_type("redirect_dns", "true or false"),
+                SpecError::FieldValue {
+                    field: "redirect_dns".into(),
+                    value: r#""yes""#.into(),
+                    expected: "true or false (a JSON boolean)",
+                },
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","socket_fast_path":"false"}"#,
+                SpecError::FieldValue {
+                    field: "socket_fast_path".into(),
+                    value: r#""false""#.into(),
+                    expected: "true or false (a JSON boolean)",
+                },
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"t","proxy_uid":-1}"#,
@@ -466,11 +489,36 @@ mod tests {
             drop_invalid: true,
             proxy_uid: 7,
             proxy_gid: 8,
+            socket_fast_path: false,
             ..PluginConf::default()
         };
         assert_eq!(PluginConf::from_object(&p.to_json()).unwrap(), p);
+        assert_eq!(p.to_json()["socket_fast_path"], Value::Bool(false));
         let d = PluginConf::default();
         assert_eq!(PluginConf::from_object(&d.to_json()).unwrap(), d);
+    }
+
+    #[test]
+    fn socket_fast_path_is_on_unless_the_conf_says_false() {
+        let conf = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"t"{extra}}}"#).as_bytes(),
+            )
+            .map(|c| c.plugin.socket_fast_path)
+        };
+        assert_eq!(conf(""), Ok(true));
+        assert_eq!(conf(r#","socket_fast_path":null"#), Ok(true));
+        assert_eq!(conf(r#","socket_fast_path":true"#), Ok(true));
+        assert_eq!(
+            conf(r#","mode":"ebpf","socket_fast_path":false"#),
+            Ok(false)
+        );
+        let e = conf(r#","socket_fast_path":0"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"network configuration field "socket_fast_path" is 0: it must be true or false (a JSON boolean)"#
+        );
+        assert_eq!(e.code(), crate::spec::code::DECODING_FAILURE);
     }
 
     #[test]

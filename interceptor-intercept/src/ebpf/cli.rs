@@ -55,6 +55,20 @@ pub fn init(opts: &InitOptions, stop: &AtomicBool) -> Result<(), InitError> {
         };
         say!("ebpf: {name} {what}");
     }
+    match loaded.skmsg {
+        load::SkMsgChange::Attached => {
+            say!("ebpf: socket fast path on: skmsg attached to sockhash SOCKETS")
+        }
+        load::SkMsgChange::NotAttached => say!(
+            "ebpf: socket fast path off (--no-socket-fast-path): no socket is paired, skmsg is not attached"
+        ),
+        load::SkMsgChange::Detached => say!(
+            "ebpf: socket fast path off (--no-socket-fast-path): no socket is paired from now on, skmsg taken off sockhash SOCKETS (connections paired before keep their pairing until they close)"
+        ),
+        load::SkMsgChange::Unknown => say!(
+            "ebpf: socket fast path off (--no-socket-fast-path): no socket is paired from now on (this kernel cannot list the sockhash's sk_msg program, so an earlier init's may still be attached, with nothing to pass)"
+        ),
+    }
     // As istio-init: the interception stays when validation fails; the exit status says it.
     if cfg.run_validation {
         run_validation(&target, &settings, &cfg)?;

@@ -19,6 +19,7 @@
 //! | `--cleanup-only` | honoured: same as `cleanup --mode ebpf` |
 //! | `--reconcile`, `--force-apply` | honoured: `init` always updates the pinned links in place |
 //! | `--network-namespace` | honoured: entered before anything is read or attached |
+//! | `--no-socket-fast-path` | honoured (ours): no socket pairing, sk_msg not attached |
 //! | `-m TPROXY`, `-t`, `-r` | refused: sk_lookup keeps the original destination, no mark or route |
 //! | `-k`, `-c` | refused: the programs do not tell traffic apart by interface |
 //! | `--native-nftables`, `--force-iptables-binary` | refused: no ruleset is written |

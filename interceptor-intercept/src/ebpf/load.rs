@@ -5,6 +5,13 @@
 //! can be attached before any setting is written. Links are created and pinned, or, when a
 //! pin exists from an earlier `init`, updated in place to the new program. The settings go
 //! in last; the `SETTINGS` entry, which enables interception, is the very last write.
+//!
+//! The socket fast path is the sk_msg program on the `SOCKETS` sockhash plus the sockets
+//! sockops puts there. With it off (`--no-socket-fast-path`) sk_msg is neither loaded nor
+//! attached (one an earlier `init` attached is taken off the sockhash) and the settings'
+//! `FLAG_NO_SOCKET_FAST_PATH` keeps sockops from pairing sockets; sockops itself stays
+//! attached, as it also hands the original destination to `getsockopt` and records the
+//! inbound capture listener.
 
 use std::fs::{self, File};
 use std::io;
@@ -44,10 +51,26 @@ pub enum LinkChange {
     Updated,
 }
 
+/// What `init` did to the sk_msg program on the `SOCKETS` sockhash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkMsgChange {
+    /// Fast path on: attached (replacing an earlier `init`'s).
+    Attached,
+    /// Fast path off: an earlier `init`'s was taken off.
+    Detached,
+    /// Fast path off, and none was attached.
+    NotAttached,
+    /// Fast path off, but this kernel cannot say which program the sockhash holds
+    /// (`BPF_PROG_QUERY` on sockmaps needs Linux 5.19), so an earlier `init`'s may still be
+    /// there; no socket is paired, so it passes nothing.
+    Unknown,
+}
+
 pub struct Loaded {
     pub target: Target,
     pub pin_dir: PathBuf,
     pub links: Vec<(String, LinkChange)>,
+    pub skmsg: SkMsgChange,
     /// The loaded object, kept for following its debug logs.
     pub ebpf: Ebpf,
 }
@@ -68,14 +91,10 @@ pub fn init(target: &Target, settings: &Settings, debug: bool) -> Result<Loaded>
         fresh,
         created: Vec::new(),
         updated: Vec::new(),
+        skmsg_before: None,
     };
     match load_and_attach(target, settings, debug, &pin_dir, &mut undo) {
-        Ok((ebpf, links)) => Ok(Loaded {
-            target: target.clone(),
-            pin_dir,
-            links,
-            ebpf,
-        }),
+        Ok(loaded) => Ok(loaded),
         Err(e) => {
             undo.rollback();
             Err(e)
@@ -89,7 +108,7 @@ fn load_and_attach(
     debug: bool,
     pin_dir: &Path,
     undo: &mut Undo,
-) -> Result<(Ebpf, Vec<(String, LinkChange)>)> {
+) -> Result<Loaded> {
     let level: u8 = if debug {
         aya_log::Level::Debug as u8
     } else {
@@ -102,13 +121,21 @@ fn load_and_attach(
         .load(object)
         .map_err(|e| anyhow!("loading the eBPF object failed: {e}; {USE_IPTABLES}"))?;
 
+    // Without the fast path sk_msg is not even loaded: nothing could run it.
+    let skmsg = settings.socket_fast_path.then_some(program::SKMSG);
     for name in CGROUP_PROGRAMS
         .iter()
         .map(|(n, _)| *n)
-        .chain([program::SKMSG, program::SKLOOKUP])
+        .chain([program::SKLOOKUP])
+        .chain(skmsg)
     {
         load_program(&mut ebpf, name)?;
     }
+
+    // sk_msg is held by the sockhash (pinned with the maps), not by a link: attaching
+    // replaces an earlier `init`'s, and with the fast path off that one is taken off. Done
+    // before the links, so that a link failing below puts the sockhash's program back too.
+    let skmsg_change = set_skmsg(&ebpf, settings.socket_fast_path, undo)?;
 
     let mut links = Vec::new();
     let cgroup = File::open(&target.cgroup)
@@ -130,22 +157,84 @@ fn load_and_attach(
     )?;
     links.push((program::SKLOOKUP.to_string(), change));
 
-    // sk_msg is held by the sockhash (pinned with the maps); attaching again replaces it.
-    {
-        let sockets: SockHash<&MapData, NetnsTuple> =
-            SockHash::try_from(map_ref(&ebpf, map::SOCKETS)?)?;
-        let prog = prog_fd(&ebpf, program::SKMSG)?;
-        sys::prog_attach_to_map(prog, sockets.fd().as_fd(), attach::SK_MSG_VERDICT)
-            .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
-    }
-
     record_existing_listener(
         &mut ebpf,
         target.netns_cookie,
         settings.inbound_capture_port,
     )?;
     write_settings(&mut ebpf, target, settings)?;
-    Ok((ebpf, links))
+    Ok(Loaded {
+        target: target.clone(),
+        pin_dir: pin_dir.to_path_buf(),
+        links,
+        skmsg: skmsg_change,
+        ebpf,
+    })
+}
+
+/// Attaches the loaded sk_msg program to the `SOCKETS` sockhash (`on`), or takes off the
+/// one an earlier `init` attached (`!on`), keeping what the sockhash held for a rollback.
+fn set_skmsg(ebpf: &Ebpf, on: bool, undo: &mut Undo) -> Result<SkMsgChange> {
+    let sockets: SockHash<&MapData, NetnsTuple> = SockHash::try_from(map_ref(ebpf, map::SOCKETS)?)?;
+    let map_fd = sockets.fd().as_fd();
+    // The program the sockhash holds now (an earlier `init`'s), opened so that it can be
+    // detached, or put back on failure; `None` when the kernel cannot say.
+    let before = sys::prog_query(map_fd, attach::SK_MSG_VERDICT)
+        .ok()
+        .map(|ids| {
+            ids.into_iter()
+                .map(sys::prog_fd_by_id)
+                .collect::<io::Result<Vec<OwnedFd>>>()
+                .map_err(|e| kernel_error("opening the sockhash's sk_msg program", e))
+        })
+        .transpose()?;
+    if on {
+        let prog = prog_fd(ebpf, program::SKMSG)?;
+        // Recorded first: a failed attach may still have replaced the program.
+        undo.skmsg_before = before.map(|mut b| b.pop());
+        sys::prog_attach_to_map(prog, map_fd, attach::SK_MSG_VERDICT)
+            .map_err(|e| kernel_error("attaching sk_msg to the sockhash", e))?;
+        return Ok(SkMsgChange::Attached);
+    }
+    let Some(before) = before else {
+        // A sockhash this run created holds nothing; an earlier `init`'s may hold its sk_msg.
+        let earlier = undo.before.iter().any(|n| n == map::SOCKETS);
+        return Ok(if earlier {
+            SkMsgChange::Unknown
+        } else {
+            SkMsgChange::NotAttached
+        });
+    };
+    let change = if before.is_empty() {
+        SkMsgChange::NotAttached
+    } else {
+        SkMsgChange::Detached
+    };
+    let keep = before
+        .first()
+        .map(OwnedFd::try_clone)
+        .transpose()
+        .context("holding the sockhash's sk_msg program")?;
+    undo.skmsg_before = Some(keep);
+    for old in &before {
+        sys::prog_detach_from_map(old.as_fd(), map_fd, attach::SK_MSG_VERDICT)
+            .map_err(|e| kernel_error("detaching sk_msg from the sockhash", e))?;
+    }
+    Ok(change)
+}
+
+/// Makes the sockhash `map` hold `prog` as its sk_msg program, or none.
+fn restore_skmsg(map: BorrowedFd<'_>, prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    match prog {
+        Some(p) => sys::prog_attach_to_map(p, map, attach::SK_MSG_VERDICT),
+        None => {
+            for id in sys::prog_query(map, attach::SK_MSG_VERDICT)? {
+                let p = sys::prog_fd_by_id(id)?;
+                sys::prog_detach_from_map(p.as_fd(), map, attach::SK_MSG_VERDICT)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Puts an inbound capture listener that already exists into `LISTENER`.
@@ -304,6 +393,9 @@ struct Undo {
     created: Vec<PathBuf>,
     /// Pinned links pointed at a new program, with the program they had.
     updated: Vec<(PathBuf, OwnedFd)>,
+    /// Set once this run may have changed the `SOCKETS` sockhash's sk_msg program: the
+    /// program it held before (`None`: none).
+    skmsg_before: Option<Option<OwnedFd>>,
 }
 
 impl Undo {
@@ -314,6 +406,15 @@ impl Undo {
         for (pin, old_prog) in self.updated.drain(..) {
             if let Ok(link) = sys::obj_get(&pin) {
                 let _ = sys::link_update(link.as_fd(), old_prog.as_fd());
+            }
+        }
+        // The sockhash of an earlier `init` gets its sk_msg program back; one this run
+        // pinned goes below, and the program with it.
+        if let Some(prev) = self.skmsg_before.take() {
+            if self.before.iter().any(|n| n == map::SOCKETS) {
+                if let Ok(m) = sys::obj_get(&self.pin_dir.join(map::SOCKETS)) {
+                    let _ = restore_skmsg(m.as_fd(), prev.as_ref().map(|p| p.as_fd()));
+                }
             }
         }
         // Maps this run pinned, then the directory if this run made it.

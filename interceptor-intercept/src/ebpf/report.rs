@@ -237,6 +237,7 @@ fn settings_json(st: &common::Settings) -> Value {
         "outbound_all_cidrs": st.flags & common::FLAG_OUTBOUND_ALL_CIDRS != 0,
         "inbound_all_ports": st.flags & common::FLAG_INBOUND_ALL_PORTS != 0,
         "redirect_dns": st.flags & common::FLAG_REDIRECT_DNS != 0,
+        "socket_fast_path": st.flags & common::FLAG_NO_SOCKET_FAST_PATH == 0,
     })
 }
 
@@ -324,6 +325,62 @@ mod tests {
             json!(3)
         );
         assert_eq!(v["kernel"][0]["pinned_here"], json!(false));
+        assert!(text.contains(", socket fast path on"), "{text}");
+        assert_eq!(
+            v["kernel"][0]["namespaces"][0]["settings"]["socket_fast_path"],
+            json!(true)
+        );
+    }
+
+    #[test]
+    fn a_namespace_without_the_fast_path_says_so() {
+        let mut g = group(10);
+        g.namespaces[0].settings = Some(
+            crate::ebpf::Settings {
+                socket_fast_path: false,
+                ..crate::ebpf::Settings::default()
+            }
+            .to_map_entry(4097),
+        );
+        let r = Report {
+            bpffs_visible: false,
+            instances: Vec::new(),
+            kernel: vec![g],
+        };
+        let text = render(&r);
+        assert!(text.contains(", socket fast path off"), "{text}");
+        assert!(!text.contains("(disabled)"), "{text}");
+        assert_eq!(
+            to_json(&r)["kernel"][0]["namespaces"][0]["settings"]["socket_fast_path"],
+            json!(false)
+        );
+
+        // A pinned instance: its settings and its sockhash without sk_msg.
+        let off = Instance {
+            pin_dir: PathBuf::from("/sys/fs/bpf/interceptor/7-4097"),
+            cgroup_id: 7,
+            netns_cookie: 4097,
+            cgroup: None,
+            links: Vec::new(),
+            skmsg_programs: Ok(Vec::new()),
+            settings: r.kernel[0].namespaces[0].settings,
+            counters: Vec::new(),
+        };
+        let r = Report {
+            bpffs_visible: true,
+            instances: vec![off],
+            kernel: Vec::new(),
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("socket fast path off\n")
+                && text.contains("  sk_msg: not attached to SOCKETS (socket fast path off)\n"),
+            "{text}"
+        );
+        assert_eq!(
+            to_json(&r)["instances"][0]["settings"]["socket_fast_path"],
+            json!(false)
+        );
     }
 
     #[test]

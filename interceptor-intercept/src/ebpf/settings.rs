@@ -52,6 +52,10 @@ pub struct Settings {
     pub outbound_exclude_ports: Vec<u16>,
     /// `--redirect-dns`: DNS (port 53) goes to `dns_port`.
     pub redirect_dns: bool,
+    /// The socket fast path: sockops pairs sockets whose both ends are in the namespace
+    /// and sk_msg passes their data socket to socket. Off (`--no-socket-fast-path`) for a
+    /// proxy that reads with splice(2), which does not see data passed that way.
+    pub socket_fast_path: bool,
 }
 
 impl Default for Settings {
@@ -71,6 +75,7 @@ impl Default for Settings {
             outbound_ports: Vec::new(),
             outbound_exclude_ports: Vec::new(),
             redirect_dns: false,
+            socket_fast_path: true,
         }
     }
 }
@@ -127,6 +132,7 @@ impl Settings {
                 &cfg.outbound_ports_exclude,
             )?,
             redirect_dns: cfg.redirect_dns,
+            socket_fast_path: cfg.socket_fast_path,
             ..Settings::default()
         };
         s.validate()?;
@@ -190,6 +196,9 @@ impl Settings {
         }
         if self.redirect_dns {
             flags |= common::FLAG_REDIRECT_DNS;
+        }
+        if !self.socket_fast_path {
+            flags |= common::FLAG_NO_SOCKET_FAST_PATH;
         }
         common::Settings {
             netns_cookie,
@@ -447,6 +456,37 @@ mod tests {
         assert_eq!(
             v4_key(&"10.0.0.0/8".parse().unwrap()),
             Some((8, u32::from_ne_bytes([10, 0, 0, 0])))
+        );
+    }
+
+    #[test]
+    fn no_socket_fast_path_sets_its_bit_and_nothing_else() {
+        let on = from_flags(&[]).unwrap();
+        assert!(on.socket_fast_path);
+        assert_eq!(
+            on.to_map_entry(7).flags & common::FLAG_NO_SOCKET_FAST_PATH,
+            0
+        );
+        let off = from_flags(&["--no-socket-fast-path"]).unwrap();
+        assert!(!off.socket_fast_path);
+        let e = off.to_map_entry(7);
+        assert_ne!(e.flags & common::FLAG_NO_SOCKET_FAST_PATH, 0);
+        // Interception itself is unchanged: enabled, same ports, same other bits.
+        assert_eq!(
+            e.flags & !common::FLAG_NO_SOCKET_FAST_PATH,
+            on.to_map_entry(7).flags
+        );
+        assert_eq!(
+            Settings {
+                socket_fast_path: true,
+                ..off.clone()
+            },
+            on
+        );
+        assert!(
+            from_flags(&["--no-socket-fast-path=false"])
+                .unwrap()
+                .socket_fast_path
         );
     }
 

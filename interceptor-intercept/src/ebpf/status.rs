@@ -121,7 +121,17 @@ pub fn render(instances: &[Instance]) -> String {
                 }
             }
         }
+        let fast_path_off = i
+            .settings
+            .is_some_and(|st| st.flags & common::FLAG_NO_SOCKET_FAST_PATH != 0);
         match &i.skmsg_programs {
+            Ok(ids) if ids.is_empty() && fast_path_off => {
+                let _ = writeln!(
+                    s,
+                    "  sk_msg: not attached to {} (socket fast path off)",
+                    map::SOCKETS
+                );
+            }
             Ok(ids) if ids.is_empty() => {
                 let _ = writeln!(s, "  sk_msg: not attached to {}", map::SOCKETS);
             }
@@ -155,7 +165,7 @@ pub fn describe_settings(st: &common::Settings) -> String {
             .join(",")
     };
     format!(
-        "proxy port {}, inbound capture port {}, proxy uids {}, proxy gids {}, outbound {}, inbound {}, dns {}{}",
+        "proxy port {}, inbound capture port {}, proxy uids {}, proxy gids {}, outbound {}, inbound {}, dns {}, socket fast path {}{}",
         st.proxy_port,
         st.inbound_port,
         ids(&st.proxy_uids, st.n_uids),
@@ -163,6 +173,7 @@ pub fn describe_settings(st: &common::Settings) -> String {
         if st.flags & common::FLAG_OUTBOUND_ALL_CIDRS != 0 { "all CIDRs" } else { "listed CIDRs" },
         if st.flags & common::FLAG_INBOUND_ALL_PORTS != 0 { "all ports" } else { "listed ports" },
         if st.flags & common::FLAG_REDIRECT_DNS != 0 { st.dns_port.to_string() } else { "off".into() },
+        if st.flags & common::FLAG_NO_SOCKET_FAST_PATH != 0 { "off" } else { "on" },
         if st.flags & common::FLAG_ENABLED == 0 { " (disabled)" } else { "" },
     )
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
@@ -112,6 +113,21 @@ pub fn prog_attach_to_map(
         .u32_at(4, prog.as_raw_fd() as u32)
         .u32_at(8, attach_type);
     bpf(BPF_PROG_ATTACH, &mut a).map(drop)
+}
+
+/// `BPF_PROG_DETACH` of the sk_msg program `prog` from a sockmap/sockhash (the kernel
+/// wants the program attached, not any: ENOENT otherwise). Sockets already in the map keep
+/// the program they got when they joined it.
+pub fn prog_detach_from_map(
+    prog: BorrowedFd<'_>,
+    map: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u32_at(4, prog.as_raw_fd() as u32)
+        .u32_at(8, attach_type);
+    bpf(BPF_PROG_DETACH, &mut a).map(drop)
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
