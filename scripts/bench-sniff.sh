@@ -132,11 +132,15 @@ packets() { tcpdump -r "$1" -qn 2>/dev/null | wc -l; }
 # EPOCHREALTIME (microseconds), read right before and after CMD. (This script used to run
 # CMD under GNU time between two forks of `date`: that timed /bin/true at 3.5 ms, this
 # at 0.9 ms, and the 2.6 ms of wrappers was a few percent of a 0.1 s run.)
+# A command that times itself (serve-run, below) leaves its own figure in $ELAPSED.
+export ELAPSED=$work/elapsed
 time_once() {
   local start end
+  rm -f "$ELAPSED"
   start=${EPOCHREALTIME/[^0-9]/}
   "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; return 1; }
   end=${EPOCHREALTIME/[^0-9]/}
+  if [ -s "$ELAPSED" ]; then cat "$ELAPSED"; return 0; fi
   awk -v n=$((end - start)) 'BEGIN {printf "%.3f\n", n / 1e6}'
 }
 
@@ -147,9 +151,11 @@ peak_rss() {
 }
 
 # serve-run [--client] CMD...: CMD is `interceptor sniff … --serve 127.0.0.1:PORT` on a
-# file; runs it until it says the capture ended, then interrupts it. With --client, a
-# client reads /events from the moment the server is up (it tries to connect every 0.2 ms
-# from before the start) to the end: a browser connected all along.
+# file; runs it until it says the capture ended, then interrupts it. Its time is from
+# CMD's start to that message (written to $ELAPSED: the server's shutdown and this
+# wrapper are not the capture's cost). With --client, a client reads /events from the
+# moment the server is up (it tries to connect every 0.2 ms from before the start) to the
+# end: a browser connected all along.
 cat > "$work/sse-client.py" <<'PY'
 import socket, sys, time
 port = int(sys.argv[1])
@@ -171,6 +177,7 @@ client=0
 port=${SERVE_PORT:?}
 if [ "$client" = 1 ]; then python3 "$(dirname "$0")/sse-client.py" "$port" & cl=$!; fi
 fifo=$(mktemp -u); mkfifo "$fifo"
+start=${EPOCHREALTIME/[^0-9]/}
 "$@" 2>"$fifo" &
 pid=$!
 exec 3<"$fifo"; rm -f "$fifo"
@@ -178,6 +185,8 @@ ok=1
 while read -r line <&3; do
   case $line in *"capture ended"*) ok=0; break ;; esac
 done
+end=${EPOCHREALTIME/[^0-9]/}
+[ "$ok" = 1 ] || awk -v n=$((end - start)) 'BEGIN {printf "%.3f\n", n / 1e6}' >"${ELAPSED:?}"
 kill -INT "$pid" 2>/dev/null; wait "$pid"
 [ -z "${cl:-}" ] || { kill "$cl" 2>/dev/null; wait "$cl" 2>/dev/null; }
 exit "$ok"
@@ -205,8 +214,11 @@ row catalog '`interceptor sniff -tW byline` (same arguments)' "$BIN" sniff -tW b
 row catalog '`interceptor sniff -tW normal`' "$BIN" sniff -tW normal -I "$catalog" '' 'tcp port 3000'
 row catalog '`interceptor sniff -tW single`' "$BIN" sniff -tW single -I "$catalog" '' 'tcp port 3000'
 row catalog '`interceptor sniff --json`' "$BIN" sniff --json -I "$catalog" '' 'tcp port 3000'
+row catalog '`interceptor sniff --json --serve`' "${serve[@]}" "$BIN" sniff --json -I "$catalog" --serve "$addr" '' 'tcp port 3000'
+row catalog '`… --json --serve`, a browser reading /events' "${serve_client[@]}" "$BIN" sniff --json -I "$catalog" --serve "$addr" '' 'tcp port 3000'
 row mirrored '`ngrep -tW byline -I F` (prints only)' ngrep -tW byline -I "$mirrored" '' 'tcp port 3000'
 row mirrored '`interceptor sniff --shadow` (text)' "$BIN" sniff --shadow -I "$mirrored" '' 'tcp port 3000'
+row mirrored '`interceptor sniff --shadow --serve` (text)' "${serve[@]}" "$BIN" sniff --shadow -I "$mirrored" --serve "$addr" '' 'tcp port 3000'
 row mirrored '`interceptor sniff --shadow --json`' "$BIN" sniff --shadow --json -I "$mirrored" '' 'tcp port 3000'
 row mirrored '`interceptor sniff --shadow --json --serve`' "${serve[@]}" "$BIN" sniff --shadow --json -I "$mirrored" --serve "$addr" '' 'tcp port 3000'
 row mirrored '`… --shadow --json --serve`, a browser reading /events' "${serve_client[@]}" "$BIN" sniff --shadow --json -I "$mirrored" --serve "$addr" '' 'tcp port 3000'
@@ -272,6 +284,20 @@ fi
 
 # --- report ------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a/b}'; }
+# Each --serve row against the row of the same capture and command without it (the row
+# whose command is the --serve row's with the wrapper and `--serve ADDR` taken out).
+serve_costs() {
+  local i j base
+  for i in "${!row_cmd[@]}"; do
+    case ${row_cmd[i]} in *--serve*) ;; *) continue ;; esac
+    base=$(printf '%s' "${row_cmd[i]}" | sed -E "s|^[^ ]*serve-run (--client )?||; s| --serve [^ ]+||")
+    for j in "${!row_cmd[@]}"; do
+      [ "$(printf '%s' "${row_cmd[j]}" | sed -E 's| -q | |')" = "$base" ] || continue
+      printf '  %s %s: %s\n' "${row_cap[i]}" "${row_label[i]}" \
+        "$(awk -v a="${t_med[i]}" -v b="${t_med[j]}" 'BEGIN {printf "%.2f", a/b}')"
+    done
+  done
+}
 cat <<REPORT
 
 interceptor sniff benchmark ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)), medians of $RUNS rounds
@@ -289,6 +315,8 @@ for i in "${!row_cmd[@]}"; do
 done
 cat <<REPORT
 (target: text and --json >= 10x ngrep, --shadow >= 5x)
+serve cost (median time with --serve over the same command without; target <= 1.10):
+$(serve_costs)
 live: $live
 memory: $memory
 REPORT
