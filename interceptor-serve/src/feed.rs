@@ -18,6 +18,9 @@
 //!   raw values (addresses, Host, method, status), without building a label or taking a
 //!   lock; the counters and the summary are brought up to date every [`FLUSH_EVERY`]
 //!   exchanges and whenever the output is flushed (every batch of a live capture) or idle.
+//!   The workload names come from a [`Workloads`] directory, read only when a set is
+//!   built; when the directory changes (the agent recorded a pod, or one went), its
+//!   generation moves on and the sinks drop the sets they built before.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -41,7 +44,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::events::{prefetch, Event, LazyEvent, Recycler, Ring};
 use crate::metrics::{self, Metrics, Recorder};
-use crate::pods::workload_of;
+use crate::pods::Workloads;
 use crate::summary::Summary;
 
 /// How often the summary event is replaced.
@@ -230,8 +233,9 @@ pub struct Feed {
     shared: Arc<Mutex<Shared>>,
     ring: Arc<Ring>,
     pods: Option<Arc<PodTags>>,
-    /// Workload names of the capture's pods, by address, for the metrics' labels.
-    workloads: HashMap<IpAddr, String>,
+    /// Workload names by address, for the metrics' labels: the `--pod` pods', or the node
+    /// agent's directory of its pods, shared by all its feeds and kept current.
+    workloads: Arc<Workloads>,
     /// [`Feed::json_tap`] was called: the `--json` writer feeds the ring itself.
     tapped: AtomicBool,
 }
@@ -240,7 +244,19 @@ impl Feed {
     /// `pods`: the capture's pods (`--pod`), which name the workloads in the metrics and
     /// tag the exchange events.
     pub fn new(ring: Arc<Ring>, metrics: &Metrics, pods: Option<Arc<PodTags>>) -> Feed {
-        let shared = Arc::new(Mutex::new(Shared {
+        let workloads = Arc::new(Workloads::from_tags(pods.as_deref()));
+        Feed::with_shared(Feed::shared(&ring, metrics), ring, pods, workloads)
+    }
+
+    /// A feed whose metrics name workloads from `workloads`, a directory its owner keeps
+    /// current (the node agent, from its records); the feeds made by [`Feed::for_pods`]
+    /// share it, so a pod recorded after their captures started is named in their series.
+    pub fn with_workloads(ring: Arc<Ring>, metrics: &Metrics, workloads: Arc<Workloads>) -> Feed {
+        Feed::with_shared(Feed::shared(&ring, metrics), ring, None, workloads)
+    }
+
+    fn shared(ring: &Arc<Ring>, metrics: &Metrics) -> Arc<Mutex<Shared>> {
+        Arc::new(Mutex::new(Shared {
             ring: ring.clone(),
             recorder: metrics.recorder(),
             summary: Summary::default(),
@@ -248,20 +264,15 @@ impl Feed {
             places: DifferingPlaces::default(),
             buf: Vec::new(),
             recycler: Recycler::default(),
-        }));
-        Feed::with_shared(shared, ring, pods)
+        }))
     }
 
     fn with_shared(
         shared: Arc<Mutex<Shared>>,
         ring: Arc<Ring>,
         pods: Option<Arc<PodTags>>,
+        workloads: Arc<Workloads>,
     ) -> Feed {
-        let workloads = pods
-            .iter()
-            .flat_map(|p| p.tags())
-            .filter_map(|t| Some((t.pod.ip, workload_of(t.pod.name.as_deref()?).to_string())))
-            .collect();
         Feed {
             shared,
             ring,
@@ -272,9 +283,15 @@ impl Feed {
     }
 
     /// Another feed into the same ring, metrics and summary, for a capture of other pods
-    /// (the node agent runs one capture per pod).
+    /// (the node agent runs one capture per pod): `pods` tag its exchange events; the
+    /// metrics name workloads from this feed's directory, shared.
     pub fn for_pods(&self, pods: Option<Arc<PodTags>>) -> Feed {
-        Feed::with_shared(self.shared.clone(), self.ring.clone(), pods)
+        Feed::with_shared(
+            self.shared.clone(),
+            self.ring.clone(),
+            pods,
+            self.workloads.clone(),
+        )
     }
 
     /// For [`Json::tap`]: the `--json` writer then hands the ring the bytes of each
@@ -301,6 +318,7 @@ impl Feed {
             inner,
             inner_keeps,
             tapped: self.tapped.load(Ordering::Relaxed),
+            generation: self.workloads.generation(),
             feed: self,
             evicted: Vec::new(),
             spare: Vec::new(),
@@ -370,6 +388,8 @@ pub struct ServeSink {
     inner_keeps: bool,
     /// The `--json` writer pushes the exchanges into the ring (see [`Feed::json_tap`]).
     tapped: bool,
+    /// The generation of the workload directory that named the label sets in `sets`.
+    generation: u64,
     feed: Feed,
     evicted: Vec<Arc<Event>>,
     spare: Vec<Exchange>,
@@ -392,6 +412,10 @@ impl ServeSink {
         let (client, server) = (ex.client.ip(), ex.server.ip());
         let status = ex.response.as_ref().map(|r| r.status);
         let method = &*ex.request.method;
+        let generation = self.feed.workloads.generation();
+        if generation != self.generation {
+            self.forget_sets(generation);
+        }
         let hit = self.sets.iter().position(|c| {
             c.status == status
                 && c.client == client
@@ -416,8 +440,21 @@ impl ServeSink {
         }
     }
 
+    /// The workload directory changed: the cached label sets may name an address
+    /// differently now (a pod recorded since, or gone). Their counts go to the sets they
+    /// were made for; the next exchanges build theirs anew.
+    fn forget_sets(&mut self, generation: u64) {
+        for s in &mut self.sets {
+            s.flush();
+        }
+        self.sets.clear();
+        self.next_set = 0;
+        self.generation = generation;
+    }
+
     /// A label set not among the last few: its metrics from the shared recorder (which
-    /// keeps the bound on label sets), remembered in place of the oldest.
+    /// keeps the bound on label sets), remembered in place of the oldest. The workloads
+    /// are read from the directory now, under its read lock.
     fn new_set(
         &mut self,
         client: IpAddr,
@@ -426,17 +463,17 @@ impl ServeSink {
         method: &str,
         status: Option<u16>,
     ) -> usize {
-        let w = &self.feed.workloads;
-        let workload = |ip: IpAddr| w.get(&ip).map_or("", String::as_str);
+        let names = self.feed.workloads.read();
         let req = metrics::Request {
-            source_workload: workload(client),
-            destination_workload: workload(server),
+            source_workload: names.get(client).unwrap_or(""),
+            destination_workload: names.get(server).unwrap_or(""),
             host,
             method,
             status,
             latency: None,
         };
         let (requests, duration) = lock(&self.feed.shared).recorder.handles(&req);
+        drop(names);
         let set = CachedSet {
             client,
             server,
@@ -608,5 +645,194 @@ impl Sink for ServeSink {
 impl Drop for ServeSink {
     fn drop(&mut self) {
         self.flush_counts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Limits;
+    use interceptor_sniff::http::pool;
+    use interceptor_sniff::pod::Pod;
+    use prometheus_client::registry::Registry;
+
+    /// stdout's output when there is none (the agent's).
+    struct Discard;
+
+    impl Sink for Discard {
+        fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+            Ok(())
+        }
+        fn exchange(&mut self, ex: Exchange, _: bool) -> io::Result<Option<Exchange>> {
+            Ok(Some(ex))
+        }
+        fn orphan(&mut self, _: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+            Ok(())
+        }
+        fn tls(&mut self, _: &TlsFlow) -> io::Result<()> {
+            Ok(())
+        }
+        fn stats(&mut self, _: &RunSummary) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const WEBAPP: &str = "10.0.0.1";
+    const RATINGS: &str = "10.0.0.2";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// `GET /` from `client` to `server`:8000, answered 200.
+    fn exchange(client: &str, server: &str) -> Exchange {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut request = pool::request(t);
+        request.method.push_str("GET");
+        request.target.push('/');
+        request.headers.push("Host", "ratings.shop:8000");
+        let mut response = pool::response(t + Duration::from_millis(2));
+        response.status = 200;
+        Exchange {
+            client: SocketAddr::new(ip(client), 40_000),
+            server: SocketAddr::new(ip(server), 8000),
+            interface: None,
+            request,
+            response: Some(response),
+        }
+    }
+
+    fn webapp_tags() -> Arc<PodTags> {
+        Arc::new(PodTags::new(vec![Pod {
+            ip: ip(WEBAPP),
+            name: Some("webapp-7c8d9f6b4d-q8w4n".into()),
+            namespace: Some("shop".into()),
+            interface: "veth-webapp".into(),
+        }]))
+    }
+
+    /// `interceptor_requests_total` by (source, destination workload), from /metrics' text.
+    fn requests(registry: &Registry) -> Vec<(String, String, u64)> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let label = |l: &str, name: &str| {
+            let v = l.split(&format!("{name}=\"")).nth(1)?;
+            Some(v.split('"').next()?.to_string())
+        };
+        let mut out: Vec<(String, String, u64)> = text
+            .lines()
+            .filter(|l| l.starts_with("interceptor_requests_total{"))
+            .filter_map(|l| {
+                Some((
+                    label(l, "source_workload")?,
+                    label(l, "destination_workload")?,
+                    l.rsplit(' ').next()?.parse().ok()?,
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn counts(v: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+        v.iter()
+            .map(|(s, d, n)| (s.to_string(), d.to_string(), *n))
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_recorded_after_the_capture_started_is_named_in_its_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let directory = Arc::new(Workloads::new());
+        directory.replace([(ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n")]);
+        // The agent's way: one feed over the node's directory, one per capture from it.
+        let node = Feed::with_workloads(ring, &metrics, directory.clone());
+        let mut sink = node
+            .for_pods(Some(webapp_tags()))
+            .sink(Box::new(Discard), false);
+
+        // webapp calls an address no pod is recorded at yet.
+        for _ in 0..3 {
+            sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        }
+        sink.flush().unwrap();
+        assert_eq!(requests(&registry), counts(&[("webapp", "unknown", 3)]));
+        assert_eq!(sink.sets.len(), 1, "one label set, cached");
+
+        // The same directory again (a reconcile with nothing new) keeps the cached set.
+        assert!(!directory.replace([(ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n")]));
+        sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        assert_eq!(sink.sets.len(), 1);
+
+        // The ratings pod is recorded there: the cached set named it `unknown`, the next
+        // exchanges name it, the earlier counts stay where they were counted.
+        assert!(directory.replace([
+            (ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n"),
+            (ip(RATINGS), "ratings-v1-7d9c5f8b4-k2x7p"),
+        ]));
+        for _ in 0..2 {
+            sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        }
+        sink.exchange(exchange(RATINGS, WEBAPP), false).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(
+            requests(&registry),
+            counts(&[
+                ("ratings-v1", "webapp", 1),
+                ("webapp", "ratings-v1", 2),
+                ("webapp", "unknown", 4),
+            ])
+        );
+
+        // A capture started now names it too, and so does one made before the change.
+        let mut later = node
+            .for_pods(Some(webapp_tags()))
+            .sink(Box::new(Discard), false);
+        later.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        later.flush().unwrap();
+        assert_eq!(
+            requests(&registry)
+                .into_iter()
+                .find(|(_, d, _)| d == "ratings-v1"),
+            Some(("webapp".into(), "ratings-v1".into(), 3))
+        );
+
+        // The pod goes with its record: its address is unknown again.
+        assert!(directory.replace([(ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n")]));
+        sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(
+            requests(&registry),
+            counts(&[
+                ("ratings-v1", "webapp", 1),
+                ("webapp", "ratings-v1", 3),
+                ("webapp", "unknown", 5),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_pods_of_sniff_name_their_workloads() {
+        // `sniff --serve --pod …`: the pods given, fixed.
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let feed = Feed::new(ring, &metrics, Some(webapp_tags()));
+        let generation = feed.workloads.generation();
+        let mut sink = feed.sink(Box::new(Discard), false);
+        sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
+        sink.exchange(exchange(RATINGS, WEBAPP), false).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(
+            requests(&registry),
+            counts(&[("unknown", "webapp", 1), ("webapp", "unknown", 1)])
+        );
+        assert_eq!(sink.feed.workloads.generation(), generation);
+        assert_eq!(sink.sets.len(), 2);
     }
 }

@@ -37,7 +37,8 @@
 //!   label values; [`feed::ServeSink`]: the sniff sink that feeds the ring and the metrics
 //!   while the chosen output still writes stdout.
 //! - [`pods`]: the agent's pod records (`/var/run/interceptor/pods/<uid>.json`), read by
-//!   `sniff --pod NAMESPACE/NAME`, written by the agent.
+//!   `sniff --pod NAMESPACE/NAME`, written by the agent; [`pods::Workloads`], the workload
+//!   names the request metrics give pod addresses.
 
 pub mod events;
 pub mod feed;

@@ -15,11 +15,15 @@
 //! `mode` is how its traffic is intercepted (`iptables`, `ebpf`, or `none`). Unknown keys
 //! are ignored, so the format can grow.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
+use interceptor_sniff::pod::PodTags;
 use serde::{Deserialize, Serialize};
 
 /// Where the agent keeps its pod records unless told otherwise.
@@ -172,6 +176,86 @@ pub fn workload_of(pod: &str) -> &str {
     pod
 }
 
+/// The workload names of pods by address, for the request metrics' `source_workload` and
+/// `destination_workload`: fixed for `sniff --pod` ([`Workloads::from_tags`]), kept current
+/// by the node agent from its records ([`Workloads::replace`]) and shared by all its
+/// captures, so a pod recorded after a capture started is named in that capture's series.
+///
+/// Read only when a sink builds a label set it has not cached (rare), under a read lock.
+/// Every change bumps a generation, which a sink compares with its own (one atomic load
+/// per exchange) to drop the label sets it cached under the old names.
+#[derive(Debug, Default)]
+pub struct Workloads {
+    names: RwLock<HashMap<IpAddr, Box<str>>>,
+    generation: AtomicU64,
+}
+
+impl Workloads {
+    /// An empty directory (every address `unknown` until [`Workloads::replace`]).
+    pub fn new() -> Workloads {
+        Workloads::default()
+    }
+
+    /// The named pods of `tags` (a `--pod` capture's), fixed.
+    pub fn from_tags(tags: Option<&PodTags>) -> Workloads {
+        let w = Workloads::new();
+        w.replace(
+            tags.iter()
+                .flat_map(|t| t.tags())
+                .filter_map(|t| Some((t.pod.ip, t.pod.name.as_deref()?))),
+        );
+        w
+    }
+
+    /// Makes `pods` (address, pod name) the directory, each named by [`workload_of`]; an
+    /// address given twice keeps its first name. True when anything changed (the
+    /// generation moved on); the same pods again change nothing.
+    pub fn replace<'a>(&self, pods: impl IntoIterator<Item = (IpAddr, &'a str)>) -> bool {
+        let mut names: HashMap<IpAddr, Box<str>> = HashMap::new();
+        for (ip, pod) in pods {
+            names.entry(ip).or_insert_with(|| workload_of(pod).into());
+        }
+        let mut current = self.names.write().unwrap_or_else(|p| p.into_inner());
+        if *current == names {
+            return false;
+        }
+        *current = names;
+        // Bumped with the lock held: a sink that sees the new generation reads the new
+        // names.
+        self.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// Moves on with every change; cheap enough for every exchange.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The names as they are now, for building a label set.
+    pub fn read(&self) -> WorkloadNames<'_> {
+        WorkloadNames(self.names.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Addresses named.
+    pub fn len(&self) -> usize {
+        self.read().0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A read of [`Workloads`].
+pub struct WorkloadNames<'a>(RwLockReadGuard<'a, HashMap<IpAddr, Box<str>>>);
+
+impl WorkloadNames<'_> {
+    /// The workload at `ip`, if a pod there is known.
+    pub fn get(&self, ip: IpAddr) -> Option<&str> {
+        self.0.get(&ip).map(|n| &**n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +318,62 @@ mod tests {
         ] {
             assert_eq!(workload_of(pod), workload, "{pod}");
         }
+    }
+
+    #[test]
+    fn the_workload_directory_follows_its_pods() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let w = Workloads::new();
+        assert!(w.is_empty());
+        let g0 = w.generation();
+        assert!(w.replace([
+            (ip("10.0.0.1"), "catalog-v1-6d9c5f8b7-xk2lp"),
+            (ip("fd00::1"), "catalog-v1-6d9c5f8b7-xk2lp"),
+            (ip("10.0.0.1"), "other-0"),
+        ]));
+        let g1 = w.generation();
+        assert_ne!(g0, g1);
+        assert_eq!(
+            w.read().get(ip("10.0.0.1")),
+            Some("catalog-v1"),
+            "first wins"
+        );
+        assert_eq!(w.read().get(ip("fd00::1")), Some("catalog-v1"));
+        assert_eq!(w.read().get(ip("10.0.0.2")), None);
+        // The same pods again: nothing changes, the sinks keep their label sets.
+        assert!(!w.replace([
+            (ip("fd00::1"), "catalog-v1-6d9c5f8b7-xk2lp"),
+            (ip("10.0.0.1"), "catalog-v1-6d9c5f8b7-xk2lp"),
+        ]));
+        assert_eq!(w.generation(), g1);
+        // A pod added, another gone.
+        assert!(w.replace([(ip("10.0.0.2"), "ratings-0")]));
+        assert_ne!(w.generation(), g1);
+        assert_eq!(w.read().get(ip("10.0.0.2")), Some("ratings"));
+        assert_eq!(w.read().get(ip("10.0.0.1")), None);
+        assert_eq!(w.len(), 1);
+
+        let tags = PodTags::new(vec![
+            interceptor_sniff::pod::Pod {
+                ip: ip("10.1.0.5"),
+                name: Some("webapp-7c8d9f6b4d-q8w4n".into()),
+                namespace: Some("shop".into()),
+                interface: "veth1".into(),
+            },
+            interceptor_sniff::pod::Pod {
+                ip: ip("10.1.0.6"),
+                name: None,
+                namespace: None,
+                interface: "veth2".into(),
+            },
+        ]);
+        let fixed = Workloads::from_tags(Some(&tags));
+        assert_eq!(fixed.read().get(ip("10.1.0.5")), Some("webapp"));
+        assert_eq!(
+            fixed.read().get(ip("10.1.0.6")),
+            None,
+            "no name, no workload"
+        );
+        assert!(Workloads::from_tags(None).is_empty());
     }
 }

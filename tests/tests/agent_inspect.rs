@@ -7,7 +7,9 @@
 //! catalog v1 and v2 (web servers; v2 adds `imageUrl`) and webapp, which sends a primary to
 //! v1 and its mirror to v2 as its sidecar would (uid 1337, which interception leaves
 //! alone). Then one pod's veth is deleted: its capture fails alone, is counted and retried,
-//! and the others go on. Nothing skips: a missing tool or a run without root fails.
+//! and the others go on. Last, a ratings pod is created after catalog v1's capture started,
+//! and v1 calls it: v1's capture names it too. Nothing skips: a missing tool or a run
+//! without root fails.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -552,7 +554,41 @@ fn the_agent_sniffs_its_pods_pairs_mirrors_and_survives_a_pod_going() {
     );
     assert!(log.contains("catalog-v2-5b8f7d9c4-x7k2p on"), "{log}");
 
-    for p in [&v1, &webapp] {
+    // A pod created long after v1's capture started: v1 calls it, and both captures (v1's
+    // and the new pod's own) name it as the destination, from the agent's directory of
+    // the node's pods.
+    let mut ratings = Pod::new(&dirs, 4, "ratings-v1-7d9c5f8b4-k2x7p");
+    ratings.serve(&dirs, r#"{"stars":5}"#);
+    wait_for("the ratings pod captured", Duration::from_secs(20), || {
+        agent.metric("interceptor_inspect_captures", &["state=\"running\""]) == 3.0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let v1_to_ratings = |destination: &str| {
+        agent.metric(
+            "interceptor_requests_total",
+            &[
+                "source_workload=\"catalog-v1\"",
+                &format!("destination_workload=\"{destination}\""),
+            ],
+        )
+    };
+    v1.curl_as_sidecar(
+        &format!("http://{}:8000/ratings", ratings.ip),
+        &["Host: ratings.shop:8000"],
+    );
+    wait_for(
+        "v1's request to ratings counted by both captures",
+        Duration::from_secs(10),
+        || v1_to_ratings("ratings-v1") >= 2.0,
+    );
+    assert_eq!(
+        (v1_to_ratings("ratings-v1"), v1_to_ratings("unknown")),
+        (2.0, 0.0),
+        "v1's capture, older than the ratings pod, names it:\n{}",
+        agent.get("/metrics").unwrap().1
+    );
+
+    for p in [&v1, &webapp, &ratings] {
         let (code, out, err) = p.cni(&dirs, "DEL");
         assert_eq!(code, 0, "DEL {}: {out} {err}", p.name);
     }

@@ -81,25 +81,17 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Finds the pod's veth and starts capturing on it. `others` are the other pods known
-    /// now, so this capture's metrics name their workloads too.
+    /// Finds the pod's veth and starts capturing on it. Its records are tagged with the
+    /// pod; its metrics name workloads from `feed`'s directory of the node's pods.
     pub fn start(
         target: &Target,
-        others: &[Target],
         settings: &Settings,
         feed: &Feed,
         pairing: Option<ToPairing>,
     ) -> Result<Capture, CaptureError> {
         let link = locate::locate(target.ip)?;
-        // This pod first: its veth tags every record of the capture; the others only
-        // give addresses their workload names.
-        let mut pods = vec![target.pod(link.interface.clone())];
-        pods.extend(
-            others
-                .iter()
-                .filter(|o| o.ip != target.ip)
-                .map(|o| o.pod(String::new())),
-        );
+        // The pod's veth tags every record of the capture.
+        let pods = vec![target.pod(link.interface.clone())];
         let feed = feed.for_pods(Some(Arc::new(PodTags::new(pods))));
         let sink: Box<dyn Sink> = match pairing {
             Some(p) => Box::new(feed.sink(Box::new(p), true)),

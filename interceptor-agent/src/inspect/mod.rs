@@ -7,7 +7,9 @@
 //! set of request and shadow metrics (`/metrics`, beside the agent's own) and one shadow
 //! pairing stage ([`pairing`]), so a mirrored request pairs with its primary whichever
 //! veths they crossed. Every exchange event carries its pod (`"pod":{…}`), and the request
-//! metrics name the node's pods' workloads.
+//! metrics name the node's pods' workloads from one directory of them ([`Workloads`]),
+//! shared by every capture and brought up to date at each reconcile: a pod recorded after
+//! a capture started is named in that capture's series from then on.
 //!
 //! The set of captures follows the records ([`Inspector::reconcile`]): a record that
 //! appears starts a capture, one that goes stops it. A capture that fails (its veth went
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use interceptor_serve::events::Ring;
 use interceptor_serve::feed::Feed;
+use interceptor_serve::pods::Workloads;
 use interceptor_sniff::shadow;
 use prometheus_client::registry::Registry;
 
@@ -100,6 +103,9 @@ pub struct Inspector {
     settings: Settings,
     max_pods: usize,
     feed: Feed,
+    /// The workload names of the node's pods, by address: what every capture's metrics
+    /// name, kept current from the records.
+    workloads: Arc<Workloads>,
     pairing: Option<Pairing>,
     metrics: Arc<InspectMetrics>,
     records_dir: PathBuf,
@@ -129,7 +135,8 @@ impl Inspector {
             metrics.register(&mut reg);
             interceptor_serve::metrics::Metrics::register(&mut reg)
         };
-        let feed = Feed::new(ring, &serve_metrics, None);
+        let workloads = Arc::new(Workloads::new());
+        let feed = Feed::with_workloads(ring, &serve_metrics, workloads.clone());
         let pairing = if opts.shadow {
             let cfg = shadow::pair::Config {
                 max_pending: MAX_PENDING,
@@ -154,6 +161,7 @@ impl Inspector {
             },
             max_pods: opts.max_pods,
             feed,
+            workloads,
             pairing,
             metrics,
             records_dir,
@@ -163,8 +171,24 @@ impl Inspector {
     }
 
     /// Brings the captures in line with the records: new pods are captured, pods whose
-    /// record went (or changed address) are no longer.
+    /// record went (or changed address) are no longer; every record's addresses name its
+    /// workload in all captures' metrics, the gone ones' no more.
     pub fn reconcile(&mut self, records: &[PodRecord]) {
+        if self.workloads.replace(
+            records
+                .iter()
+                .flat_map(|r| {
+                    std::iter::once(r.ip)
+                        .chain(r.ips.iter().copied())
+                        .map(|ip| (ip, r.name.as_str()))
+                })
+                .filter(|(ip, _)| !ip.is_unspecified()),
+        ) {
+            tracing::debug!(
+                "inspect: {} pod addresses name workloads",
+                self.workloads.len()
+            );
+        }
         self.wanted = records
             .iter()
             .filter(|r| matches!(r.mode.as_str(), "iptables" | "ebpf") && !r.ip.is_unspecified())
@@ -305,7 +329,6 @@ impl Inspector {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        let others: Vec<Target> = self.wanted.values().cloned().collect();
         for id in due {
             let Some((t, slot)) = self.slots.remove(&id) else {
                 continue;
@@ -326,7 +349,7 @@ impl Inspector {
                 _ => 0,
             };
             let pairing = self.pairing.as_ref().and_then(Pairing::sink);
-            match Capture::start(&t, &others, &self.settings, &self.feed, pairing) {
+            match Capture::start(&t, &self.settings, &self.feed, pairing) {
                 Ok(c) => {
                     tracing::info!(
                         "inspect: capturing {} ({}) on {}",
