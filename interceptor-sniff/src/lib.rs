@@ -9,6 +9,7 @@
 //! that leads to a pod (`--pod`) and tags records with the pod they were seen for.
 
 pub mod capture;
+pub mod hash;
 pub mod http;
 pub mod output;
 pub mod pipeline;
