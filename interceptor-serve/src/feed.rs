@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use interceptor_sniff::hash::Seed;
 use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{Json, Tap};
 use interceptor_sniff::pod::PodTags;
@@ -151,7 +152,7 @@ fn key(ex: &Exchange) -> Key {
 /// the oldest forgotten first.
 #[derive(Default)]
 struct Remembered {
-    seqs: HashMap<Key, u64>,
+    seqs: HashMap<Key, u64, Seed>,
     order: VecDeque<Key>,
 }
 
@@ -654,31 +655,8 @@ mod tests {
     use crate::events::Limits;
     use interceptor_sniff::http::pool;
     use interceptor_sniff::pod::Pod;
+    use interceptor_sniff::sink::Discard;
     use prometheus_client::registry::Registry;
-
-    /// stdout's output when there is none (the agent's).
-    struct Discard;
-
-    impl Sink for Discard {
-        fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
-            Ok(())
-        }
-        fn exchange(&mut self, ex: Exchange, _: bool) -> io::Result<Option<Exchange>> {
-            Ok(Some(ex))
-        }
-        fn orphan(&mut self, _: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
-            Ok(())
-        }
-        fn tls(&mut self, _: &TlsFlow) -> io::Result<()> {
-            Ok(())
-        }
-        fn stats(&mut self, _: &RunSummary) -> io::Result<()> {
-            Ok(())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     const WEBAPP: &str = "10.0.0.1";
     const RATINGS: &str = "10.0.0.2";

@@ -28,6 +28,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use interceptor_sniff::hash::Seed;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -156,8 +157,9 @@ impl Metrics {
             overflow: None,
             recent: Default::default(),
             recent_next: 0,
-            paths: HashMap::new(),
+            paths: HashMap::default(),
             other_path: None,
+            verdicts: [None, None],
         }
     }
 }
@@ -195,8 +197,10 @@ pub struct Recorder {
     recent: [Option<Handles>; RECENT],
     /// Where the next set found goes in `recent`.
     recent_next: usize,
-    paths: HashMap<String, Counter>,
+    paths: HashMap<String, Counter, Seed>,
     other_path: Option<Counter>,
+    /// The pair counters by verdict (same, different), made on first use.
+    verdicts: [Option<Counter>; 2],
 }
 
 impl Recorder {
@@ -285,10 +289,12 @@ impl Recorder {
     /// One pair, with the generalised paths that differed in it (each once).
     pub fn pair(&mut self, same: bool, paths: &[String]) {
         let verdict = if same { "same" } else { "different" };
-        self.metrics
-            .pairs
-            .get_or_create(&VerdictLabels {
-                verdict: verdict.into(),
+        let pairs = &self.metrics.pairs;
+        self.verdicts[usize::from(!same)]
+            .get_or_insert_with(|| {
+                pairs.get_or_create_owned(&VerdictLabels {
+                    verdict: verdict.into(),
+                })
             })
             .inc();
         for p in paths {

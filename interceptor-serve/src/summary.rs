@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use interceptor_sniff::hash::Seed;
+
 use interceptor_sniff::shadow::report::Histogram;
 use serde_json::json;
 
@@ -18,7 +20,7 @@ pub struct Summary {
     different: u64,
     unmatched: u64,
     /// Per generalised path, the pairs in which it differed.
-    paths: HashMap<String, u64>,
+    paths: HashMap<String, u64, Seed>,
     other_paths: u64,
     latency: Histogram,
 }

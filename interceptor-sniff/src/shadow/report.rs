@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::diff::{Comparison, DifferingPlaces, Kind};
 use super::pair::{MatchedBy, Pair, Stats, Unmatched};
 use super::Observer;
+use crate::hash::Seed;
 use crate::http::Exchange;
 use crate::output::json::push_addr;
 
@@ -57,7 +58,7 @@ pub struct Summary {
     /// Pairs whose only differences were noise.
     pub noisy: u64,
     /// Per generalised location (`body:[*].imageUrl`): in how many pairs it differed.
-    paths: HashMap<String, u64>,
+    paths: HashMap<String, u64, Seed>,
     other_paths: u64,
     places: DifferingPlaces,
     pub primary_latency: Histogram,
