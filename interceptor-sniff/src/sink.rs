@@ -92,3 +92,34 @@ pub trait Sink: Send {
     /// `exchange` hands back.
     fn spent(&mut self, _out: &mut Vec<Exchange>) {}
 }
+
+/// An output that shows nothing and keeps nothing: every exchange goes straight back to the
+/// parser's pool (the node agent's captures without pairing, whose live view renders from
+/// the ring).
+pub struct Discard;
+
+impl Sink for Discard {
+    fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn exchange(&mut self, ex: Exchange, _: bool) -> io::Result<Option<Exchange>> {
+        Ok(Some(ex))
+    }
+
+    fn orphan(&mut self, _: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn tls(&mut self, _: &TlsFlow) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn stats(&mut self, _: &Summary) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -25,6 +25,36 @@ pub fn interceptor_bin() -> std::path::PathBuf {
     bin
 }
 
+/// One request to the CNI plugin (the `interceptor` binary run with `CNI_COMMAND` and no
+/// arguments), as a runtime makes it: a clean environment but `PATH`, `CNI_PATH` and
+/// `env`, the network configuration on stdin. Exit status and output.
+pub fn cni_plugin(
+    command: &str,
+    env: &[(&str, &str)],
+    conf: &serde_json::Value,
+) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(interceptor_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the interceptor binary starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(&serde_json::to_vec(conf).expect("JSON"))
+        .expect("the plugin reads its configuration");
+    child.wait_with_output().expect("the plugin's output")
+}
+
 /// Fails the calling test when not running as root: these tests build network namespaces,
 /// load iptables rules and eBPF programs, and a run that cannot do so must not count as a
 /// pass. Run the suite as root (`sudo bash scripts/test.sh`; CI does).

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use interceptor_tests::podman::{self, Rootfs};
-use interceptor_tests::{interceptor_bin, require_root, run, Netns};
+use interceptor_tests::{cni_plugin, interceptor_bin, require_root, run, Netns};
 use serde_json::{json, Value};
 
 const NODE_DIR: &str = "/sys/fs/bpf/interceptor/node";
@@ -961,24 +961,7 @@ fn startup_errors_name_the_path_and_install_nothing() {
 
 /// One request to the plugin: (exit status, stdout as JSON or Null, stderr).
 fn cni(command: &str, env: &[(&str, &str)], conf: &Value) -> (i32, Value, String) {
-    let mut child = Command::new(interceptor_bin())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(conf).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cni_plugin(command, env, conf);
     let stdout = if out.stdout.is_empty() {
         Value::Null
     } else {

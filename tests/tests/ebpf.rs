@@ -4,12 +4,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use interceptor_tests::pod::{Mode, Pod, APP_UID, POD_IP, PROXY_UID, SERVER_IP};
-use interceptor_tests::{interceptor_bin, require_root, run};
+use interceptor_tests::{cni_plugin, interceptor_bin, require_root, run};
 
 fn pin_dir(init_output: &str) -> PathBuf {
     let line = init_output
@@ -1358,30 +1358,6 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
-}
-
-/// One request to the CNI plugin (the `interceptor` binary run with `CNI_COMMAND`), as a
-/// runtime makes it: exit status and output.
-fn cni_plugin(command: &str, env: &[(&str, &str)], conf: &serde_json::Value) -> Output {
-    use std::io::Write as _;
-    let mut child = Command::new(interceptor_bin())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(conf).unwrap())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// The node agent's way: `agent --mode ebpf --no-socket-fast-path` writes

@@ -12,9 +12,9 @@ use interceptor_sniff::pipeline::health::Health;
 use interceptor_sniff::pipeline::{self, Input, Options};
 use interceptor_sniff::pod::locate::{self, LocateError};
 use interceptor_sniff::pod::{Pod, PodTags};
-use interceptor_sniff::sink::Sink;
+use interceptor_sniff::sink::{Discard, Sink};
 
-use super::pairing::{Discard, ToPairing};
+use super::pairing::ToPairing;
 
 /// tcpdump's snap length: a veth carries GSO packets of up to 64 KiB and more.
 const SNAPLEN: i32 = 262_144;

@@ -134,33 +134,3 @@ impl Sink for ToPairing {
         Ok(())
     }
 }
-
-/// A capture's output without pairing: hands every exchange back to the parser's pool
-/// (the live view renders it from the ring).
-pub struct Discard;
-
-impl Sink for Discard {
-    fn request(&mut self, _: &Request, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn exchange(&mut self, ex: Exchange, _: bool) -> io::Result<Option<Exchange>> {
-        Ok(Some(ex))
-    }
-
-    fn orphan(&mut self, _: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn tls(&mut self, _: &TlsFlow) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn stats(&mut self, _: &Summary) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
