@@ -237,15 +237,19 @@ impl Recycler {
 pub struct Limits {
     /// Events kept for replay and for slow readers.
     pub events: usize,
-    /// Bytes kept (by the events' own estimate): bodies are cut at `--max-body`, but 4096
-    /// exchanges of 16 KiB each way would still be 128 MiB.
+    /// Bytes kept (by the events' own estimate): bodies are cut at `--max-body`, but 1024
+    /// exchanges of 64 KiB each way would still be 128 MiB.
     pub bytes: usize,
 }
 
 impl Default for Limits {
+    /// 1024 events: a few seconds of a busy pod to replay to a browser that connects, and
+    /// memory the capture writes over again soon enough to find it in the cache. (With
+    /// 4096, the copy of each exchange into memory last written 4096 events before cost
+    /// `--serve` a fifth of a `--json` run's time on the benchmark's capture.)
     fn default() -> Limits {
         Limits {
-            events: 4096,
+            events: 1024,
             bytes: 64 << 20,
         }
     }

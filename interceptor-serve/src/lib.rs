@@ -31,7 +31,7 @@
 //!   live view, fed by an [`events::Ring`].
 //! - `/metrics` answers OpenMetrics text to a client that accepts it (Prometheus asks
 //!   for it first by default) and the classic `text/plain; version=0.0.4` to others.
-//! - [`events::Ring`]: the bounded event queue (4096 events, 64 MiB by default) that a
+//! - [`events::Ring`]: the bounded event queue (1024 events, 64 MiB by default) that a
 //!   producer pushes into without ever waiting on a browser; see [`sse`] for the stream.
 //! - [`metrics::Metrics`]: interceptor's request, shadow and capture metrics, with bounded
 //!   label values; [`feed::ServeSink`]: the sniff sink that feeds the ring and the metrics
