@@ -25,7 +25,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use interceptor_sniff::hash::Seed;
 use interceptor_sniff::http::{Exchange, Request, Response};
-use interceptor_sniff::output::json::{Json, Tap};
+use interceptor_sniff::output::json::{push_u64, Json, Tap};
 use interceptor_sniff::pod::PodTags;
 use interceptor_sniff::shadow::diff::{Comparison, DifferingPlaces};
 use interceptor_sniff::shadow::pair::{Pair, Role, Unmatched};
@@ -199,11 +199,12 @@ impl Shared {
         let mut refs = std::mem::take(&mut self.buf);
         refs.clear();
         for (k, seq) in [
-            ("primary_exchange_seq", primary),
-            ("shadow_exchange_seq", shadow),
+            (&b",\"primary_exchange_seq\":"[..], primary),
+            (b",\"shadow_exchange_seq\":", shadow),
         ] {
             if let Some(s) = seq {
-                let _ = write!(refs, ",\"{k}\":{s}");
+                refs.extend_from_slice(k);
+                push_u64(&mut refs, s);
             }
         }
         self.ring
