@@ -419,10 +419,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let b = s.as_bytes();
     let mut start = 0;
-    while let Some(k) = b[start..]
-        .iter()
-        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
-    {
+    while let Some(k) = next_to_escape(&b[start..]) {
         let i = start + k;
         let c = b[i];
         out.extend_from_slice(&b[start..i]);
@@ -450,6 +447,33 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');
+}
+
+/// Where the first byte that serde_json escapes (a control byte, `"` or `\\`) is: eight
+/// bytes at a time, as every place and value of every pair goes through here.
+fn next_to_escape(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    // Per byte, high bit set where it is below 0x20, or equal to `"` or `\\`. A borrow
+    // only runs on from a byte that is marked itself, so the lowest mark is exact.
+    let below = |x: u64, n: u64| x.wrapping_sub(n * ONES) & !x & HIGH;
+    let marks = |x: u64| below(x, 0x20) | below(x ^ (0x22 * ONES), 1) | below(x ^ (0x5c * ONES), 1);
+    let mut words = b.chunks_exact(8);
+    let mut at = 0;
+    for w in words.by_ref() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let m = marks(u64::from_le_bytes(a));
+        if m != 0 {
+            return Some(at + m.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+        .map(|k| at + k)
 }
 
 /// Appends an optional value: `null`, a string (escaped here), or what serde_json writes.
@@ -837,6 +861,24 @@ mod tests {
     use super::*;
     use crate::http::{Body, Headers, Request, Response};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn next_to_escape_finds_the_first_byte_serde_escapes() {
+        let escaped = |c: u8| c < 0x20 || c == b'"' || c == b'\\';
+        for c in 0..=255u8 {
+            for at in 0..19 {
+                let mut b = vec![b'a'; 19];
+                b[at] = c;
+                let want = escaped(c).then_some(at);
+                assert_eq!(next_to_escape(&b), want, "{c:#x} at {at}");
+                // A second one further on does not move the first.
+                b[18] = b'"';
+                let want = if escaped(c) { Some(at) } else { Some(18) };
+                assert_eq!(next_to_escape(&b), want, "{c:#x} at {at}, then a quote");
+            }
+        }
+        assert_eq!(next_to_escape(b""), None);
+    }
 
     #[test]
     fn printable_ascii_marks_every_byte_outside_0x20_to_0x7e() {
