@@ -108,11 +108,7 @@ pub fn prog_attach_to_map(
     map: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<()> {
-    let mut a = Attr::new();
-    a.u32_at(0, map.as_raw_fd() as u32)
-        .u32_at(4, prog.as_raw_fd() as u32)
-        .u32_at(8, attach_type);
-    bpf(BPF_PROG_ATTACH, &mut a).map(drop)
+    prog_and_map(BPF_PROG_ATTACH, prog, map, attach_type)
 }
 
 /// `BPF_PROG_DETACH` of the sk_msg program `prog` from a sockmap/sockhash (the kernel
@@ -123,11 +119,21 @@ pub fn prog_detach_from_map(
     map: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<()> {
+    prog_and_map(BPF_PROG_DETACH, prog, map, attach_type)
+}
+
+/// `cmd` (attach or detach) with the attributes both take: the map, the program, the type.
+fn prog_and_map(
+    cmd: libc::c_long,
+    prog: BorrowedFd<'_>,
+    map: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
     let mut a = Attr::new();
     a.u32_at(0, map.as_raw_fd() as u32)
         .u32_at(4, prog.as_raw_fd() as u32)
         .u32_at(8, attach_type);
-    bpf(BPF_PROG_DETACH, &mut a).map(drop)
+    bpf(cmd, &mut a).map(drop)
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
