@@ -8,7 +8,7 @@ pub mod pcap_synth;
 pub mod pod;
 pub mod podman;
 
-pub use netns::{run, unique, veth, Netns};
+pub use netns::{routed_pod_link, run, unique, veth, Netns};
 
 /// Path of the `interceptor` binary built for this test run.
 pub fn interceptor_bin() -> std::path::PathBuf {
@@ -53,6 +53,27 @@ pub fn cni_plugin(
         .write_all(&serde_json::to_vec(conf).expect("JSON"))
         .expect("the plugin reads its configuration");
     child.wait_with_output().expect("the plugin's output")
+}
+
+/// Polls `ok` every 100 ms until it holds; fails the test, naming `what`, after `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A finished command's stdout then stderr, for failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Fails the calling test when not running as root: these tests build network namespaces,

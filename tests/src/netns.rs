@@ -166,6 +166,31 @@ impl Drop for Netns {
     }
 }
 
+/// Connects the pod namespace `pod` to this (the node's) namespace as routing CNIs (Calico,
+/// ptp) do: a veth whose node end holds the gateway `gw` as a /32 and a /32 route to the
+/// pod's `ip`; in the pod, `ip`/32 on its end, a route to `gw` and the default route through
+/// it. Returns the node end's name.
+pub fn routed_pod_link(pod: &Netns, ip: &str, gw: &str) -> Result<String> {
+    let host_if = unique("vh");
+    let pod_if = unique("vp");
+    run(
+        "ip",
+        &[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &pod.name,
+        ],
+    )?;
+    run("ip", &["addr", "add", &format!("{gw}/32"), "dev", &host_if])?;
+    run("ip", &["link", "set", &host_if, "up"])?;
+    run(
+        "ip",
+        &["route", "add", &format!("{ip}/32"), "dev", &host_if],
+    )?;
+    pod.sh(&format!(
+        "ip addr add {ip}/32 dev {pod_if} && ip link set {pod_if} up && ip route add {gw} dev {pod_if} && ip route add default via {gw}"
+    ))?;
+    Ok(host_if)
+}
+
 /// Connects namespace `a` and `b` with a veth pair, addresses given in CIDR form
 /// (`10.1.0.1/24`). Returns the two interface names.
 pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<(String, String)> {

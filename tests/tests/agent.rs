@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use interceptor_tests::podman::{self, Rootfs};
-use interceptor_tests::{cni_plugin, interceptor_bin, require_root, run, Netns};
+use interceptor_tests::{
+    cni_plugin, interceptor_bin, output_text, require_root, run, wait_for, Netns,
+};
 use serde_json::{json, Value};
 
 const NODE_DIR: &str = "/sys/fs/bpf/interceptor/node";
@@ -69,25 +71,6 @@ fn require_tools() {
             "the agent tests need the CNI plugin {plugin} in /usr/lib/cni (containernetworking-plugins)"
         );
     }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A CNI setup of our own: a conf dir whose primary conflist is a bridge network (like
@@ -212,7 +195,11 @@ impl Node {
             ],
             &format!("K8S_POD_NAMESPACE={ns};K8S_POD_UID=uid-{name}"),
         );
-        assert!(out.status.success(), "podman run {name}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "podman run {name}: {}",
+            output_text(&out)
+        );
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let netns = self
             .podman(
@@ -291,7 +278,7 @@ impl Container<'_> {
             out.status.success(),
             "podman rm {}: {}",
             self.name,
-            text(&out)
+            output_text(&out)
         );
         self.removed = true;
     }
@@ -351,7 +338,11 @@ fn dry_run_ruleset(args: &[String]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "init --dry-run: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "init --dry-run: {}",
+        output_text(&out)
+    );
     let scratch = Netns::new("agdry").unwrap();
     let mut child = scratch
         .command("iptables-restore")
@@ -364,7 +355,7 @@ fn dry_run_ruleset(args: &[String]) -> String {
     assert!(
         done.status.success(),
         "iptables-restore of the dry run: {}",
-        text(&done)
+        output_text(&done)
     );
     normalize_save(&scratch.sh("iptables-save").unwrap())
 }
@@ -580,7 +571,7 @@ fn iptables_agent_meshes_repairs_reinserts_and_uninstalls() {
         .args(["status", "--state-dir", node.state.to_str().unwrap()])
         .output()
         .unwrap();
-    let status = text(&out);
+    let status = output_text(&out);
     assert!(
         status.contains(&format!(
             "pod {MESHED_NS}/{} mode iptables healthy",
@@ -912,9 +903,9 @@ fn startup_errors_name_the_path_and_install_nothing() {
     let out = agent(&[], &missing);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains(missing.to_str().unwrap()),
+        output_text(&out).contains(missing.to_str().unwrap()),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let broken = node.root.join("broken.d");
@@ -922,7 +913,11 @@ fn startup_errors_name_the_path_and_install_nothing() {
     std::fs::write(broken.join("10-broken.conflist"), b"{ not json").unwrap();
     let out = agent(&[], &broken);
     assert!(!out.status.success());
-    assert!(text(&out).contains("10-broken.conflist"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("10-broken.conflist"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(
         std::fs::read(broken.join("10-broken.conflist")).unwrap(),
         b"{ not json"
@@ -930,7 +925,11 @@ fn startup_errors_name_the_path_and_install_nothing() {
 
     let out = agent(&["--mode", "ebpf", "--cgroup-root", "/tmp"], &node.conf);
     assert!(!out.status.success());
-    assert!(text(&out).contains("--cgroup-root /tmp"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("--cgroup-root /tmp"),
+        "{}",
+        output_text(&out)
+    );
 
     let out = Command::new(interceptor_bin())
         .args([
@@ -949,7 +948,11 @@ fn startup_errors_name_the_path_and_install_nothing() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("no-bin"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("no-bin"),
+        "{}",
+        output_text(&out)
+    );
 
     // Nothing of ours anywhere.
     assert_eq!(node.conflist(), node.original);

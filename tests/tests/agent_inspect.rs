@@ -14,11 +14,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use interceptor_tests::{interceptor_bin, require_root, run, unique, Netns};
+use interceptor_tests::{
+    interceptor_bin, output_text, require_root, routed_pod_link, run, wait_for, Netns,
+};
 use serde_json::{json, Value};
 
 const PY: &str = "/usr/bin/python3";
@@ -48,25 +50,6 @@ fn require_tools() {
         "the agent --inspect test needs {}: run `sudo bash scripts/setup.sh`",
         missing.join(", ")
     );
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A catalog server: GET answers a JSON list, with `imageUrl` in v2.
@@ -139,28 +122,8 @@ struct Pod {
 impl Pod {
     fn new(dirs: &Dirs, n: u8, name: &str) -> Pod {
         let ns = Netns::new("insp").unwrap();
-        let host_if = unique("vi");
-        let pod_if = unique("vq");
         let ip = format!("10.236.{n}.2");
-        let gw = format!("10.236.{n}.1");
-        run(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns.name,
-            ],
-        )
-        .unwrap();
-        run("ip", &["addr", "add", &format!("{gw}/32"), "dev", &host_if]).unwrap();
-        run("ip", &["link", "set", &host_if, "up"]).unwrap();
-        run(
-            "ip",
-            &["route", "add", &format!("{ip}/32"), "dev", &host_if],
-        )
-        .unwrap();
-        ns.sh(&format!(
-            "ip addr add {ip}/32 dev {pod_if} && ip link set {pod_if} up && ip route add {gw} dev {pod_if} && ip route add default via {gw}"
-        ))
-        .unwrap();
+        let host_if = routed_pod_link(&ns, &ip, &format!("10.236.{n}.1")).unwrap();
         let pod = Pod {
             ns,
             name: name.to_string(),
@@ -270,7 +233,7 @@ impl Pod {
             out.status.success(),
             "curl {url} from {}: {}",
             self.name,
-            text(&out)
+            output_text(&out)
         );
     }
 }
@@ -289,7 +252,7 @@ fn curl(url: &str) {
         .args(["-sS", "-m", "5", "-o", "/dev/null", url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl {url}: {}", text(&out));
+    assert!(out.status.success(), "curl {url}: {}", output_text(&out));
 }
 
 /// A running `interceptor agent --inspect`.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use interceptor_tests::{interceptor_bin, require_root, run, unique, Netns};
+use interceptor_tests::{interceptor_bin, require_root, routed_pod_link, Netns};
 use serde_json::Value;
 
 const PY: &str = "/usr/bin/python3";
@@ -65,28 +65,8 @@ struct Pod {
 impl Pod {
     fn new(n: u8) -> Pod {
         let mut ns = Netns::new("pod").unwrap();
-        let host_if = unique("vh");
-        let pod_if = unique("vp");
         let ip = format!("10.231.{n}.2");
-        let gw = format!("10.231.{n}.1");
-        run(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns.name,
-            ],
-        )
-        .unwrap();
-        run("ip", &["addr", "add", &format!("{gw}/32"), "dev", &host_if]).unwrap();
-        run("ip", &["link", "set", &host_if, "up"]).unwrap();
-        run(
-            "ip",
-            &["route", "add", &format!("{ip}/32"), "dev", &host_if],
-        )
-        .unwrap();
-        ns.sh(&format!(
-            "ip addr add {ip}/32 dev {pod_if} && ip link set {pod_if} up && ip route add {gw} dev {pod_if} && ip route add default via {gw}"
-        ))
-        .unwrap();
+        let host_if = routed_pod_link(&ns, &ip, &format!("10.231.{n}.1")).unwrap();
         // socketserver rather than `-m http.server`, whose start looks the address up in
         // DNS, which a pod namespace with a default route waits on.
         ns.spawn(&format!(
