@@ -55,6 +55,21 @@ pub fn cni_plugin(
     child.wait_with_output().expect("the plugin's output")
 }
 
+/// Those of `tools` that are not on `PATH`, for a test to fail naming them.
+pub fn missing_tools<'a>(tools: &[&'a str]) -> Vec<&'a str> {
+    tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Polls `ok` every 100 ms until it holds; fails the test, naming `what`, after `timeout`.
 pub fn wait_for(what: &str, timeout: std::time::Duration, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use interceptor_tests::podman::{self, Rootfs};
 use interceptor_tests::{
-    cni_plugin, interceptor_bin, output_text, require_root, run, wait_for, Netns,
+    cni_plugin, interceptor_bin, missing_tools, output_text, require_root, run, wait_for, Netns,
 };
 use serde_json::{json, Value};
 
@@ -50,16 +50,7 @@ fn node_ebpf_lock() -> MutexGuard<'static, ()> {
 fn require_tools() {
     require_root!();
     podman::require();
-    let missing: Vec<&str> = ["bpftool", "ip", "python3", "ss"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
+    let missing = missing_tools(&["bpftool", "ip", "python3", "ss"]);
     assert!(
         missing.is_empty(),
         "the agent tests need {}: run `sudo bash scripts/setup.sh`",

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use interceptor_tests::{
-    interceptor_bin, output_text, require_root, routed_pod_link, run, wait_for, Netns,
+    interceptor_bin, missing_tools, output_text, require_root, routed_pod_link, run, wait_for,
+    Netns,
 };
 use serde_json::{json, Value};
 
@@ -27,7 +28,7 @@ const PY: &str = "/usr/bin/python3";
 
 fn require_tools() {
     require_root!();
-    let missing: Vec<&str> = [
+    let missing = missing_tools(&[
         "ip",
         "curl",
         "nsenter",
@@ -35,16 +36,7 @@ fn require_tools() {
         "ss",
         "iptables-save",
         PY,
-    ]
-    .into_iter()
-    .filter(|t| {
-        !Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-    .collect();
+    ]);
     assert!(
         missing.is_empty(),
         "the agent --inspect test needs {}: run `sudo bash scripts/setup.sh`",
