@@ -383,7 +383,7 @@ struct PairOut<'a> {
 
 #[cfg(test)]
 fn pair_out<'a>(pair: &'a Pair, cmp: &'a Comparison) -> PairOut<'a> {
-    let diffs = |v: &'a [super::diff::Difference]| -> Vec<DifferenceOut<'a>> {
+    let diffs = |v: &'a [std::sync::Arc<super::diff::Difference>]| -> Vec<DifferenceOut<'a>> {
         v.iter()
             .map(|d| DifferenceOut {
                 location: d.location.to_string(),

@@ -10,6 +10,7 @@ mod lines;
 mod path;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -258,11 +259,13 @@ pub struct Difference {
     pub shadow: Option<Value>,
 }
 
+/// What comparing a pair found. The differences are shared: the bodies of most pairs are
+/// a pair seen before (`BodyMemo`), whose differences every such pair gets again.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Comparison {
-    pub differences: Vec<Difference>,
+    pub differences: Vec<Arc<Difference>>,
     /// Changes in volatile values only (timestamps, UUIDs): reported apart.
-    pub noise: Vec<Difference>,
+    pub noise: Vec<Arc<Difference>>,
     /// Differences beyond `MAX_DIFFERENCES`, counted but not kept.
     pub omitted: usize,
 }
@@ -272,7 +275,7 @@ impl Comparison {
         self.differences.is_empty() && self.omitted == 0
     }
 
-    fn push(&mut self, d: Difference, noise: bool, strict: bool) {
+    fn push(&mut self, d: impl Into<Arc<Difference>>, noise: bool, strict: bool) {
         let list = if noise && !strict {
             &mut self.noise
         } else {
@@ -281,7 +284,7 @@ impl Comparison {
         if list.len() >= MAX_DIFFERENCES {
             self.omitted += 1;
         } else {
-            list.push(d);
+            list.push(d.into());
         }
     }
 }
@@ -563,7 +566,7 @@ mod tests {
 
     const JSON_CT: (&str, &str) = ("content-type", "application/json; charset=utf-8");
 
-    fn wheres(v: &[Difference]) -> Vec<String> {
+    fn wheres(v: &[Arc<Difference>]) -> Vec<String> {
         v.iter()
             .map(|d| format!("{} {}", d.location, d.kind.as_str()))
             .collect()
