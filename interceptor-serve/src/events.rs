@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 /// An event rendered only when a connection reads it.
 pub trait LazyEvent: Send + Sync + 'static {
-    /// Writes the event's JSON object, `{…}` on one line, without `seq` (the ring adds it).
-    fn render(&self, out: &mut Vec<u8>);
+    /// Writes the event's JSON object, `{…}` on one line, without `seq` (the ring adds
+    /// it; it is given here for events that refer to those pushed with them, whose
+    /// sequence numbers are consecutive, see [`Ring::push_lazy`]).
+    fn render(&self, seq: u64, out: &mut Vec<u8>);
     /// About how many bytes it holds, for the ring's memory bound.
     fn size(&self) -> usize;
     /// Gives the event back by value once the ring evicts it (so the owner can reuse its
@@ -115,7 +117,7 @@ impl Event {
             Payload::Json(b) => self.json_of(b, out),
             Payload::Lazy(l) => {
                 let mut body = Vec::new();
-                l.render(&mut body);
+                l.render(self.seq(), &mut body);
                 self.json_of(&body, out);
             }
         }
@@ -175,12 +177,17 @@ impl Event {
             }
     }
 
-    /// The lazy event back by value, when nothing else holds this one (a connection may
-    /// be rendering it right now; then it is simply dropped there, later).
-    pub fn into_lazy(ev: Arc<Event>) -> Option<Box<dyn Any + Send>> {
-        match Arc::try_unwrap(ev).ok()?.payload {
+    /// The lazy event of an evicted event back by value, when nothing else holds the
+    /// event (a connection may be rendering it right now; then it is dropped there, later).
+    /// The event is left empty, for [`Ring::push_lazy`] to fill again without allocating.
+    pub fn take_lazy(ev: &mut Arc<Event>) -> Option<Box<dyn Any + Send>> {
+        let e = Arc::get_mut(ev)?;
+        match std::mem::replace(&mut e.payload, Payload::Json(Vec::new())) {
             Payload::Lazy(l) => Some(l.into_any()),
-            Payload::Json(_) => None,
+            json => {
+                e.payload = json;
+                None
+            }
         }
     }
 }
@@ -197,8 +204,6 @@ const SPARE: usize = 8;
 pub struct Recycler {
     evicted: Vec<Arc<Event>>,
     spare: Vec<Arc<Event>>,
-    /// The payloads of lazy events evicted by these pushes, for their producer to reuse.
-    lazies: Vec<Box<dyn Any + Send>>,
 }
 
 impl Recycler {
@@ -206,25 +211,10 @@ impl Recycler {
         self.spare.pop()
     }
 
-    /// A lazy event's payload that a push evicted (see [`LazyEvent::into_any`]).
-    pub fn take_lazy(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.lazies.pop()
-    }
-
     /// Keeps what the last push evicted; whether a connection still holds it is asked
-    /// when it is taken. A lazy payload no connection holds is kept apart: the events of
-    /// two producers share the ring, and the exchanges one evicts are the other's to reuse.
+    /// when it is taken.
     fn recycle(&mut self) {
-        while let Some(mut ev) = self.evicted.pop() {
-            if let Some(e) = Arc::get_mut(&mut ev) {
-                if matches!(e.payload, Payload::Lazy(_)) && self.lazies.len() < SPARE {
-                    if let Payload::Lazy(l) =
-                        std::mem::replace(&mut e.payload, Payload::Json(Vec::new()))
-                    {
-                        self.lazies.push(l.into_any());
-                    }
-                }
-            }
+        while let Some(ev) = self.evicted.pop() {
             if self.spare.len() < SPARE {
                 self.spare.push(ev);
             }
@@ -344,15 +334,49 @@ impl Ring {
         seq
     }
 
-    /// Adds a lazy event; the events it pushes out are appended to `evicted` (drop them
-    /// after, or take their payload back with [`Event::into_lazy`]).
-    pub fn push_lazy(
+    /// Adds lazy events in the order given, under one lock and with consecutive sequence
+    /// numbers; returns the first. Each goes into an event of `spare` when there is one
+    /// that nothing else holds (taken back with [`Event::take_lazy`]): in a steady stream a
+    /// push allocates nothing. The events pushed out are appended to `evicted`.
+    pub fn push_lazy<const N: usize>(
         &self,
-        kind: &'static str,
-        ev: Box<dyn LazyEvent>,
+        events: [(&'static str, Box<dyn LazyEvent>); N],
+        spare: &mut Vec<Arc<Event>>,
         evicted: &mut Vec<Arc<Event>>,
     ) -> u64 {
-        self.push(kind, Payload::Lazy(ev), evicted)
+        let events = events.map(|(kind, lazy)| {
+            let size = std::mem::size_of::<Event>() + lazy.size();
+            let payload = Payload::Lazy(lazy);
+            let reused = std::iter::from_fn(|| spare.pop()).find_map(|mut ev| {
+                let e = Arc::get_mut(&mut ev)?;
+                e.kind = kind;
+                e.one_line = false;
+                e.size = size;
+                Some(ev)
+            });
+            match reused {
+                Some(mut ev) => {
+                    if let Some(e) = Arc::get_mut(&mut ev) {
+                        e.payload = payload;
+                    }
+                    ev
+                }
+                None => Arc::new(Event {
+                    seq: AtomicU64::new(0),
+                    one_line: false,
+                    kind,
+                    payload,
+                    size,
+                }),
+            }
+        });
+        let mut g = self.lock();
+        let first = g.next_seq;
+        for ev in events {
+            self.append(&mut g, ev, evicted);
+        }
+        self.woken(g);
+        first
     }
 
     /// Adds a rendered event, the concatenation of `parts` (a JSON object without `seq`, on
@@ -414,8 +438,24 @@ impl Ring {
     /// Appends `ev` (held by nothing else) under the next sequence number, evicts what the
     /// limits say.
     fn push_event(&self, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
-        let size = ev.size;
         let mut g = self.lock();
+        let seq = self.append(&mut g, ev, evicted);
+        self.woken(g);
+        seq
+    }
+
+    /// Wakes the connections waiting, if any, once the lock is let go.
+    fn woken(&self, g: MutexGuard<'_, Inner>) {
+        let wake = g.waiting > 0;
+        drop(g);
+        if wake {
+            self.wake.notify_all();
+        }
+    }
+
+    /// [`Ring::push_event`] under the lock `g`.
+    fn append(&self, g: &mut Inner, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
+        let size = ev.size;
         let seq = g.next_seq;
         ev.seq.store(seq, Ordering::Relaxed);
         g.bytes += size;
@@ -447,11 +487,6 @@ impl Ring {
                 prefetch(b.as_ptr().wrapping_add(64));
             }
             None => {}
-        }
-        let wake = g.waiting > 0;
-        drop(g);
-        if wake {
-            self.wake.notify_all();
         }
         seq
     }
@@ -679,8 +714,12 @@ mod tests {
 
     struct Probe(u32);
     impl LazyEvent for Probe {
-        fn render(&self, out: &mut Vec<u8>) {
-            let _ = write!(out, "{{\"type\":\"exchange\",\"n\":{}}}", self.0);
+        fn render(&self, seq: u64, out: &mut Vec<u8>) {
+            let _ = write!(
+                out,
+                "{{\"type\":\"exchange\",\"n\":{},\"at\":{seq}}}",
+                self.0
+            );
         }
         fn size(&self) -> usize {
             100
@@ -690,29 +729,56 @@ mod tests {
         }
     }
 
+    fn probe(n: u32) -> (&'static str, Box<dyn LazyEvent>) {
+        ("exchange", Box::new(Probe(n)))
+    }
+
     #[test]
     fn lazy_events_render_when_read_and_come_back_when_evicted() {
         let ring = Ring::new(Limits {
-            events: 2,
+            events: 3,
             bytes: usize::MAX,
         });
-        let mut evicted = Vec::new();
-        for n in 0..3 {
-            ring.push_lazy("exchange", Box::new(Probe(n)), &mut evicted);
-        }
+        let (mut spare, mut evicted) = (Vec::new(), Vec::new());
+        assert_eq!(ring.push_lazy([probe(0)], &mut spare, &mut evicted), 1);
+        // Pushed together: consecutive numbers, the first returned.
+        assert_eq!(
+            ring.push_lazy([probe(1), probe(2), probe(3)], &mut spare, &mut evicted),
+            2
+        );
         assert_eq!(evicted.len(), 1);
-        let back = Event::into_lazy(evicted.pop().unwrap()).unwrap();
+        let mut ev = evicted.pop().unwrap();
+        let back = Event::take_lazy(&mut ev).unwrap();
         assert_eq!(back.downcast::<Probe>().unwrap().0, 0);
         let (mut c, mut s) = (ring.start(None), 0);
         let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
         let mut out = Vec::new();
         b.events[0].json(&mut out);
-        assert_eq!(out, br#"{"seq":2,"type":"exchange","n":1}"#);
-        // Held by a reader: eviction cannot hand it back, and does not wait for it.
+        assert_eq!(out, br#"{"seq":2,"type":"exchange","n":1,"at":2}"#);
+
+        // The emptied event is filled again rather than a new one made.
+        let reused = Arc::as_ptr(&ev);
+        spare.push(ev);
+        drop(b);
+        assert_eq!(ring.push_lazy([probe(4)], &mut spare, &mut evicted), 5);
+        assert!(spare.is_empty());
+        let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(Arc::as_ptr(&b.events[0]), reused);
+
+        // Held by a reader: eviction cannot take it back, and does not wait for it.
         let held = b.events[0].clone();
         drop(b);
-        ring.push_lazy("exchange", Box::new(Probe(9)), &mut evicted);
-        assert!(Event::into_lazy(evicted.pop().unwrap()).is_none());
+        evicted.clear();
+        for n in 5..8 {
+            ring.push_lazy([probe(n)], &mut spare, &mut evicted);
+        }
+        let mut taken: Vec<bool> = evicted
+            .iter_mut()
+            .map(|e| Event::take_lazy(e).is_some())
+            .collect();
+        taken.sort();
+        assert_eq!(taken, [false, true, true]);
         drop(held);
     }
 }

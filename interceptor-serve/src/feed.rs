@@ -2,18 +2,23 @@
 //! (text, JSON or the shadow comparison on stdout) and also feeds the live view's event
 //! ring and the metrics.
 //!
-//! The cost on the sniffer's output thread is kept to a few comparisons, a copy and an
-//! atomic or two per exchange:
+//! The cost on the sniffer's output thread is kept to a few comparisons and a push into
+//! the ring per exchange, and nothing is copied but the bytes `--json` renders anyway:
 //! - with `--json`, the writer shows the sink each exchange object it renders
 //!   ([`Feed::json_tap`]) and the ring keeps a copy of those bytes, written over the memory
 //!   of the event it evicts ([`Ring::push_parts`]): rendered once, nothing allocated;
-//! - with the text output (and the agent's, which prints nothing), the exchange goes into
-//!   the ring unrendered (a [`LazyEvent`]) and is rendered by the `/events` connection that
-//!   reads it, with the very writer `--json` uses; the exchange the ring evicts goes back to
-//!   the parser's pool;
-//! - with `--shadow`, whose comparison keeps the exchange until its partner comes, the ring
-//!   gets a lazy copy, made in the buffers of an exchange it evicted; a pair's event is the
-//!   object the comparison's report renders (once, for stdout's `--json` and the ring);
+//! - with the text output (and the agent's, which prints nothing), the exchange the output
+//!   hands back goes into the ring as it is, unrendered (a [`LazyEvent`]), and is rendered
+//!   by the `/events` connection that reads it, with the very writer `--json` uses; the
+//!   exchange the ring evicts goes back to the parser's pool;
+//! - with `--shadow`, the comparison keeps each exchange until its partner comes, then
+//!   hands the pair over ([`Feed::observer`]): the pair and both its exchanges go into the
+//!   ring as three events sharing it, rendered only when read, and its exchanges go back to
+//!   the parser once the last of them is evicted. An exchange therefore shows up in the
+//!   live view when the comparison is done with it: with its partner (a mirror answers
+//!   within milliseconds), or as unmatched when it gave up waiting;
+//! - events and their payloads are taken back from the ring and filled again (`Slots`):
+//!   a steady stream allocates nothing for them;
 //! - the metrics: each exchange's label set is found among the last few by comparing the
 //!   raw values (addresses, Host, method, status), without building a label or taking a
 //!   lock; the counters and the summary are brought up to date every [`FLUSH_EVERY`]
@@ -24,14 +29,13 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use interceptor_sniff::hash::Seed;
 use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{push_u64, Json, Tap};
 use interceptor_sniff::pod::PodTags;
@@ -50,10 +54,6 @@ use crate::summary::Summary;
 
 /// How often the summary event is replaced.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
-/// Exchanges remembered for pairing their events with the shadow pair's.
-const MAX_REMEMBERED: usize = 20_000;
-/// Evicted exchanges held to hand back to the parser later.
-const SPARE: usize = 64;
 /// Exchanges counted on the output thread before the shared counters and the summary are
 /// brought up to date (a writer batch holds 256 records).
 pub const FLUSH_EVERY: u32 = 256;
@@ -99,40 +99,143 @@ fn host_of(req: &Request) -> Option<&str> {
     authority
 }
 
-/// An exchange waiting in the ring to be rendered by whoever reads it.
-struct LazyExchange {
-    exchange: Exchange,
+/// About how many bytes an exchange holds, for the ring's memory bound.
+fn exchange_size(ex: &Exchange) -> usize {
+    let msg = |headers: usize, body: usize| 256 + headers + body;
+    msg(
+        ex.request.headers.text().len(),
+        ex.request.body.data.capacity(),
+    ) + ex
+        .response
+        .as_ref()
+        .map_or(0, |r| msg(r.headers.text().len(), r.body.data.capacity()))
+}
+
+/// A pair or an unmatched exchange as the comparison handed it over, shared by the events
+/// that show it: its exchanges' and its own.
+enum Reported {
+    Pair { pair: Pair, cmp: Comparison },
+    Unmatched(Unmatched),
+}
+
+impl Reported {
+    fn exchange(&self, role: Role) -> &Exchange {
+        match (self, role) {
+            (Reported::Pair { pair, .. }, Role::Primary) => &pair.primary,
+            (Reported::Pair { pair, .. }, Role::Shadow) => &pair.shadow,
+            (Reported::Unmatched(u), _) => &u.exchange,
+        }
+    }
+}
+
+/// Which part of a [`Reported`] an event shows. Its events are pushed together, so their
+/// sequence numbers are consecutive: the exchanges' first, its own last.
+#[derive(Clone, Copy)]
+enum Part {
+    /// An exchange, as `--json` writes it: the pair's primary or shadow, or the unmatched
+    /// one.
+    Exchange(Role),
+    /// The pair, as `--shadow --json` writes it; its exchanges' events are the two before.
+    Pair,
+    /// The unmatched exchange's `shadow_unmatched` object; its exchange's event is the one
+    /// before.
+    Unmatched,
+}
+
+/// What an event of the ring shows.
+enum Shown {
+    /// An exchange the output handed back.
+    Exchange(Exchange),
+    Reported(Arc<Reported>, Part),
+    /// Nothing: taken back, to be filled again.
+    Nothing,
+}
+
+/// An event of the ring, rendered when a browser reads it (as `--json` and
+/// `--shadow --json` write it).
+struct FeedEvent {
+    shown: Shown,
+    /// The pods of the capture its exchange was seen in.
     pods: Option<Arc<PodTags>>,
 }
 
-impl LazyEvent for LazyExchange {
-    fn render(&self, out: &mut Vec<u8>) {
-        render_exchange(&self.exchange, self.pods.as_deref(), out);
+impl FeedEvent {
+    fn exchange(&self) -> Option<&Exchange> {
+        match &self.shown {
+            Shown::Exchange(ex) => Some(ex),
+            Shown::Reported(r, Part::Exchange(role)) => Some(r.exchange(*role)),
+            Shown::Reported(_, Part::Pair | Part::Unmatched) | Shown::Nothing => None,
+        }
+    }
+}
+
+impl LazyEvent for FeedEvent {
+    fn render(&self, seq: u64, out: &mut Vec<u8>) {
+        if let Some(ex) = self.exchange() {
+            render_exchange(ex, self.pods.as_deref(), out);
+            return;
+        }
+        match &self.shown {
+            Shown::Reported(r, Part::Pair) => {
+                if let Reported::Pair { pair, cmp } = &**r {
+                    report::push_pair_json(out, pair, cmp);
+                    // The object ends with its `}`: the references to the exchange events
+                    // go before it.
+                    if out.last() == Some(&b'}') {
+                        out.pop();
+                        out.extend_from_slice(b",\"primary_exchange_seq\":");
+                        push_u64(out, seq.saturating_sub(2));
+                        out.extend_from_slice(b",\"shadow_exchange_seq\":");
+                        push_u64(out, seq.saturating_sub(1));
+                        out.push(b'}');
+                    }
+                }
+            }
+            Shown::Reported(r, Part::Unmatched) => {
+                if let Reported::Unmatched(u) = &**r {
+                    let mut v = report::unmatched_json(u);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("exchange_seq".into(), seq.saturating_sub(1).into());
+                    }
+                    // A `Value` always serialises.
+                    let _ = serde_json::to_writer(&mut *out, &v);
+                }
+            }
+            _ => {}
+        }
+        if out.is_empty() {
+            out.extend_from_slice(b"{}");
+        }
     }
 
     fn size(&self) -> usize {
-        let ex = &self.exchange;
-        let msg = |headers: usize, body: usize| 256 + headers + body;
-        msg(
-            ex.request.headers.text().len(),
-            ex.request.body.data.capacity(),
-        ) + ex
-            .response
-            .as_ref()
-            .map_or(0, |r| msg(r.headers.text().len(), r.body.data.capacity()))
+        if let Some(ex) = self.exchange() {
+            return exchange_size(ex);
+        }
+        match &self.shown {
+            Shown::Reported(r, _) => match &**r {
+                Reported::Pair { cmp, .. } => 256 + 128 * (cmp.differences.len() + cmp.noise.len()),
+                Reported::Unmatched(_) => 256,
+            },
+            _ => 0,
+        }
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
     }
 
-    /// The messages, which the parser's pool empties when the exchange comes back.
+    /// The messages of an exchange the output handed back, which the parser's pool
+    /// empties when the exchange comes back.
     fn prefetch(&self) {
-        let req: *const Request = &*self.exchange.request;
+        let Shown::Exchange(ex) = &self.shown else {
+            return;
+        };
+        let req: *const Request = &*ex.request;
         prefetch(req);
         prefetch(req.cast::<u8>().wrapping_add(64));
         prefetch(req.cast::<u8>().wrapping_add(128));
-        if let Some(r) = &self.exchange.response {
+        if let Some(r) = &ex.response {
             let resp: *const Response = &**r;
             prefetch(resp);
             prefetch(resp.cast::<u8>().wrapping_add(64));
@@ -141,92 +244,157 @@ impl LazyEvent for LazyExchange {
     }
 }
 
-/// What an exchange is known by until its pair is reported.
-type Key = (SocketAddr, SocketAddr, SystemTime);
+/// Evicted events and their payloads kept by a producer to be filled again; beyond, they
+/// are freed.
+const SLOTS: usize = 64;
+/// Exchanges of evicted events kept for the parsers to reuse.
+const SPENT: usize = 1024;
 
-fn key(ex: &Exchange) -> Key {
-    (ex.client, ex.server, ex.request.ts)
+fn keep(spent: &mut Vec<Exchange>, ex: Exchange) {
+    if spent.len() < SPENT {
+        spent.push(ex);
+    }
 }
 
-/// The sequence numbers of exchange events, for the pairs that refer to them; bounded,
-/// the oldest forgotten first.
+/// A producer's evicted events and their payloads, taken back to be filled again (in a
+/// steady stream a push allocates nothing).
+// The payloads stay boxed: the ring holds them as `Box<dyn LazyEvent>`.
+#[allow(clippy::vec_box)]
 #[derive(Default)]
-struct Remembered {
-    seqs: HashMap<Key, u64, Seed>,
-    order: VecDeque<Key>,
+struct Slots {
+    events: Vec<Arc<Event>>,
+    payloads: Vec<Box<FeedEvent>>,
 }
 
-impl Remembered {
-    fn insert(&mut self, k: Key, seq: u64) {
-        if self.seqs.insert(k, seq).is_none() {
-            self.order.push_back(k);
+impl Slots {
+    fn event(&mut self, shown: Shown, pods: Option<Arc<PodTags>>) -> Box<dyn LazyEvent> {
+        match self.payloads.pop() {
+            Some(mut ev) => {
+                ev.shown = shown;
+                ev.pods = pods;
+                ev
+            }
+            None => Box::new(FeedEvent { shown, pods }),
         }
-        while self.order.len() > MAX_REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.seqs.remove(&old);
+    }
+
+    /// Takes back the events in `evicted`, and the exchanges they showed into `spent`: an
+    /// exchange event's own; a pair's or an unmatched exchange's once the last of their
+    /// events has gone. An event a connection is rendering just now is left to it.
+    fn reclaim(&mut self, evicted: &mut Vec<Arc<Event>>, spent: &mut Vec<Exchange>) {
+        for mut ev in evicted.drain(..) {
+            let Some(payload) = Event::take_lazy(&mut ev) else {
+                continue;
+            };
+            if self.events.len() < SLOTS {
+                self.events.push(ev);
+            }
+            let Ok(mut payload) = payload.downcast::<FeedEvent>() else {
+                continue;
+            };
+            payload.pods = None;
+            match std::mem::replace(&mut payload.shown, Shown::Nothing) {
+                Shown::Exchange(ex) => keep(spent, ex),
+                Shown::Reported(r, _) => match Arc::try_unwrap(r) {
+                    Ok(Reported::Pair { pair, .. }) => {
+                        keep(spent, pair.primary);
+                        keep(spent, pair.shadow);
+                    }
+                    Ok(Reported::Unmatched(u)) => keep(spent, u.exchange),
+                    // Its other events are still in the ring.
+                    Err(_) => {}
+                },
+                Shown::Nothing => {}
+            }
+            if self.payloads.len() < SLOTS {
+                self.payloads.push(payload);
             }
         }
     }
-
-    fn take(&mut self, k: &Key) -> Option<u64> {
-        // Left in `order`; it falls out there in its turn.
-        self.seqs.remove(k)
-    }
 }
 
-/// What the sink and the shadow observer share (both run on the output thread).
+/// What the sinks and the shadow observer share (the sniffer's output thread, or the
+/// agent's captures and its pairing stage).
 struct Shared {
     ring: Arc<Ring>,
     recorder: Recorder,
     summary: Summary,
-    remembered: Remembered,
     /// The differing places of the pairs, generalised for the metrics and the summary.
     places: DifferingPlaces,
-    buf: Vec<u8>,
-    recycler: Recycler,
+    /// The pods of the captures feeding the ring, by interface: a pair's exchange events
+    /// say which pod each exchange was seen for, as the capture's own events do.
+    pods: HashMap<String, Weak<PodTags>>,
+    slots: Slots,
+    evicted: Vec<Arc<Event>>,
+    /// Exchanges of evicted events, for the sinks to hand back (`Sink::spent`).
+    spent: Vec<Exchange>,
 }
 
 impl Shared {
-    fn pair(&mut self, pair: &Pair, cmp: &Comparison, json: &[u8]) {
-        let paths = self.places.of(cmp);
-        self.recorder.pair(cmp.same(), paths);
-        self.summary.pair(cmp.same(), paths);
-        let primary = self.remembered.take(&key(&pair.primary));
-        let shadow = self.remembered.take(&key(&pair.shadow));
-        // `json` ends with the object's `}`: the references to the exchange events go
-        // before it.
-        let (head, close) = json.split_at(json.len().saturating_sub(1));
-        let mut refs = std::mem::take(&mut self.buf);
-        refs.clear();
-        for (k, seq) in [
-            (&b",\"primary_exchange_seq\":"[..], primary),
-            (b",\"shadow_exchange_seq\":", shadow),
-        ] {
-            if let Some(s) = seq {
-                refs.extend_from_slice(k);
-                push_u64(&mut refs, s);
-            }
+    /// Records the pods of a capture.
+    fn register(&mut self, tags: &Arc<PodTags>) {
+        self.pods.retain(|_, t| t.strong_count() > 0);
+        for t in tags.tags() {
+            self.pods
+                .insert(t.pod.interface.clone(), Arc::downgrade(tags));
         }
-        self.ring
-            .push_parts("shadow", &[head, &refs, close], &mut self.recycler);
-        self.buf = refs;
     }
 
-    fn unmatched(&mut self, u: &Unmatched) {
-        let role = match u.role {
-            Role::Primary => "primary",
-            Role::Shadow => "shadow",
+    /// The pods of the capture `ex` was seen in: by its interface, or the only capture's.
+    fn pods_of(&self, ex: &Exchange) -> Option<Arc<PodTags>> {
+        if self.pods.is_empty() {
+            return None;
+        }
+        let by_interface = ex.interface.as_deref().and_then(|i| self.pods.get(i));
+        let only = || {
+            let mut all = self.pods.values();
+            let first = all.next()?;
+            all.all(|t| t.ptr_eq(first)).then_some(first)
         };
-        self.recorder.unmatched(role);
+        by_interface.or_else(only)?.upgrade()
+    }
+
+    fn pair(&mut self, pair: Pair, cmp: Comparison) {
+        let paths = self.places.of(&cmp);
+        self.recorder.pair(cmp.same(), paths);
+        self.summary.pair(cmp.same(), paths);
+        let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];
+        let reported = Arc::new(Reported::Pair { pair, cmp });
+        let [primary_pods, shadow_pods] = pods;
+        let primary = Shown::Reported(reported.clone(), Part::Exchange(Role::Primary));
+        let shadow = Shown::Reported(reported.clone(), Part::Exchange(Role::Shadow));
+        let events = [
+            ("exchange", self.slots.event(primary, primary_pods)),
+            ("exchange", self.slots.event(shadow, shadow_pods)),
+            (
+                "shadow",
+                self.slots
+                    .event(Shown::Reported(reported, Part::Pair), None),
+            ),
+        ];
+        self.ring
+            .push_lazy(events, &mut self.slots.events, &mut self.evicted);
+        self.slots.reclaim(&mut self.evicted, &mut self.spent);
+    }
+
+    fn unmatched(&mut self, u: Unmatched) {
+        let role = u.role;
+        self.recorder.unmatched(role.as_str());
         self.summary.unmatched();
-        let mut v = report::unmatched_json(u);
-        if let (Some(seq), Some(obj)) = (self.remembered.take(&key(&u.exchange)), v.as_object_mut())
-        {
-            obj.insert("exchange_seq".into(), seq.into());
-        }
-        if let Ok(b) = serde_json::to_vec(&v) {
-            self.ring.push_json("shadow_unmatched", &b);
-        }
+        let pods = self.pods_of(&u.exchange);
+        let reported = Arc::new(Reported::Unmatched(u));
+        let exchange = Shown::Reported(reported.clone(), Part::Exchange(role));
+        let events = [
+            ("exchange", self.slots.event(exchange, pods)),
+            (
+                "shadow_unmatched",
+                self.slots
+                    .event(Shown::Reported(reported, Part::Unmatched), None),
+            ),
+        ];
+        self.ring
+            .push_lazy(events, &mut self.slots.events, &mut self.evicted);
+        self.slots.reclaim(&mut self.evicted, &mut self.spent);
     }
 }
 
@@ -247,7 +415,8 @@ impl Feed {
     /// tag the exchange events.
     pub fn new(ring: Arc<Ring>, metrics: &Metrics, pods: Option<Arc<PodTags>>) -> Feed {
         let workloads = Arc::new(Workloads::from_tags(pods.as_deref()));
-        Feed::with_shared(Feed::shared(&ring, metrics), ring, pods, workloads)
+        let shared = Feed::shared(&ring, metrics);
+        Feed::with_shared(shared, ring, pods, workloads)
     }
 
     /// A feed whose metrics name workloads from `workloads`, a directory its owner keeps
@@ -262,10 +431,11 @@ impl Feed {
             ring: ring.clone(),
             recorder: metrics.recorder(),
             summary: Summary::default(),
-            remembered: Remembered::default(),
             places: DifferingPlaces::default(),
-            buf: Vec::new(),
-            recycler: Recycler::default(),
+            pods: HashMap::new(),
+            slots: Slots::default(),
+            evicted: Vec::new(),
+            spent: Vec::new(),
         }))
     }
 
@@ -275,6 +445,9 @@ impl Feed {
         pods: Option<Arc<PodTags>>,
         workloads: Arc<Workloads>,
     ) -> Feed {
+        if let Some(tags) = &pods {
+            lock(&shared).register(tags);
+        }
         Feed {
             shared,
             ring,
@@ -308,20 +481,22 @@ impl Feed {
     }
 
     /// For [`interceptor_sniff::shadow::Shadow::observe`]: the pairs and unmatched
-    /// exchanges go to the ring and the metrics too.
+    /// exchanges go to the ring and the metrics too, and with them the events of their
+    /// exchanges (the comparison keeps each exchange until its partner comes, so an
+    /// exchange shows up in the live view when the comparison is done with it).
     pub fn observer(&self) -> Box<dyn Observer> {
         Box::new(ShadowFeed(self.shared.clone()))
     }
 
-    /// The sink: `inner` is the output on stdout; `inner_keeps` says it keeps the
-    /// exchanges it is given (the shadow comparison), so they are rendered at once.
-    pub fn sink(self, inner: Box<dyn Sink>, inner_keeps: bool) -> ServeSink {
+    /// The sink: `inner` is the output on stdout. The exchanges it hands back go into the
+    /// ring (those it keeps, the shadow comparison's, come through [`Feed::observer`]).
+    pub fn sink(self, inner: Box<dyn Sink>) -> ServeSink {
         ServeSink {
             inner,
-            inner_keeps,
             tapped: self.tapped.load(Ordering::Relaxed),
             generation: self.workloads.generation(),
             feed: self,
+            slots: Slots::default(),
             evicted: Vec::new(),
             spare: Vec::new(),
             last_summary: None,
@@ -371,11 +546,11 @@ impl CachedSet {
 struct ShadowFeed(Arc<Mutex<Shared>>);
 
 impl Observer for ShadowFeed {
-    fn pair(&mut self, pair: &Pair, cmp: &Comparison, json: &[u8]) {
-        lock(&self.0).pair(pair, cmp, json);
+    fn pair(&mut self, pair: Pair, cmp: Comparison) {
+        lock(&self.0).pair(pair, cmp);
     }
 
-    fn unmatched(&mut self, u: &Unmatched) {
+    fn unmatched(&mut self, u: Unmatched) {
         lock(&self.0).unmatched(u);
     }
 }
@@ -387,13 +562,14 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// The tee: stdout's output first, then the ring and the metrics.
 pub struct ServeSink {
     inner: Box<dyn Sink>,
-    inner_keeps: bool,
     /// The `--json` writer pushes the exchanges into the ring (see [`Feed::json_tap`]).
     tapped: bool,
     /// The generation of the workload directory that named the label sets in `sets`.
     generation: u64,
     feed: Feed,
+    slots: Slots,
     evicted: Vec<Arc<Event>>,
+    /// Exchanges of evicted events, to hand back to the parser.
     spare: Vec<Exchange>,
     last_summary: Option<Instant>,
     /// The label sets seen last, most traffic repeats a few.
@@ -527,20 +703,6 @@ impl ServeSink {
             self.feed.ring.set_summary(&json);
         }
     }
-
-    /// Takes back the exchanges of the events the ring evicted, into `spare`: for the
-    /// parser to reuse, or for the next copy.
-    fn reclaim(&mut self) {
-        for ev in self.evicted.drain(..) {
-            if let Some(any) = Event::into_lazy(ev) {
-                if let Ok(lazy) = any.downcast::<LazyExchange>() {
-                    if self.spare.len() < SPARE {
-                        self.spare.push(lazy.exchange);
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl Sink for ServeSink {
@@ -550,55 +712,23 @@ impl Sink for ServeSink {
 
     fn exchange(&mut self, ex: Exchange, show_request: bool) -> io::Result<Option<Exchange>> {
         self.account(&ex);
-        if self.inner_keeps {
-            // The comparison keeps `ex` until its partner comes: the ring gets a copy, made
-            // in the buffers of one it evicted, and rendered only if a browser reads it.
-            let mut shared = lock(&self.feed.shared);
-            // The pairs' events evict exchanges too.
-            let evicted_by_pairs = || {
-                let lazy = shared
-                    .recycler
-                    .take_lazy()?
-                    .downcast::<LazyExchange>()
-                    .ok()?;
-                Some(lazy.exchange)
-            };
-            let copy = match self.spare.pop().or_else(evicted_by_pairs) {
-                Some(mut c) => {
-                    c.clone_from(&ex);
-                    c
-                }
-                None => ex.clone(),
-            };
-            let lazy = Box::new(LazyExchange {
-                exchange: copy,
-                pods: self.feed.pods.clone(),
-            });
-            let seq = self
-                .feed
-                .ring
-                .push_lazy("exchange", lazy, &mut self.evicted);
-            shared.remembered.insert(key(&ex), seq);
-            drop(shared);
-            self.reclaim();
-            return self.inner.exchange(ex, show_request);
-        }
         let Some(ex) = self.inner.exchange(ex, show_request)? else {
-            // The output kept it after all: nothing to show.
+            // The output keeps it (the shadow comparison): its event comes with its pair.
             return Ok(None);
         };
         if self.tapped {
             // The writer put it in the ring as it wrote it.
             return Ok(Some(ex));
         }
-        let lazy = Box::new(LazyExchange {
-            exchange: ex,
-            pods: self.feed.pods.clone(),
-        });
-        self.feed
-            .ring
-            .push_lazy("exchange", lazy, &mut self.evicted);
-        self.reclaim();
+        let event = self
+            .slots
+            .event(Shown::Exchange(ex), self.feed.pods.clone());
+        self.feed.ring.push_lazy(
+            [("exchange", event)],
+            &mut self.slots.events,
+            &mut self.evicted,
+        );
+        self.slots.reclaim(&mut self.evicted, &mut self.spare);
         Ok(self.spare.pop())
     }
 
@@ -641,6 +771,8 @@ impl Sink for ServeSink {
 
     fn spent(&mut self, out: &mut Vec<Exchange>) {
         self.inner.spent(out);
+        out.append(&mut self.spare);
+        out.append(&mut lock(&self.feed.shared).spent);
     }
 }
 
@@ -731,9 +863,7 @@ mod tests {
         directory.replace([(ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n")]);
         // The agent's way: one feed over the node's directory, one per capture from it.
         let node = Feed::with_workloads(ring, &metrics, directory.clone());
-        let mut sink = node
-            .for_pods(Some(webapp_tags()))
-            .sink(Box::new(Discard), false);
+        let mut sink = node.for_pods(Some(webapp_tags())).sink(Box::new(Discard));
 
         // webapp calls an address no pod is recorded at yet.
         for _ in 0..3 {
@@ -769,9 +899,7 @@ mod tests {
         );
 
         // A capture started now names it too, and so does one made before the change.
-        let mut later = node
-            .for_pods(Some(webapp_tags()))
-            .sink(Box::new(Discard), false);
+        let mut later = node.for_pods(Some(webapp_tags())).sink(Box::new(Discard));
         later.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
         later.flush().unwrap();
         assert_eq!(
@@ -803,7 +931,7 @@ mod tests {
         let ring = Arc::new(Ring::new(Limits::default()));
         let feed = Feed::new(ring, &metrics, Some(webapp_tags()));
         let generation = feed.workloads.generation();
-        let mut sink = feed.sink(Box::new(Discard), false);
+        let mut sink = feed.sink(Box::new(Discard));
         sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
         sink.exchange(exchange(RATINGS, WEBAPP), false).unwrap();
         sink.flush().unwrap();

@@ -252,11 +252,10 @@ impl Decor<'_> {
         }
     }
 
-    /// The output, teed into the feed with `--serve`; `keeps_exchanges` for an output
-    /// that holds on to what it is given (the shadow comparison).
-    pub fn wrap(self, sink: Box<dyn Sink>, keeps_exchanges: bool) -> Box<dyn Sink> {
+    /// The output, teed into the feed with `--serve`.
+    pub fn wrap(self, sink: Box<dyn Sink>) -> Box<dyn Sink> {
         match self.feed {
-            Some(f) => Box::new(f.sink(sink, keeps_exchanges)),
+            Some(f) => Box::new(f.sink(sink)),
             None => sink,
         }
     }

@@ -378,7 +378,7 @@ fn sink(args: &Args, live: bool, decor: Decor) -> Result<Box<dyn Sink>> {
         };
         let writer = BufWriter::with_capacity(256 * 1024, findings(args));
         let shadow = decor.shadow(Shadow::new(cfg, opts, report::Reporter::new(writer, style)));
-        return Ok(decor.wrap(Box::new(ShadowSink::new(shadow, live)), true));
+        return Ok(decor.wrap(Box::new(ShadowSink::new(shadow, live))));
     }
     if args.json {
         // The JSON writer buffers by itself and writes stdout in large blocks.
@@ -388,7 +388,7 @@ fn sink(args: &Args, live: bool, decor: Decor) -> Result<Box<dyn Sink>> {
             None => json,
         };
         let json = decor.json(json);
-        return Ok(decor.wrap(Box::new(json), false));
+        return Ok(decor.wrap(Box::new(json)));
     }
     let writer = BufWriter::with_capacity(256 * 1024, findings(args));
     let clock = if args.absolute {
@@ -403,5 +403,5 @@ fn sink(args: &Args, live: bool, decor: Decor) -> Result<Box<dyn Sink>> {
         Some(p) => text.with_pods(p.clone()),
         None => text,
     };
-    Ok(decor.wrap(Box::new(text), false))
+    Ok(decor.wrap(Box::new(text)))
 }

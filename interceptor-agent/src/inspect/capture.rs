@@ -94,8 +94,8 @@ impl Capture {
         let pods = vec![target.pod(link.interface.clone())];
         let feed = feed.for_pods(Some(Arc::new(PodTags::new(pods))));
         let sink: Box<dyn Sink> = match pairing {
-            Some(p) => Box::new(feed.sink(Box::new(p), true)),
-            None => Box::new(feed.sink(Box::new(Discard), false)),
+            Some(p) => Box::new(feed.sink(Box::new(p))),
+            None => Box::new(feed.sink(Box::new(Discard))),
         };
         let opts = Options {
             input: Input::Live {

@@ -8,8 +8,8 @@
 //! id and body, overlapping in time), so each pair is reported once.
 //!
 //! Captures hand over exchanges through a bounded queue and never wait: when the stage is
-//! behind, the exchange is dropped from pairing (it was already shown and counted) and
-//! `dropped` says how many.
+//! behind, the exchange is left out of pairing (it is counted, and the live view shows it
+//! alone) and `dropped` says how many.
 
 use std::io;
 use std::net::SocketAddr;
@@ -110,12 +110,13 @@ impl Sink for ToPairing {
 
     fn exchange(&mut self, ex: Exchange, _: bool) -> io::Result<Option<Exchange>> {
         match self.tx.try_send(ex) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Ok(()) => Ok(None),
+            // Handed back: the live view shows it alone, as without pairing.
+            Err(TrySendError::Full(ex)) | Err(TrySendError::Disconnected(ex)) => {
                 self.dropped.inc();
+                Ok(Some(ex))
             }
         }
-        Ok(None)
     }
 
     fn orphan(&mut self, _: &Response, _: SocketAddr, _: SocketAddr) -> io::Result<()> {

@@ -82,12 +82,13 @@ impl Settings {
     }
 }
 
-/// Sees every pair and unmatched exchange as it is reported (the live view and the
-/// metrics of `sniff --serve`, beside the report on stdout).
+/// Sees every pair and unmatched exchange once it is reported (the live view and the
+/// metrics of `sniff --serve`, beside the report on stdout), and keeps it: the live view
+/// holds the pair's exchanges and comparison as they are, rather than copies or a
+/// rendering of them, and hands the exchanges back for reuse when it lets them go.
 pub trait Observer: Send {
-    /// `json`: the pair's JSON object as `--shadow --json` writes it (one line, no line end).
-    fn pair(&mut self, pair: &pair::Pair, cmp: &diff::Comparison, json: &[u8]);
-    fn unmatched(&mut self, u: &pair::Unmatched);
+    fn pair(&mut self, pair: pair::Pair, cmp: diff::Comparison);
+    fn unmatched(&mut self, u: pair::Unmatched);
 }
 
 /// A running shadow comparison: feed it exchanges as the sniffer finishes them.
@@ -168,16 +169,21 @@ impl<W: Write> Shadow<W> {
             match e {
                 pair::Event::Pair(p) => {
                     let cmp = diff::compare(&p.primary, &p.shadow, &self.opts);
-                    self.reporter.pair(&p, &cmp, self.observer.as_deref_mut())?;
-                    keep_spent(&mut self.spent, p.primary);
-                    keep_spent(&mut self.spent, p.shadow);
+                    self.reporter.pair(&p, &cmp)?;
+                    match self.observer.as_mut() {
+                        Some(o) => o.pair(p, cmp),
+                        None => {
+                            keep_spent(&mut self.spent, p.primary);
+                            keep_spent(&mut self.spent, p.shadow);
+                        }
+                    }
                 }
                 pair::Event::Unmatched(u) => {
-                    if let Some(o) = self.observer.as_mut() {
-                        o.unmatched(&u);
-                    }
                     self.reporter.unmatched(&u)?;
-                    keep_spent(&mut self.spent, u.exchange);
+                    match self.observer.as_mut() {
+                        Some(o) => o.unmatched(u),
+                        None => keep_spent(&mut self.spent, u.exchange),
+                    }
                 }
             }
         }

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::diff::{Comparison, DifferingPlaces, Kind};
 use super::pair::{MatchedBy, Pair, Stats, Unmatched};
-use super::Observer;
 use crate::hash::Seed;
 use crate::http::Exchange;
 use crate::output::json::push_addr;
@@ -186,14 +185,8 @@ impl<W: Write> Reporter<W> {
         self.out.flush()
     }
 
-    /// Reports a pair; `observer` sees it too, with the pair's JSON object as
-    /// `--shadow --json` writes it (rendered once for both when the output is JSON).
-    pub fn pair(
-        &mut self,
-        pair: &Pair,
-        cmp: &Comparison,
-        observer: Option<&mut (dyn Observer + '_)>,
-    ) -> io::Result<()> {
+    /// Reports a pair.
+    pub fn pair(&mut self, pair: &Pair, cmp: &Comparison) -> io::Result<()> {
         if cmp.same() {
             self.summary.same += 1;
             if !cmp.noise.is_empty() {
@@ -209,15 +202,10 @@ impl<W: Write> Reporter<W> {
         if let Some(l) = pair.shadow.latency_us() {
             self.summary.shadow_latency.record(l);
         }
-        if matches!(self.style, Style::Json) || observer.is_some() {
-            self.line.clear();
-            push_pair_json(&mut self.line, pair, cmp);
-        }
-        if let Some(o) = observer {
-            o.pair(pair, cmp, &self.line);
-        }
         match self.style {
             Style::Json => {
+                self.line.clear();
+                push_pair_json(&mut self.line, pair, cmp);
                 self.line.push(b'\n');
                 self.out.write_all(&self.line)
             }
@@ -506,9 +494,10 @@ fn push_json_side(out: &mut Vec<u8>, ex: &Exchange) {
     out.push(b'}');
 }
 
-/// Appends the pair's JSON object, without a line end: `PairOut` as serde_json writes it,
-/// written by hand (serde's generic writer was most of what reporting a pair cost).
-fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
+/// Appends the pair's JSON object as `--shadow --json` writes it, on one line, without a
+/// line end: `PairOut` as serde_json writes it, written by hand (serde's generic writer was
+/// most of what reporting a pair cost). The live view renders its pair events with it.
+pub fn push_pair_json(out: &mut Vec<u8>, pair: &Pair, cmp: &Comparison) {
     out.extend_from_slice(b"{\"type\":\"shadow\",\"request_id\":");
     match pair.request_id.as_deref() {
         Some(id) => push_json_str(out, id),
@@ -986,7 +975,7 @@ mod tests {
     fn json_object_per_pair_matches_the_documented_shape() {
         let (p, c) = pair(r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#);
         let mut r = Reporter::new(Vec::new(), Style::Json);
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 1);
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -1019,7 +1008,7 @@ mod tests {
                 width: 100,
             },
         );
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("different GET /items  x-request-id rid-1  primary 200 2.0 ms from 10.123.2.2:3000 | shadow 200 5.0 ms from 10.123.3.2:3000  2 differences"), "{out}");
@@ -1050,7 +1039,7 @@ mod tests {
                 width: 100,
             },
         );
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 1);
         assert!(out.starts_with("\x1b[32msame"), "{out:?}");
@@ -1067,7 +1056,7 @@ mod tests {
                 width: 80,
             },
         );
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let out = String::from_utf8(r.into_inner()).unwrap();
         for l in out.lines().skip(1) {
             assert!(l.chars().count() <= 80, "{l}");
@@ -1083,10 +1072,10 @@ mod tests {
                 r#"[{"id":1},{"id":2}]"#,
                 r#"[{"id":1,"imageUrl":"u"},{"id":2,"imageUrl":"u"}]"#,
             );
-            r.pair(&p, &c, None).unwrap();
+            r.pair(&p, &c).unwrap();
         }
         let (p, c) = pair("[1]", "[1]");
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let u = Unmatched {
             role: Role::Primary,
             exchange: ex("catalog:80", "10.123.2.2:3000", 1, ""),
@@ -1142,7 +1131,7 @@ mod tests {
             },
         );
         let (p, c) = pair(r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#);
-        r.pair(&p, &c, None).unwrap();
+        r.pair(&p, &c).unwrap();
         let stats = Stats {
             pairs: 1,
             unmatched_shadows: 2,
