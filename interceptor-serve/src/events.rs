@@ -21,12 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// An event rendered only when a connection reads it.
+/// An event rendered only when a connection reads it. It may have several parts, each an
+/// event of the stream with its own sequence number (a shadow pair and its two exchanges):
+/// they take consecutive numbers and are held, evicted and given back as one.
 pub trait LazyEvent: Send + Sync + 'static {
-    /// Writes the event's JSON object, `{…}` on one line, without `seq` (the ring adds
-    /// it; it is given here for events that refer to those pushed with them, whose
-    /// sequence numbers are consecutive, see [`Ring::push_lazy`]).
-    fn render(&self, seq: u64, out: &mut Vec<u8>);
+    /// Writes the JSON object of part `part` (0 for an event of one part), `{…}` on one
+    /// line, without `seq` (the ring adds it; it is given here for parts that refer to the
+    /// others, whose numbers are next to it).
+    fn render(&self, part: usize, seq: u64, out: &mut Vec<u8>);
+    /// The kind of part `part`, when the event has several (an event of one part has the
+    /// kind it was pushed with).
+    fn kind(&self, _part: usize) -> Option<&'static str> {
+        None
+    }
     /// About how many bytes it holds, for the ring's memory bound.
     fn size(&self) -> usize;
     /// Gives the event back by value once the ring evicts it (so the owner can reuse its
@@ -64,6 +71,20 @@ fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// `{"seq":N,` then the members of `object`; an object with none becomes `{"seq":N}`.
+fn json_of(seq: u64, object: &[u8], out: &mut Vec<u8>) {
+    out.reserve(object.len() + 32);
+    out.extend_from_slice(b"{\"seq\":");
+    push_u64(out, seq);
+    match object.strip_prefix(b"{") {
+        Some(rest) if !rest.starts_with(b"}") => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+        _ => out.push(b'}'),
+    }
+}
+
 /// Whether `b` holds a line end (eight bytes at a time: event data is a few hundred bytes
 /// to kilobytes, and rarely has one).
 fn memchr_newline(b: &[u8]) -> bool {
@@ -87,11 +108,14 @@ enum Payload {
     Lazy(Box<dyn LazyEvent>),
 }
 
-/// One event of the stream.
+/// What the ring holds: an event of the stream, or several (the parts of a lazy event),
+/// each part in a slot of its own.
 pub struct Event {
     /// Set under the ring's lock as the event is appended (atomic so that a recycled
-    /// event needs no exclusive access there); read by connections after that lock.
+    /// event needs no exclusive access there); read by connections after that lock. The
+    /// first part's: the others follow it.
     seq: AtomicU64,
+    parts: usize,
     /// No line end in the rendered object (the JSON writers' compact output), so framing
     /// it needs no scan.
     one_line: bool,
@@ -103,51 +127,41 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn seq(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed)
+    /// The part of this event numbered `seq`.
+    fn part(&self, seq: u64) -> usize {
+        seq.saturating_sub(self.seq.load(Ordering::Relaxed)) as usize
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    /// Its JSON object with `"seq"` first, into `out`.
-    pub fn json(&self, out: &mut Vec<u8>) {
+    fn kind(&self, seq: u64) -> &'static str {
         match &self.payload {
-            Payload::Json(b) => self.json_of(b, out),
+            Payload::Lazy(l) => l.kind(self.part(seq)).unwrap_or(self.kind),
+            Payload::Json(_) => self.kind,
+        }
+    }
+
+    /// The JSON object of its part numbered `seq`, with `"seq"` first, into `out`.
+    fn json(&self, seq: u64, out: &mut Vec<u8>) {
+        match &self.payload {
+            Payload::Json(b) => json_of(seq, b, out),
             Payload::Lazy(l) => {
                 let mut body = Vec::new();
-                l.render(self.seq(), &mut body);
-                self.json_of(&body, out);
+                l.render(self.part(seq), seq, &mut body);
+                json_of(seq, &body, out);
             }
         }
     }
 
-    /// `{"seq":N,` then the members of `object`; an object with none becomes `{"seq":N}`.
-    fn json_of(&self, object: &[u8], out: &mut Vec<u8>) {
-        out.reserve(object.len() + 32);
-        out.extend_from_slice(b"{\"seq\":");
-        push_u64(out, self.seq());
-        match object.strip_prefix(b"{") {
-            Some(rest) if !rest.starts_with(b"}") => {
-                out.push(b',');
-                out.extend_from_slice(rest);
-            }
-            _ => out.push(b'}'),
-        }
-    }
-
-    /// The server-sent-events frame: `id`, `event`, `data` and the blank line.
-    pub fn frame(&self, out: &mut Vec<u8>) {
+    /// The server-sent-events frame of its part numbered `seq`: `id`, `event`, `data` and
+    /// the blank line.
+    fn frame(&self, seq: u64, out: &mut Vec<u8>) {
         // Every exchange passes here on a connection's thread: no formatting machinery.
-        let seq = self.seq();
         out.extend_from_slice(b"id: ");
         push_u64(out, seq);
         out.extend_from_slice(b"\nevent: ");
-        out.extend_from_slice(self.kind.as_bytes());
+        out.extend_from_slice(self.kind(seq).as_bytes());
         out.extend_from_slice(b"\ndata: ");
         let start = out.len();
-        self.json(out);
+        self.json(seq, out);
         if self.one_line {
             out.extend_from_slice(b"\n\n");
             return;
@@ -278,6 +292,33 @@ impl Inner {
     }
 }
 
+/// An event of the stream as a connection reads it: a part of what the ring holds.
+#[derive(Clone)]
+pub struct Slot {
+    seq: u64,
+    event: Arc<Event>,
+}
+
+impl Slot {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.event.kind(self.seq)
+    }
+
+    /// Its JSON object with `"seq"` first, into `out`.
+    pub fn json(&self, out: &mut Vec<u8>) {
+        self.event.json(self.seq, out)
+    }
+
+    /// The server-sent-events frame: `id`, `event`, `data` and the blank line.
+    pub fn frame(&self, out: &mut Vec<u8>) {
+        self.event.frame(self.seq, out)
+    }
+}
+
 /// What a connection gets from one [`Ring::wait`].
 #[derive(Default)]
 pub struct Batch {
@@ -285,7 +326,7 @@ pub struct Batch {
     pub skipped: u64,
     /// The oldest sequence number it missed, when it missed some.
     pub skipped_from: u64,
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Slot>,
     /// A summary frame newer than the last one it got.
     pub summary: Option<Arc<[u8]>>,
     /// The ring was closed (server shutdown): end the stream.
@@ -334,49 +375,46 @@ impl Ring {
         seq
     }
 
-    /// Adds lazy events in the order given, under one lock and with consecutive sequence
-    /// numbers; returns the first. Each goes into an event of `spare` when there is one
-    /// that nothing else holds (taken back with [`Event::take_lazy`]): in a steady stream a
-    /// push allocates nothing. The events pushed out are appended to `evicted`.
-    pub fn push_lazy<const N: usize>(
+    /// Adds a lazy event of `parts` parts (see [`LazyEvent`]); returns the sequence number
+    /// of its first. It goes into an event of `spare` when there is one that nothing else
+    /// holds (taken back with [`Event::take_lazy`]): in a steady stream a push allocates
+    /// nothing. The events pushed out are appended to `evicted`, once per part (the last
+    /// is the one [`Event::take_lazy`] can take back).
+    pub fn push_lazy(
         &self,
-        events: [(&'static str, Box<dyn LazyEvent>); N],
+        kind: &'static str,
+        parts: usize,
+        lazy: Box<dyn LazyEvent>,
         spare: &mut Vec<Arc<Event>>,
         evicted: &mut Vec<Arc<Event>>,
     ) -> u64 {
-        let events = events.map(|(kind, lazy)| {
-            let size = std::mem::size_of::<Event>() + lazy.size();
-            let payload = Payload::Lazy(lazy);
-            let reused = std::iter::from_fn(|| spare.pop()).find_map(|mut ev| {
-                let e = Arc::get_mut(&mut ev)?;
+        let size = std::mem::size_of::<Event>() + lazy.size();
+        let parts = parts.max(1);
+        let mut payload = Some(Payload::Lazy(lazy));
+        let mut reused = None;
+        while let Some(mut ev) = spare.pop() {
+            if let Some(e) = Arc::get_mut(&mut ev) {
                 e.kind = kind;
+                e.parts = parts;
                 e.one_line = false;
                 e.size = size;
-                Some(ev)
-            });
-            match reused {
-                Some(mut ev) => {
-                    if let Some(e) = Arc::get_mut(&mut ev) {
-                        e.payload = payload;
-                    }
-                    ev
-                }
-                None => Arc::new(Event {
-                    seq: AtomicU64::new(0),
-                    one_line: false,
-                    kind,
-                    payload,
-                    size,
-                }),
+                e.payload = payload.take().unwrap_or(Payload::Json(Vec::new()));
+                reused = Some(ev);
+                break;
             }
-        });
-        let mut g = self.lock();
-        let first = g.next_seq;
-        for ev in events {
-            self.append(&mut g, ev, evicted);
         }
-        self.woken(g);
-        first
+        let ev = match (reused, payload) {
+            (Some(ev), _) => ev,
+            (None, payload) => Arc::new(Event {
+                seq: AtomicU64::new(0),
+                parts,
+                one_line: false,
+                kind,
+                payload: payload.unwrap_or(Payload::Json(Vec::new())),
+                size,
+            }),
+        };
+        self.push_event(ev, evicted)
     }
 
     /// Adds a rendered event, the concatenation of `parts` (a JSON object without `seq`, on
@@ -389,6 +427,7 @@ impl Ring {
         let mut ev = r.take().unwrap_or_else(|| {
             Arc::new(Event {
                 seq: AtomicU64::new(0),
+                parts: 1,
                 one_line: true,
                 kind,
                 payload: Payload::Json(Vec::new()),
@@ -401,6 +440,7 @@ impl Ring {
             return self.push_parts(kind, parts, r);
         };
         e.kind = kind;
+        e.parts = 1;
         e.one_line = true;
         match &mut e.payload {
             Payload::Json(b) => {
@@ -427,6 +467,7 @@ impl Ring {
         let size = Event::measure(&payload);
         let ev = Arc::new(Event {
             seq: AtomicU64::new(0),
+            parts: 1,
             one_line: false,
             kind,
             payload,
@@ -435,39 +476,30 @@ impl Ring {
         self.push_event(ev, evicted)
     }
 
-    /// Appends `ev` (held by nothing else) under the next sequence number, evicts what the
-    /// limits say.
+    /// Appends `ev` (held by nothing else) under the next sequence numbers, one slot per
+    /// part, evicts what the limits say.
     fn push_event(&self, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
+        let (size, parts) = (ev.size, ev.parts);
         let mut g = self.lock();
-        let seq = self.append(&mut g, ev, evicted);
-        self.woken(g);
-        seq
-    }
-
-    /// Wakes the connections waiting, if any, once the lock is let go.
-    fn woken(&self, g: MutexGuard<'_, Inner>) {
-        let wake = g.waiting > 0;
-        drop(g);
-        if wake {
-            self.wake.notify_all();
-        }
-    }
-
-    /// [`Ring::push_event`] under the lock `g`.
-    fn append(&self, g: &mut Inner, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
-        let size = ev.size;
         let seq = g.next_seq;
         ev.seq.store(seq, Ordering::Relaxed);
         g.bytes += size;
+        for _ in 1..parts {
+            g.events.push_back(ev.clone());
+        }
         g.events.push_back(ev);
-        g.next_seq += 1;
+        g.next_seq += parts as u64;
         while g.events.len() > 1
             && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
         {
+            let front = g.first();
             let Some(old) = g.events.pop_front() else {
                 break;
             };
-            g.bytes = g.bytes.saturating_sub(old.size);
+            // An event's bytes leave with its last part.
+            if old.part(front) + 1 >= old.parts {
+                g.bytes = g.bytes.saturating_sub(old.size);
+            }
             g.evicted += 1;
             evicted.push(old);
         }
@@ -487,6 +519,11 @@ impl Ring {
                 prefetch(b.as_ptr().wrapping_add(64));
             }
             None => {}
+        }
+        let wake = g.waiting > 0;
+        drop(g);
+        if wake {
+            self.wake.notify_all();
         }
         seq
     }
@@ -561,7 +598,11 @@ impl Ring {
             if have > 0 {
                 let from = (*cursor - first) as usize;
                 let n = (have as usize).min(max.max(1));
-                batch.events.extend(g.events.range(from..from + n).cloned());
+                let slots = g.events.range(from..from + n).zip(*cursor..);
+                batch.events.extend(slots.map(|(event, seq)| Slot {
+                    seq,
+                    event: event.clone(),
+                }));
                 *cursor += n as u64;
             }
             if g.summary_version != *summary_seen {
@@ -589,7 +630,7 @@ impl Ring {
 mod tests {
     use super::*;
 
-    fn text(e: &Event) -> String {
+    fn text(e: &Slot) -> String {
         let mut out = Vec::new();
         e.frame(&mut out);
         String::from_utf8(out).unwrap()
@@ -606,7 +647,7 @@ mod tests {
         assert_eq!(ring.push_json("shadow", b"{\"x\":\n2}"), 3);
         let (mut c, mut s) = (ring.start(None), 0);
         let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
-        let frames: Vec<String> = b.events.iter().map(|e| text(e)).collect();
+        let frames: Vec<String> = b.events.iter().map(text).collect();
         assert_eq!(
             frames[0],
             "id: 1\nevent: exchange\ndata: {\"seq\":1,\"type\":\"exchange\",\"a\":1}\n\n"
@@ -712,14 +753,15 @@ mod tests {
         assert!(waiter.join().unwrap());
     }
 
-    struct Probe(u32);
+    /// A lazy event of `parts` parts: `pair` shows that it is rendered by part, with the
+    /// numbers of its parts.
+    struct Probe(u32, usize);
     impl LazyEvent for Probe {
-        fn render(&self, seq: u64, out: &mut Vec<u8>) {
-            let _ = write!(
-                out,
-                "{{\"type\":\"exchange\",\"n\":{},\"at\":{seq}}}",
-                self.0
-            );
+        fn render(&self, part: usize, seq: u64, out: &mut Vec<u8>) {
+            let _ = write!(out, "{{\"n\":{},\"part\":{part},\"at\":{seq}}}", self.0);
+        }
+        fn kind(&self, part: usize) -> Option<&'static str> {
+            (self.1 > 1).then_some(["exchange", "exchange", "shadow"][part.min(2)])
         }
         fn size(&self) -> usize {
             100
@@ -729,56 +771,95 @@ mod tests {
         }
     }
 
-    fn probe(n: u32) -> (&'static str, Box<dyn LazyEvent>) {
-        ("exchange", Box::new(Probe(n)))
+    fn push(ring: &Ring, p: Probe, spare: &mut Vec<Arc<Event>>, ev: &mut Vec<Arc<Event>>) -> u64 {
+        let parts = p.1;
+        ring.push_lazy("exchange", parts, Box::new(p), spare, ev)
     }
 
     #[test]
-    fn lazy_events_render_when_read_and_come_back_when_evicted() {
+    fn lazy_events_render_when_read_by_part_and_come_back_when_evicted() {
         let ring = Ring::new(Limits {
-            events: 3,
+            events: 4,
             bytes: usize::MAX,
         });
         let (mut spare, mut evicted) = (Vec::new(), Vec::new());
-        assert_eq!(ring.push_lazy([probe(0)], &mut spare, &mut evicted), 1);
-        // Pushed together: consecutive numbers, the first returned.
-        assert_eq!(
-            ring.push_lazy([probe(1), probe(2), probe(3)], &mut spare, &mut evicted),
-            2
-        );
-        assert_eq!(evicted.len(), 1);
-        let mut ev = evicted.pop().unwrap();
-        let back = Event::take_lazy(&mut ev).unwrap();
-        assert_eq!(back.downcast::<Probe>().unwrap().0, 0);
+        assert_eq!(push(&ring, Probe(0, 1), &mut spare, &mut evicted), 1);
+        // Three parts: three events of the stream with consecutive numbers.
+        assert_eq!(push(&ring, Probe(1, 3), &mut spare, &mut evicted), 2);
+        assert_eq!(ring.stats().len, 4);
         let (mut c, mut s) = (ring.start(None), 0);
         let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
-        let mut out = Vec::new();
-        b.events[0].json(&mut out);
-        assert_eq!(out, br#"{"seq":2,"type":"exchange","n":1,"at":2}"#);
+        let frames: Vec<String> = b.events.iter().map(text).collect();
+        assert_eq!(
+            frames,
+            [
+                "id: 1\nevent: exchange\ndata: {\"seq\":1,\"n\":0,\"part\":0,\"at\":1}\n\n",
+                "id: 2\nevent: exchange\ndata: {\"seq\":2,\"n\":1,\"part\":0,\"at\":2}\n\n",
+                "id: 3\nevent: exchange\ndata: {\"seq\":3,\"n\":1,\"part\":1,\"at\":3}\n\n",
+                "id: 4\nevent: shadow\ndata: {\"seq\":4,\"n\":1,\"part\":2,\"at\":4}\n\n",
+            ]
+        );
+        drop(b);
+        // A reader that resumes in the middle of it gets the parts from there on.
+        let (mut c, mut s) = (ring.start(Some(2)), 0);
+        let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
+        assert_eq!(b.events.iter().map(Slot::seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(b.events[1].kind(), "shadow");
+        drop(b);
+
+        // Evicted part by part; only the last part's eviction can take it back.
+        assert_eq!(push(&ring, Probe(2, 1), &mut spare, &mut evicted), 5);
+        assert_eq!(push(&ring, Probe(3, 1), &mut spare, &mut evicted), 6);
+        assert_eq!(evicted.len(), 2);
+        let mut first = evicted.remove(0);
+        let back = Event::take_lazy(&mut first).unwrap();
+        assert_eq!(back.downcast::<Probe>().unwrap().0, 0);
+        assert!(
+            Event::take_lazy(&mut evicted[0]).is_none(),
+            "its last part is still held"
+        );
+        evicted.clear();
+        assert_eq!(push(&ring, Probe(4, 1), &mut spare, &mut evicted), 7);
+        assert_eq!(push(&ring, Probe(5, 1), &mut spare, &mut evicted), 8);
+        // In the order evicted, as a producer takes them: the part before lets go first.
+        let mut last = evicted.pop().unwrap();
+        assert!(Event::take_lazy(&mut last).is_none());
+        evicted.clear();
+        assert_eq!(
+            Event::take_lazy(&mut last)
+                .unwrap()
+                .downcast::<Probe>()
+                .unwrap()
+                .0,
+            1
+        );
+        // Its bytes left with its last part.
+        assert_eq!(ring.stats().bytes, 4 * (std::mem::size_of::<Event>() + 100));
 
         // The emptied event is filled again rather than a new one made.
-        let reused = Arc::as_ptr(&ev);
-        spare.push(ev);
-        drop(b);
-        assert_eq!(ring.push_lazy([probe(4)], &mut spare, &mut evicted), 5);
+        let reused = Arc::as_ptr(&last);
+        spare.push(last);
+        evicted.clear();
+        assert_eq!(push(&ring, Probe(6, 1), &mut spare, &mut evicted), 9);
         assert!(spare.is_empty());
+        let (mut c, mut s) = (ring.start(Some(8)), 0);
         let b = ring.wait(&mut c, &mut s, 10, Duration::ZERO);
         assert_eq!(b.events.len(), 1);
-        assert_eq!(Arc::as_ptr(&b.events[0]), reused);
+        assert_eq!(Arc::as_ptr(&b.events[0].event), reused);
 
         // Held by a reader: eviction cannot take it back, and does not wait for it.
         let held = b.events[0].clone();
         drop(b);
         evicted.clear();
-        for n in 5..8 {
-            ring.push_lazy([probe(n)], &mut spare, &mut evicted);
+        for n in 7..11 {
+            push(&ring, Probe(n, 1), &mut spare, &mut evicted);
         }
         let mut taken: Vec<bool> = evicted
             .iter_mut()
             .map(|e| Event::take_lazy(e).is_some())
             .collect();
         taken.sort();
-        assert_eq!(taken, [false, true, true]);
+        assert_eq!(taken, [false, true, true, true]);
         drop(held);
     }
 }

@@ -12,9 +12,9 @@
 //!   by the `/events` connection that reads it, with the very writer `--json` uses; the
 //!   exchange the ring evicts goes back to the parser's pool;
 //! - with `--shadow`, the comparison keeps each exchange until its partner comes, then
-//!   hands the pair over ([`Feed::observer`]): the pair and both its exchanges go into the
-//!   ring as three events sharing it, rendered only when read, and its exchanges go back to
-//!   the parser once the last of them is evicted. An exchange therefore shows up in the
+//!   hands the pair over ([`Feed::observer`]): it goes into the ring as one event of three
+//!   parts (its two exchanges, then the pair; three events of the stream), rendered only
+//!   when read, and its exchanges go back to the parser once its last part is evicted. An exchange therefore shows up in the
 //!   live view when the comparison is done with it: with its partner (a mirror answers
 //!   within milliseconds), or as unmatched when it gave up waiting;
 //! - events and their payloads are taken back from the ring and filled again (`Slots`):
@@ -40,7 +40,7 @@ use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{push_u64, Json, Tap};
 use interceptor_sniff::pod::PodTags;
 use interceptor_sniff::shadow::diff::{Comparison, DifferingPlaces};
-use interceptor_sniff::shadow::pair::{Pair, Role, Unmatched};
+use interceptor_sniff::shadow::pair::{Pair, Unmatched};
 use interceptor_sniff::shadow::{report, Observer};
 use interceptor_sniff::sink::{Sink, Summary as RunSummary, TlsFlow};
 
@@ -111,113 +111,97 @@ fn exchange_size(ex: &Exchange) -> usize {
         .map_or(0, |r| msg(r.headers.text().len(), r.body.data.capacity()))
 }
 
-/// A pair or an unmatched exchange as the comparison handed it over, shared by the events
-/// that show it: its exchanges' and its own.
-enum Reported {
-    Pair { pair: Pair, cmp: Comparison },
-    Unmatched(Unmatched),
-}
-
-impl Reported {
-    fn exchange(&self, role: Role) -> &Exchange {
-        match (self, role) {
-            (Reported::Pair { pair, .. }, Role::Primary) => &pair.primary,
-            (Reported::Pair { pair, .. }, Role::Shadow) => &pair.shadow,
-            (Reported::Unmatched(u), _) => &u.exchange,
-        }
-    }
-}
-
-/// Which part of a [`Reported`] an event shows. Its events are pushed together, so their
-/// sequence numbers are consecutive: the exchanges' first, its own last.
-#[derive(Clone, Copy)]
-enum Part {
-    /// An exchange, as `--json` writes it: the pair's primary or shadow, or the unmatched
-    /// one.
-    Exchange(Role),
-    /// The pair, as `--shadow --json` writes it; its exchanges' events are the two before.
-    Pair,
-    /// The unmatched exchange's `shadow_unmatched` object; its exchange's event is the one
-    /// before.
-    Unmatched,
-}
-
-/// What an event of the ring shows.
+/// What an event of the ring shows, rendered when a browser reads it (as `--json` and
+/// `--shadow --json` write it).
+// A pair is moved in once and out once per event, never boxed apart.
+#[allow(clippy::large_enum_variant)]
 enum Shown {
     /// An exchange the output handed back.
     Exchange(Exchange),
-    Reported(Arc<Reported>, Part),
+    /// A pair, in three parts: its primary exchange, its shadow exchange, the pair (which
+    /// refers to the two before it).
+    Pair { pair: Pair, cmp: Comparison },
+    /// An exchange whose partner never came, in two parts: the exchange, then its
+    /// `shadow_unmatched` object (which refers to the one before it).
+    Unmatched(Unmatched),
     /// Nothing: taken back, to be filled again.
     Nothing,
 }
 
-/// An event of the ring, rendered when a browser reads it (as `--json` and
-/// `--shadow --json` write it).
+/// The kinds of a pair's parts, and of an unmatched exchange's.
+const PAIR_KINDS: [&str; 3] = ["exchange", "exchange", "shadow"];
+const UNMATCHED_KINDS: [&str; 2] = ["exchange", "shadow_unmatched"];
+
 struct FeedEvent {
     shown: Shown,
-    /// The pods of the capture its exchange was seen in.
-    pods: Option<Arc<PodTags>>,
+    /// The pods of the captures its exchanges were seen in (a pair's primary, then its
+    /// shadow).
+    pods: [Option<Arc<PodTags>>; 2],
 }
 
 impl FeedEvent {
-    fn exchange(&self) -> Option<&Exchange> {
-        match &self.shown {
-            Shown::Exchange(ex) => Some(ex),
-            Shown::Reported(r, Part::Exchange(role)) => Some(r.exchange(*role)),
-            Shown::Reported(_, Part::Pair | Part::Unmatched) | Shown::Nothing => None,
-        }
+    /// The exchange part `part` shows, and the pods of its capture.
+    fn exchange(&self, part: usize) -> Option<(&Exchange, Option<&PodTags>)> {
+        let ex = match (&self.shown, part) {
+            (Shown::Exchange(ex), 0) => ex,
+            (Shown::Pair { pair, .. }, 0) => &pair.primary,
+            (Shown::Pair { pair, .. }, 1) => &pair.shadow,
+            (Shown::Unmatched(u), 0) => &u.exchange,
+            _ => return None,
+        };
+        Some((ex, self.pods.get(part.min(1))?.as_deref()))
     }
 }
 
 impl LazyEvent for FeedEvent {
-    fn render(&self, seq: u64, out: &mut Vec<u8>) {
-        if let Some(ex) = self.exchange() {
-            render_exchange(ex, self.pods.as_deref(), out);
+    fn render(&self, part: usize, seq: u64, out: &mut Vec<u8>) {
+        if let Some((ex, pods)) = self.exchange(part) {
+            render_exchange(ex, pods, out);
             return;
         }
         match &self.shown {
-            Shown::Reported(r, Part::Pair) => {
-                if let Reported::Pair { pair, cmp } = &**r {
-                    report::push_pair_json(out, pair, cmp);
-                    // The object ends with its `}`: the references to the exchange events
-                    // go before it.
-                    if out.last() == Some(&b'}') {
-                        out.pop();
-                        out.extend_from_slice(b",\"primary_exchange_seq\":");
-                        push_u64(out, seq.saturating_sub(2));
-                        out.extend_from_slice(b",\"shadow_exchange_seq\":");
-                        push_u64(out, seq.saturating_sub(1));
-                        out.push(b'}');
-                    }
+            Shown::Pair { pair, cmp } => {
+                report::push_pair_json(out, pair, cmp);
+                // The object ends with its `}`: the references to the exchange events go
+                // before it.
+                if out.last() == Some(&b'}') {
+                    out.pop();
+                    out.extend_from_slice(b",\"primary_exchange_seq\":");
+                    push_u64(out, seq.saturating_sub(2));
+                    out.extend_from_slice(b",\"shadow_exchange_seq\":");
+                    push_u64(out, seq.saturating_sub(1));
+                    out.push(b'}');
                 }
             }
-            Shown::Reported(r, Part::Unmatched) => {
-                if let Reported::Unmatched(u) = &**r {
-                    let mut v = report::unmatched_json(u);
-                    if let Some(obj) = v.as_object_mut() {
-                        obj.insert("exchange_seq".into(), seq.saturating_sub(1).into());
-                    }
-                    // A `Value` always serialises.
-                    let _ = serde_json::to_writer(&mut *out, &v);
+            Shown::Unmatched(u) => {
+                let mut v = report::unmatched_json(u);
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("exchange_seq".into(), seq.saturating_sub(1).into());
                 }
+                // A `Value` always serialises.
+                let _ = serde_json::to_writer(&mut *out, &v);
             }
-            _ => {}
+            Shown::Exchange(_) | Shown::Nothing => out.extend_from_slice(b"{}"),
         }
-        if out.is_empty() {
-            out.extend_from_slice(b"{}");
+    }
+
+    fn kind(&self, part: usize) -> Option<&'static str> {
+        match &self.shown {
+            Shown::Pair { .. } => PAIR_KINDS.get(part).copied(),
+            Shown::Unmatched(_) => UNMATCHED_KINDS.get(part).copied(),
+            Shown::Exchange(_) | Shown::Nothing => None,
         }
     }
 
     fn size(&self) -> usize {
-        if let Some(ex) = self.exchange() {
-            return exchange_size(ex);
-        }
         match &self.shown {
-            Shown::Reported(r, _) => match &**r {
-                Reported::Pair { cmp, .. } => 256 + 128 * (cmp.differences.len() + cmp.noise.len()),
-                Reported::Unmatched(_) => 256,
-            },
-            _ => 0,
+            Shown::Exchange(ex) => exchange_size(ex),
+            Shown::Pair { pair, cmp } => {
+                let differences = cmp.differences.len() + cmp.noise.len();
+                exchange_size(&pair.primary) + exchange_size(&pair.shadow) + 128 * differences
+            }
+            Shown::Unmatched(u) => exchange_size(&u.exchange) + 256,
+            Shown::Nothing => 0,
         }
     }
 
@@ -267,7 +251,7 @@ struct Slots {
 }
 
 impl Slots {
-    fn event(&mut self, shown: Shown, pods: Option<Arc<PodTags>>) -> Box<dyn LazyEvent> {
+    fn event(&mut self, shown: Shown, pods: [Option<Arc<PodTags>>; 2]) -> Box<dyn LazyEvent> {
         match self.payloads.pop() {
             Some(mut ev) => {
                 ev.shown = shown;
@@ -278,9 +262,8 @@ impl Slots {
         }
     }
 
-    /// Takes back the events in `evicted`, and the exchanges they showed into `spent`: an
-    /// exchange event's own; a pair's or an unmatched exchange's once the last of their
-    /// events has gone. An event a connection is rendering just now is left to it.
+    /// Takes back the events in `evicted`, and the exchanges they showed into `spent`, once
+    /// their last part has gone. An event a connection is rendering just now is left to it.
     fn reclaim(&mut self, evicted: &mut Vec<Arc<Event>>, spent: &mut Vec<Exchange>) {
         for mut ev in evicted.drain(..) {
             let Some(payload) = Event::take_lazy(&mut ev) else {
@@ -292,18 +275,14 @@ impl Slots {
             let Ok(mut payload) = payload.downcast::<FeedEvent>() else {
                 continue;
             };
-            payload.pods = None;
+            payload.pods = [None, None];
             match std::mem::replace(&mut payload.shown, Shown::Nothing) {
                 Shown::Exchange(ex) => keep(spent, ex),
-                Shown::Reported(r, _) => match Arc::try_unwrap(r) {
-                    Ok(Reported::Pair { pair, .. }) => {
-                        keep(spent, pair.primary);
-                        keep(spent, pair.shadow);
-                    }
-                    Ok(Reported::Unmatched(u)) => keep(spent, u.exchange),
-                    // Its other events are still in the ring.
-                    Err(_) => {}
-                },
+                Shown::Pair { pair, .. } => {
+                    keep(spent, pair.primary);
+                    keep(spent, pair.shadow);
+                }
+                Shown::Unmatched(u) => keep(spent, u.exchange),
                 Shown::Nothing => {}
             }
             if self.payloads.len() < SLOTS {
@@ -359,41 +338,26 @@ impl Shared {
         self.recorder.pair(cmp.same(), paths);
         self.summary.pair(cmp.same(), paths);
         let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];
-        let reported = Arc::new(Reported::Pair { pair, cmp });
-        let [primary_pods, shadow_pods] = pods;
-        let primary = Shown::Reported(reported.clone(), Part::Exchange(Role::Primary));
-        let shadow = Shown::Reported(reported.clone(), Part::Exchange(Role::Shadow));
-        let events = [
-            ("exchange", self.slots.event(primary, primary_pods)),
-            ("exchange", self.slots.event(shadow, shadow_pods)),
-            (
-                "shadow",
-                self.slots
-                    .event(Shown::Reported(reported, Part::Pair), None),
-            ),
-        ];
-        self.ring
-            .push_lazy(events, &mut self.slots.events, &mut self.evicted);
-        self.slots.reclaim(&mut self.evicted, &mut self.spent);
+        let event = self.slots.event(Shown::Pair { pair, cmp }, pods);
+        self.push(event, PAIR_KINDS.len());
     }
 
     fn unmatched(&mut self, u: Unmatched) {
-        let role = u.role;
-        self.recorder.unmatched(role.as_str());
+        self.recorder.unmatched(u.role.as_str());
         self.summary.unmatched();
-        let pods = self.pods_of(&u.exchange);
-        let reported = Arc::new(Reported::Unmatched(u));
-        let exchange = Shown::Reported(reported.clone(), Part::Exchange(role));
-        let events = [
-            ("exchange", self.slots.event(exchange, pods)),
-            (
-                "shadow_unmatched",
-                self.slots
-                    .event(Shown::Reported(reported, Part::Unmatched), None),
-            ),
-        ];
-        self.ring
-            .push_lazy(events, &mut self.slots.events, &mut self.evicted);
+        let pods = [self.pods_of(&u.exchange), None];
+        let event = self.slots.event(Shown::Unmatched(u), pods);
+        self.push(event, UNMATCHED_KINDS.len());
+    }
+
+    fn push(&mut self, event: Box<dyn LazyEvent>, parts: usize) {
+        self.ring.push_lazy(
+            "shadow",
+            parts,
+            event,
+            &mut self.slots.events,
+            &mut self.evicted,
+        );
         self.slots.reclaim(&mut self.evicted, &mut self.spent);
     }
 }
@@ -720,11 +684,12 @@ impl Sink for ServeSink {
             // The writer put it in the ring as it wrote it.
             return Ok(Some(ex));
         }
-        let event = self
-            .slots
-            .event(Shown::Exchange(ex), self.feed.pods.clone());
+        let pods = [self.feed.pods.clone(), None];
+        let event = self.slots.event(Shown::Exchange(ex), pods);
         self.feed.ring.push_lazy(
-            [("exchange", event)],
+            "exchange",
+            1,
+            event,
             &mut self.slots.events,
             &mut self.evicted,
         );
