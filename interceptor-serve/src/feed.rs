@@ -12,11 +12,14 @@
 //!   by the `/events` connection that reads it, with the very writer `--json` uses; the
 //!   exchange the ring evicts goes back to the parser's pool;
 //! - with `--shadow`, the comparison keeps each exchange until its partner comes, then
-//!   hands the pair over ([`Feed::observer`]): it goes into the ring as one event of three
-//!   parts (its two exchanges, then the pair; three events of the stream), rendered only
-//!   when read, and its exchanges go back to the parser once its last part is evicted. An exchange therefore shows up in the
-//!   live view when the comparison is done with it: with its partner (a mirror answers
-//!   within milliseconds), or as unmatched when it gave up waiting;
+//!   hands the pair over ([`Feed::observer`]): it goes into the ring as one entry of up to
+//!   three parts (its two exchanges, then the pair; each an event of the stream), rendered
+//!   only when read, and its exchanges go back to the parser once its last part is
+//!   evicted. An exchange still waiting half a second after it arrived
+//!   ([`interceptor_sniff::shadow::WAITING_SHOWN_AFTER`]) is shown then, from a copy, and
+//!   its pair or unmatched report refers to that event: a mirror mostly answers sooner, so
+//!   the benchmark's mirrored traffic is never copied, and traffic that is not mirrored
+//!   still shows up promptly;
 //! - events and their payloads are taken back from the ring and filled again (`Slots`):
 //!   a steady stream allocates nothing for them;
 //! - the metrics: each exchange's label set is found among the last few by comparing the
@@ -29,13 +32,14 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use interceptor_sniff::hash::Seed;
 use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{push_u64, Json, Tap};
 use interceptor_sniff::pod::PodTags;
@@ -116,81 +120,135 @@ fn exchange_size(ex: &Exchange) -> usize {
 // A pair is moved in once and out once per event, never boxed apart.
 #[allow(clippy::large_enum_variant)]
 enum Shown {
-    /// An exchange the output handed back.
+    /// An exchange: one the output handed back, or a copy of one the comparison holds.
     Exchange(Exchange),
-    /// A pair, in three parts: its primary exchange, its shadow exchange, the pair (which
-    /// refers to the two before it).
+    /// A pair, in up to three parts: its exchanges not shown before (primary, shadow), then
+    /// the pair, which refers to its exchanges' events.
     Pair { pair: Pair, cmp: Comparison },
-    /// An exchange whose partner never came, in two parts: the exchange, then its
-    /// `shadow_unmatched` object (which refers to the one before it).
+    /// An exchange whose partner never came, in up to two parts: the exchange unless shown
+    /// before, then its `shadow_unmatched` object, which refers to the exchange's event.
     Unmatched(Unmatched),
     /// Nothing: taken back, to be filled again.
     Nothing,
 }
 
-/// The kinds of a pair's parts, and of an unmatched exchange's.
-const PAIR_KINDS: [&str; 3] = ["exchange", "exchange", "shadow"];
-const UNMATCHED_KINDS: [&str; 2] = ["exchange", "shadow_unmatched"];
+/// What a part of a [`FeedEvent`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// An exchange: 0 the pair's primary (or the one exchange), 1 its shadow.
+    Exchange(usize),
+    Pair,
+    Unmatched,
+}
 
 struct FeedEvent {
     shown: Shown,
     /// The pods of the captures its exchanges were seen in (a pair's primary, then its
     /// shadow).
     pods: [Option<Arc<PodTags>>; 2],
+    /// The events of its exchanges shown before, while they waited for a partner.
+    earlier: [Option<u64>; 2],
 }
 
 impl FeedEvent {
-    /// The exchange part `part` shows, and the pods of its capture.
-    fn exchange(&self, part: usize) -> Option<(&Exchange, Option<&PodTags>)> {
-        let ex = match (&self.shown, part) {
+    /// How many of its exchanges are parts of it (not shown before), of `n`.
+    fn own(&self, n: usize) -> usize {
+        self.earlier[..n].iter().filter(|e| e.is_none()).count()
+    }
+
+    fn parts(&self) -> usize {
+        match &self.shown {
+            Shown::Exchange(_) => 1,
+            Shown::Pair { .. } => self.own(2) + 1,
+            Shown::Unmatched(_) => self.own(1) + 1,
+            Shown::Nothing => 0,
+        }
+    }
+
+    /// Part `part`: its own exchanges first, in order, then the pair or unmatched report.
+    fn part(&self, part: usize) -> Option<Part> {
+        let (exchanges, last) = match &self.shown {
+            Shown::Exchange(_) => return (part == 0).then_some(Part::Exchange(0)),
+            Shown::Pair { .. } => (2, Part::Pair),
+            Shown::Unmatched(_) => (1, Part::Unmatched),
+            Shown::Nothing => return None,
+        };
+        let own = self.own(exchanges);
+        if part < own {
+            (0..exchanges)
+                .filter(|&i| self.earlier[i].is_none())
+                .nth(part)
+                .map(Part::Exchange)
+        } else {
+            (part == own).then_some(last)
+        }
+    }
+
+    /// The event number of exchange `i`, given that part `part` is numbered `seq`.
+    fn exchange_seq(&self, i: usize, part: usize, seq: u64) -> u64 {
+        if let Some(earlier) = self.earlier[i] {
+            return earlier;
+        }
+        let first = seq.saturating_sub(part as u64);
+        first + self.own(i) as u64
+    }
+
+    /// Exchange `i` and the pods of its capture.
+    fn exchange(&self, i: usize) -> Option<(&Exchange, Option<&PodTags>)> {
+        let ex = match (&self.shown, i) {
             (Shown::Exchange(ex), 0) => ex,
             (Shown::Pair { pair, .. }, 0) => &pair.primary,
             (Shown::Pair { pair, .. }, 1) => &pair.shadow,
             (Shown::Unmatched(u), 0) => &u.exchange,
             _ => return None,
         };
-        Some((ex, self.pods.get(part.min(1))?.as_deref()))
+        Some((ex, self.pods.get(i)?.as_deref()))
     }
 }
 
 impl LazyEvent for FeedEvent {
     fn render(&self, part: usize, seq: u64, out: &mut Vec<u8>) {
-        if let Some((ex, pods)) = self.exchange(part) {
-            render_exchange(ex, pods, out);
-            return;
-        }
-        match &self.shown {
-            Shown::Pair { pair, cmp } => {
+        match (self.part(part), &self.shown) {
+            (Some(Part::Exchange(i)), _) => {
+                if let Some((ex, pods)) = self.exchange(i) {
+                    render_exchange(ex, pods, out);
+                }
+            }
+            (Some(Part::Pair), Shown::Pair { pair, cmp }) => {
                 report::push_pair_json(out, pair, cmp);
                 // The object ends with its `}`: the references to the exchange events go
                 // before it.
                 if out.last() == Some(&b'}') {
                     out.pop();
                     out.extend_from_slice(b",\"primary_exchange_seq\":");
-                    push_u64(out, seq.saturating_sub(2));
+                    push_u64(out, self.exchange_seq(0, part, seq));
                     out.extend_from_slice(b",\"shadow_exchange_seq\":");
-                    push_u64(out, seq.saturating_sub(1));
+                    push_u64(out, self.exchange_seq(1, part, seq));
                     out.push(b'}');
                 }
             }
-            Shown::Unmatched(u) => {
+            (Some(Part::Unmatched), Shown::Unmatched(u)) => {
                 let mut v = report::unmatched_json(u);
                 if let Some(obj) = v.as_object_mut() {
-                    obj.insert("exchange_seq".into(), seq.saturating_sub(1).into());
+                    let exchange_seq = self.exchange_seq(0, part, seq);
+                    obj.insert("exchange_seq".into(), exchange_seq.into());
                 }
                 // A `Value` always serialises.
                 let _ = serde_json::to_writer(&mut *out, &v);
             }
-            Shown::Exchange(_) | Shown::Nothing => out.extend_from_slice(b"{}"),
+            _ => {}
+        }
+        if out.is_empty() {
+            out.extend_from_slice(b"{}");
         }
     }
 
     fn kind(&self, part: usize) -> Option<&'static str> {
-        match &self.shown {
-            Shown::Pair { .. } => PAIR_KINDS.get(part).copied(),
-            Shown::Unmatched(_) => UNMATCHED_KINDS.get(part).copied(),
-            Shown::Exchange(_) | Shown::Nothing => None,
-        }
+        Some(match self.part(part)? {
+            Part::Exchange(_) => "exchange",
+            Part::Pair => "shadow",
+            Part::Unmatched => "shadow_unmatched",
+        })
     }
 
     fn size(&self) -> usize {
@@ -251,14 +309,24 @@ struct Slots {
 }
 
 impl Slots {
-    fn event(&mut self, shown: Shown, pods: [Option<Arc<PodTags>>; 2]) -> Box<dyn LazyEvent> {
+    fn event(
+        &mut self,
+        shown: Shown,
+        pods: [Option<Arc<PodTags>>; 2],
+        earlier: [Option<u64>; 2],
+    ) -> Box<FeedEvent> {
         match self.payloads.pop() {
             Some(mut ev) => {
                 ev.shown = shown;
                 ev.pods = pods;
+                ev.earlier = earlier;
                 ev
             }
-            None => Box::new(FeedEvent { shown, pods }),
+            None => Box::new(FeedEvent {
+                shown,
+                pods,
+                earlier,
+            }),
         }
     }
 
@@ -276,6 +344,7 @@ impl Slots {
                 continue;
             };
             payload.pods = [None, None];
+            payload.earlier = [None, None];
             match std::mem::replace(&mut payload.shown, Shown::Nothing) {
                 Shown::Exchange(ex) => keep(spent, ex),
                 Shown::Pair { pair, .. } => {
@@ -307,6 +376,51 @@ struct Shared {
     evicted: Vec<Arc<Event>>,
     /// Exchanges of evicted events, for the sinks to hand back (`Sink::spent`).
     spent: Vec<Exchange>,
+    /// The events of exchanges shown while they waited for a partner, for their pair or
+    /// unmatched report to refer to.
+    waited: Waited,
+}
+
+/// What an exchange is known by until its pair is reported.
+type Key = (SocketAddr, SocketAddr, SystemTime);
+
+fn key(ex: &Exchange) -> Key {
+    (ex.client, ex.server, ex.request.ts)
+}
+
+/// Exchanges shown while they waited (`Observer::waiting`), by key, with their events'
+/// numbers; bounded, the oldest forgotten first (then their pair shows them again).
+#[derive(Default)]
+struct Waited {
+    seqs: HashMap<Key, u64, Seed>,
+    order: VecDeque<Key>,
+}
+
+/// Exchanges remembered in [`Waited`] at most.
+const MAX_WAITED: usize = 20_000;
+
+impl Waited {
+    fn insert(&mut self, k: Key, seq: u64) {
+        if self.seqs.insert(k, seq).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > MAX_WAITED {
+            if let Some(old) = self.order.pop_front() {
+                self.seqs.remove(&old);
+            }
+        }
+    }
+
+    /// The event of `ex`, if it was shown while it waited.
+    fn take(&mut self, ex: &Exchange) -> Option<u64> {
+        if self.seqs.is_empty() {
+            // Mirrored traffic mostly pairs before anything is shown: no hashing then.
+            self.order.clear();
+            return None;
+        }
+        // Left in `order`; it falls out there in its turn.
+        self.seqs.remove(&key(ex))
+    }
 }
 
 impl Shared {
@@ -338,27 +452,50 @@ impl Shared {
         self.recorder.pair(cmp.same(), paths);
         self.summary.pair(cmp.same(), paths);
         let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];
-        let event = self.slots.event(Shown::Pair { pair, cmp }, pods);
-        self.push(event, PAIR_KINDS.len());
+        let earlier = [
+            self.waited.take(&pair.primary),
+            self.waited.take(&pair.shadow),
+        ];
+        let event = self.slots.event(Shown::Pair { pair, cmp }, pods, earlier);
+        self.push(event);
     }
 
     fn unmatched(&mut self, u: Unmatched) {
         self.recorder.unmatched(u.role.as_str());
         self.summary.unmatched();
         let pods = [self.pods_of(&u.exchange), None];
-        let event = self.slots.event(Shown::Unmatched(u), pods);
-        self.push(event, UNMATCHED_KINDS.len());
+        let earlier = [self.waited.take(&u.exchange), None];
+        let event = self.slots.event(Shown::Unmatched(u), pods, earlier);
+        self.push(event);
     }
 
-    fn push(&mut self, event: Box<dyn LazyEvent>, parts: usize) {
-        self.ring.push_lazy(
-            "shadow",
+    /// Shows a copy of an exchange the comparison still holds, made in the buffers of one
+    /// the ring let go.
+    fn waiting(&mut self, ex: &Exchange) {
+        let copy = match self.spent.pop() {
+            Some(mut c) => {
+                c.clone_from(ex);
+                c
+            }
+            None => ex.clone(),
+        };
+        let pods = [self.pods_of(ex), None];
+        let event = self.slots.event(Shown::Exchange(copy), pods, [None, None]);
+        let seq = self.push(event);
+        self.waited.insert(key(ex), seq);
+    }
+
+    fn push(&mut self, event: Box<FeedEvent>) -> u64 {
+        let parts = event.parts();
+        let seq = self.ring.push_lazy(
+            "exchange",
             parts,
             event,
             &mut self.slots.events,
             &mut self.evicted,
         );
         self.slots.reclaim(&mut self.evicted, &mut self.spent);
+        seq
     }
 }
 
@@ -400,6 +537,7 @@ impl Feed {
             slots: Slots::default(),
             evicted: Vec::new(),
             spent: Vec::new(),
+            waited: Waited::default(),
         }))
     }
 
@@ -516,6 +654,10 @@ impl Observer for ShadowFeed {
 
     fn unmatched(&mut self, u: Unmatched) {
         lock(&self.0).unmatched(u);
+    }
+
+    fn waiting(&mut self, ex: &Exchange) {
+        lock(&self.0).waiting(ex);
     }
 }
 
@@ -685,7 +827,7 @@ impl Sink for ServeSink {
             return Ok(Some(ex));
         }
         let pods = [self.feed.pods.clone(), None];
-        let event = self.slots.event(Shown::Exchange(ex), pods);
+        let event = self.slots.event(Shown::Exchange(ex), pods, [None, None]);
         self.feed.ring.push_lazy(
             "exchange",
             1,
@@ -906,5 +1048,141 @@ mod tests {
         );
         assert_eq!(sink.feed.workloads.generation(), generation);
         assert_eq!(sink.sets.len(), 2);
+    }
+
+    /// `GET /items` to `host`, id `id`, sent at `ms` past the base time, answered `body`.
+    fn mirrored(host: &str, id: &str, ms: u64, body: &str) -> Exchange {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut ex = exchange(WEBAPP, RATINGS);
+        ex.client = SocketAddr::new(ip(WEBAPP), 40_000 + ms as u16);
+        ex.request.ts = t + Duration::from_millis(ms);
+        ex.request.target.clear();
+        ex.request.target.push_str("/items");
+        ex.request.headers = Default::default();
+        ex.request.headers.push("Host", host);
+        ex.request.headers.push("x-request-id", id);
+        if let Some(r) = ex.response.as_mut() {
+            r.ts = ex.request.ts + Duration::from_millis(2);
+            r.body.data.extend_from_slice(body.as_bytes());
+            r.body.len = body.len() as u64;
+        }
+        ex
+    }
+
+    /// Header `name` of an exchange event's request (headers are `[name, value]` pairs).
+    fn header<'v>(ex: &'v serde_json::Value, name: &str) -> &'v str {
+        let headers = ex["request"]["headers"].as_array();
+        let found = headers.into_iter().flatten().find(|h| h[0] == name);
+        found.and_then(|h| h[1].as_str()).unwrap_or("")
+    }
+
+    /// The ring's events as (seq, kind, object).
+    fn stream(ring: &Ring) -> Vec<(u64, String, serde_json::Value)> {
+        let (mut c, mut s) = (ring.start(None), u64::MAX);
+        let b = ring.wait(&mut c, &mut s, 1000, Duration::ZERO);
+        b.events
+            .iter()
+            .map(|e| {
+                let mut out = Vec::new();
+                e.json(&mut out);
+                let v = serde_json::from_slice(&out).unwrap();
+                (e.seq(), e.kind().to_string(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pair_shows_its_exchanges_with_it_and_one_that_waits_is_shown_alone_first() {
+        use interceptor_sniff::shadow::{pair, report, Shadow};
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let feed = Feed::new(ring.clone(), &metrics, None);
+        let reporter = report::Reporter::new(io::sink(), report::Style::Json);
+        let mut shadow = Shadow::new(pair::Config::default(), Default::default(), reporter)
+            .observe(feed.observer());
+
+        // A pair whose halves come close together: one entry of three events, nothing
+        // shown before it.
+        shadow.push(mirrored("catalog", "a", 0, "[1]")).unwrap();
+        shadow
+            .push(mirrored("catalog-shadow", "a", 5, "[1]"))
+            .unwrap();
+        // A primary whose mirror is late: once the capture clock has moved on past
+        // WAITING_SHOWN_AFTER, it is shown alone, and its pair refers to that event.
+        shadow.push(mirrored("catalog", "b", 10, "[2]")).unwrap();
+        assert_eq!(stream(&ring).len(), 3, "b waits, not yet shown");
+        shadow.push(mirrored("catalog", "c", 600, "[3]")).unwrap();
+        let events = stream(&ring);
+        assert_eq!(events.len(), 4, "b shown alone");
+        assert_eq!(header(&events[3].2, "x-request-id"), "b");
+        shadow
+            .push(mirrored("catalog-shadow", "b", 700, "[2,0]"))
+            .unwrap();
+        let events = stream(&ring);
+        let kinds: Vec<(u64, &str)> = events.iter().map(|(s, k, _)| (*s, k.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "exchange"),
+                (2, "exchange"),
+                (3, "shadow"),
+                (4, "exchange"),
+                (5, "exchange"),
+                (6, "shadow"),
+            ]
+        );
+        let (_, _, first) = &events[2];
+        assert_eq!(
+            (
+                first["primary_exchange_seq"].as_u64(),
+                first["shadow_exchange_seq"].as_u64()
+            ),
+            (Some(1), Some(2))
+        );
+        assert_eq!(header(&events[0].2, "host"), "catalog");
+        assert_eq!(header(&events[1].2, "host"), "catalog-shadow");
+        // 4: b, shown while it waited; 5: its mirror, with the pair.
+        assert_eq!(header(&events[3].2, "x-request-id"), "b");
+        assert_eq!(header(&events[4].2, "host"), "catalog-shadow");
+        let (_, _, late) = &events[5];
+        assert_eq!(late["verdict"], "different");
+        assert_eq!(
+            (
+                late["primary_exchange_seq"].as_u64(),
+                late["shadow_exchange_seq"].as_u64()
+            ),
+            (Some(4), Some(5))
+        );
+
+        // c never pairs: shown while it waited, then reported unmatched, referring to it.
+        shadow.push(mirrored("catalog", "d", 1200, "[4]")).unwrap();
+        let events = stream(&ring);
+        assert_eq!(events.len(), 7, "c shown alone");
+        assert_eq!(header(&events[6].2, "x-request-id"), "c");
+        shadow.finish().unwrap();
+        let events = stream(&ring);
+        let c = events
+            .iter()
+            .find(|(_, k, v)| k == "exchange" && header(v, "x-request-id") == "c")
+            .map(|(s, _, _)| *s)
+            .unwrap();
+        let unmatched: Vec<u64> = events
+            .iter()
+            .filter(|(_, k, _)| k == "shadow_unmatched")
+            .map(|(_, _, v)| v["exchange_seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(unmatched.len(), 2, "c and d");
+        assert!(unmatched.contains(&c));
+        // Each exchange was shown once.
+        let ids: Vec<(String, String)> = events
+            .iter()
+            .filter(|(_, k, _)| k == "exchange")
+            .map(|(_, _, v)| (header(v, "x-request-id").into(), header(v, "host").into()))
+            .collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!((ids.len(), unique.len()), (6, 6), "{ids:?}");
     }
 }

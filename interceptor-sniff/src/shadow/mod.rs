@@ -89,7 +89,15 @@ impl Settings {
 pub trait Observer: Send {
     fn pair(&mut self, pair: pair::Pair, cmp: diff::Comparison);
     fn unmatched(&mut self, u: pair::Unmatched);
+    /// An exchange still waiting for its partner [`WAITING_SHOWN_AFTER`] after it arrived:
+    /// told once, before its pair or its unmatched report.
+    fn waiting(&mut self, _ex: &Exchange) {}
 }
+
+/// How long an exchange waits for its partner before an observer is told of it alone
+/// (half a second: a mirror's answer mostly comes sooner, and the live view should not
+/// hold back for long what it could show).
+pub const WAITING_SHOWN_AFTER: Duration = Duration::from_millis(500);
 
 /// A running shadow comparison: feed it exchanges as the sniffer finishes them.
 pub struct Shadow<W: Write> {
@@ -129,23 +137,35 @@ impl<W: Write> Shadow<W> {
         out.append(&mut self.spent);
     }
 
-    /// Also tells `o` about each pair and unmatched exchange.
+    /// Also tells `o` about each pair and unmatched exchange, and of each exchange still
+    /// waiting after [`WAITING_SHOWN_AFTER`].
     pub fn observe(mut self, o: Box<dyn Observer>) -> Shadow<W> {
         self.observer = Some(o);
+        self.matcher.report_waiting(WAITING_SHOWN_AFTER);
         self
     }
 
     /// Takes one finished exchange (response or not).
     pub fn push(&mut self, exchange: Exchange) -> io::Result<()> {
         self.matcher.push(exchange, &mut self.events);
-        self.drain()
+        self.drain()?;
+        self.tell_waiting();
+        Ok(())
     }
 
     /// For live captures: advances the clock when no traffic comes, so lonely exchanges are
     /// reported once they have waited long enough. Not for pcap files (their clock is theirs).
     pub fn tick(&mut self, now: SystemTime) -> io::Result<()> {
         self.matcher.expire(now, &mut self.events);
-        self.drain()
+        self.drain()?;
+        self.tell_waiting();
+        Ok(())
+    }
+
+    fn tell_waiting(&mut self) {
+        if let Some(o) = self.observer.as_mut() {
+            self.matcher.waiting(|ex| o.waiting(ex));
+        }
     }
 
     /// Ends the capture: reports what still waits, then the summary.

@@ -441,7 +441,16 @@ pub struct Matcher {
     seed: Seed,
     clock: SystemTime,
     stats: Stats,
+    /// See [`Matcher::report_waiting`].
+    waiting_after: Option<Duration>,
+    /// The exchanges not yet reported as waiting, in arrival order (keys of those paired or
+    /// dropped since are passed over).
+    unreported: VecDeque<Key>,
 }
+
+/// Keys kept for [`Matcher::waiting`] at most: beyond, the oldest are let go (they are
+/// shown with their pair or as unmatched instead).
+const MAX_UNREPORTED: usize = 1 << 16;
 
 impl Matcher {
     pub fn new(cfg: Config) -> Matcher {
@@ -462,6 +471,33 @@ impl Matcher {
             seed,
             clock: SystemTime::UNIX_EPOCH,
             stats: Stats::default(),
+            waiting_after: None,
+            unreported: VecDeque::new(),
+        }
+    }
+
+    /// Also tells, through [`Matcher::waiting`], of each exchange still waiting for its
+    /// partner `after` it arrived (on the capture clock): the live view shows those then
+    /// rather than holding them back until they pair or are given up.
+    pub fn report_waiting(&mut self, after: Duration) {
+        self.waiting_after = Some(after);
+    }
+
+    /// Hands `f` each exchange that has waited for its partner longer than
+    /// [`Matcher::report_waiting`] says, once, oldest first.
+    pub fn waiting(&mut self, mut f: impl FnMut(&Exchange)) {
+        let Some(after) = self.waiting_after else {
+            return;
+        };
+        while let Some(&key) = self.unreported.front() {
+            if let Some(e) = self.pending.get(key) {
+                // Arrival order is close to time order: one out of order is told late.
+                if e.ts.checked_add(after).is_none_or(|due| due > self.clock) {
+                    break;
+                }
+                f(&e.exchange);
+            }
+            self.unreported.pop_front();
         }
     }
 
@@ -540,6 +576,12 @@ impl Matcher {
             },
         );
         self.next_seq += 1;
+        if self.waiting_after.is_some() {
+            if self.unreported.len() >= MAX_UNREPORTED {
+                self.unreported.pop_front();
+            }
+            self.unreported.push_back(key);
+        }
         match id_hash {
             Some(h) => index(&mut self.by_id[role.idx()], h, key),
             None => index(&mut self.by_shape_anon[role.idx()], shape, key),
@@ -1025,6 +1067,35 @@ mod tests {
         );
         assert!(plain.1.is_empty());
         assert_eq!(run(Matcher::seeded(Config::default(), colliding)), plain);
+    }
+
+    #[test]
+    fn waiting_exchanges_are_told_once_after_the_delay_and_paired_ones_never() {
+        let mut m = Matcher::new(Config::default());
+        let mut out = Vec::new();
+        let mut told = Vec::new();
+        // Not asked for: nothing is told, nothing is kept for it.
+        m.push(primary(Some("x"), 999, 0), &mut out);
+        m.waiting(|ex| told.push(ex.client.port()));
+        assert!(told.is_empty() && m.unreported.is_empty());
+
+        m.report_waiting(Duration::from_millis(500));
+        m.push(primary(Some("a"), 1000, 0), &mut out);
+        m.push(primary(Some("b"), 1001, 100), &mut out);
+        m.push(shadow(Some("b"), 2001, 200), &mut out);
+        m.waiting(|ex| told.push(ex.client.port()));
+        assert!(told.is_empty(), "nothing has waited 500 ms yet");
+        // The capture clock moves on with the next exchange: a has waited 600 ms; b paired.
+        m.push(primary(Some("c"), 1002, 600), &mut out);
+        m.waiting(|ex| told.push(ex.client.port()));
+        assert_eq!(told, [1000]);
+        m.expire(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_002),
+            &mut out,
+        );
+        m.waiting(|ex| told.push(ex.client.port()));
+        assert_eq!(told, [1000, 1002], "each once, oldest first");
+        assert!(m.unreported.is_empty());
     }
 
     #[test]
