@@ -2,8 +2,8 @@
 //! (text, JSON or the shadow comparison on stdout) and also feeds the live view's event
 //! ring and the metrics.
 //!
-//! The cost on the sniffer's output thread is kept to a few comparisons and a push into
-//! the ring per exchange, and nothing is copied but the bytes `--json` renders anyway:
+//! The cost on the sniffer's output thread is kept to a push into the ring per exchange,
+//! and nothing is copied but the bytes `--json` renders anyway:
 //! - with `--json`, the writer shows the sink each exchange object it renders
 //!   ([`Feed::json_tap`]) and the ring keeps a copy of those bytes, written over the memory
 //!   of the event it evicts ([`Ring::push_parts`]): rendered once, nothing allocated;
@@ -22,10 +22,12 @@
 //!   still shows up promptly;
 //! - events and their payloads are taken back from the ring and filled again (`Slots`):
 //!   a steady stream allocates nothing for them;
-//! - the metrics: each exchange's label set is found among the last few by comparing the
-//!   raw values (addresses, Host, method, status), without building a label or taking a
-//!   lock; the counters and the summary are brought up to date every [`FLUSH_EVERY`]
-//!   exchanges and whenever the output is flushed (every batch of a live capture) or idle.
+//! - the metrics: each exchange is counted on the capture thread, as the sniffer's writer
+//!   hands it over (the sink's [`Tee`]): the exchange is still in that core's cache, and the
+//!   output thread, the busier of the two, does none of it. Its label set is found among
+//!   the last few by comparing the raw values (addresses, Host, method, status), without
+//!   building a label or taking a lock; the counters and the summary are brought up to
+//!   date every [`FLUSH_EVERY`] exchanges and with every batch the writer hands over.
 //!   The workload names come from a [`Workloads`] directory, read only when a set is
 //!   built; when the directory changes (the agent recorded a pod, or one went), its
 //!   generation moves on and the sinks drop the sets they built before.
@@ -46,7 +48,7 @@ use interceptor_sniff::pod::PodTags;
 use interceptor_sniff::shadow::diff::{Comparison, DifferingPlaces};
 use interceptor_sniff::shadow::pair::{Pair, Unmatched};
 use interceptor_sniff::shadow::{report, Observer};
-use interceptor_sniff::sink::{Sink, Summary as RunSummary, TlsFlow};
+use interceptor_sniff::sink::{Sink, Summary as RunSummary, Tee, TlsFlow};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -379,6 +381,8 @@ struct Shared {
     /// The events of exchanges shown while they waited for a partner, for their pair or
     /// unmatched report to refer to.
     waited: Waited,
+    /// When the summary event was last replaced.
+    last_summary: Option<Instant>,
 }
 
 /// What an exchange is known by until its pair is reported.
@@ -424,6 +428,19 @@ impl Waited {
 }
 
 impl Shared {
+    /// Replaces the summary event when a second has passed (or `force` says so); asked
+    /// after each batch of counts and at each flush (every batch of a live capture) or
+    /// idle moment, so the clock is read rarely.
+    fn maybe_summary(&mut self, force: bool) {
+        let due = self
+            .last_summary
+            .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
+        if force || due {
+            self.last_summary = Some(Instant::now());
+            self.ring.set_summary(&self.summary.json());
+        }
+    }
+
     /// Records the pods of a capture.
     fn register(&mut self, tags: &Arc<PodTags>) {
         self.pods.retain(|_, t| t.strong_count() > 0);
@@ -538,6 +555,7 @@ impl Feed {
             evicted: Vec::new(),
             spent: Vec::new(),
             waited: Waited::default(),
+            last_summary: None,
         }))
     }
 
@@ -593,19 +611,23 @@ impl Feed {
     /// The sink: `inner` is the output on stdout. The exchanges it hands back go into the
     /// ring (those it keeps, the shadow comparison's, come through [`Feed::observer`]).
     pub fn sink(self, inner: Box<dyn Sink>) -> ServeSink {
-        ServeSink {
-            inner,
-            tapped: self.tapped.load(Ordering::Relaxed),
+        let counting = Counting {
+            shared: self.shared.clone(),
+            workloads: self.workloads.clone(),
             generation: self.workloads.generation(),
-            feed: self,
-            slots: Slots::default(),
-            evicted: Vec::new(),
-            spare: Vec::new(),
-            last_summary: None,
             sets: Vec::with_capacity(CACHED_SETS),
             next_set: 0,
             pending_exchanges: 0,
             pending_latencies: Vec::with_capacity(FLUSH_EVERY as usize),
+        };
+        ServeSink {
+            inner,
+            tapped: self.tapped.load(Ordering::Relaxed),
+            feed: self,
+            slots: Slots::default(),
+            evicted: Vec::new(),
+            spare: Vec::new(),
+            counting: Some(counting),
         }
     }
 }
@@ -670,14 +692,23 @@ pub struct ServeSink {
     inner: Box<dyn Sink>,
     /// The `--json` writer pushes the exchanges into the ring (see [`Feed::json_tap`]).
     tapped: bool,
-    /// The generation of the workload directory that named the label sets in `sets`.
-    generation: u64,
     feed: Feed,
     slots: Slots,
     evicted: Vec<Arc<Event>>,
     /// Exchanges of evicted events, to hand back to the parser.
     spare: Vec<Exchange>,
-    last_summary: Option<Instant>,
+    /// The metrics' count of each exchange, done here unless the sniffer's writer took it
+    /// to run on the capture thread ([`Sink::tee`]).
+    counting: Option<Counting>,
+}
+
+/// Counts each exchange into the metrics and the summary: a [`Tee`], so on the capture
+/// thread (see the module's notes).
+struct Counting {
+    shared: Arc<Mutex<Shared>>,
+    workloads: Arc<Workloads>,
+    /// The generation of the workload directory that named the label sets in `sets`.
+    generation: u64,
     /// The label sets seen last, most traffic repeats a few.
     sets: Vec<CachedSet>,
     /// Where the next set found goes in `sets` once it is full.
@@ -687,7 +718,7 @@ pub struct ServeSink {
     pending_latencies: Vec<u64>,
 }
 
-impl ServeSink {
+impl Counting {
     /// Metrics and summary for one exchange: the label set is found by comparing raw
     /// values with the last few; the shared state is only touched every `FLUSH_EVERY`.
     fn account(&mut self, ex: &Exchange) {
@@ -696,7 +727,7 @@ impl ServeSink {
         let (client, server) = (ex.client.ip(), ex.server.ip());
         let status = ex.response.as_ref().map(|r| r.status);
         let method = &*ex.request.method;
-        let generation = self.feed.workloads.generation();
+        let generation = self.workloads.generation();
         if generation != self.generation {
             self.forget_sets(generation);
         }
@@ -720,7 +751,7 @@ impl ServeSink {
         self.pending_exchanges += 1;
         if self.pending_exchanges >= FLUSH_EVERY {
             self.flush_counts();
-            self.maybe_summary(false);
+            lock(&self.shared).maybe_summary(false);
         }
     }
 
@@ -747,7 +778,7 @@ impl ServeSink {
         method: &str,
         status: Option<u16>,
     ) -> usize {
-        let names = self.feed.workloads.read();
+        let names = self.workloads.read();
         let req = metrics::Request {
             source_workload: names.get(client).unwrap_or(""),
             destination_workload: names.get(server).unwrap_or(""),
@@ -756,7 +787,7 @@ impl ServeSink {
             status,
             latency: None,
         };
-        let (requests, duration) = lock(&self.feed.shared).recorder.handles(&req);
+        let (requests, duration) = lock(&self.shared).recorder.handles(&req);
         drop(names);
         let set = CachedSet {
             client,
@@ -787,27 +818,29 @@ impl ServeSink {
         if self.pending_exchanges == 0 {
             return;
         }
-        let mut s = lock(&self.feed.shared);
+        let mut s = lock(&self.shared);
         s.summary
             .exchanges(self.pending_exchanges, &self.pending_latencies);
         drop(s);
         self.pending_exchanges = 0;
         self.pending_latencies.clear();
     }
+}
 
-    /// Replaces the summary event when a second has passed (or `force` says so); asked
-    /// every `FLUSH_EVERY` exchanges and at each flush (every batch of a live capture) or
-    /// idle moment, so the clock is read rarely.
-    fn maybe_summary(&mut self, force: bool) {
-        let due = self
-            .last_summary
-            .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
-        if force || due {
-            self.last_summary = Some(Instant::now());
-            self.flush_counts();
-            let json = lock(&self.feed.shared).summary.json();
-            self.feed.ring.set_summary(&json);
-        }
+impl Tee for Counting {
+    fn exchange(&mut self, ex: &Exchange) {
+        self.account(ex);
+    }
+
+    fn flush(&mut self) {
+        self.flush_counts();
+        lock(&self.shared).maybe_summary(false);
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }
 
@@ -817,7 +850,9 @@ impl Sink for ServeSink {
     }
 
     fn exchange(&mut self, ex: Exchange, show_request: bool) -> io::Result<Option<Exchange>> {
-        self.account(&ex);
+        if let Some(c) = self.counting.as_mut() {
+            c.account(&ex);
+        }
         let Some(ex) = self.inner.exchange(ex, show_request)? else {
             // The output keeps it (the shadow comparison): its event comes with its pair.
             return Ok(None);
@@ -853,22 +888,24 @@ impl Sink for ServeSink {
     }
 
     fn stats(&mut self, s: &RunSummary) -> io::Result<()> {
-        // The shadow comparison reports what still waits here, so the summary comes after.
+        // The shadow comparison reports what still waits here, so the summary comes after
+        // (the writer has handed over every exchange by now, and its tee counted them).
         let r = self.inner.stats(s);
-        self.maybe_summary(true);
+        self.flush_counts();
+        lock(&self.feed.shared).maybe_summary(true);
         r
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.flush_counts();
-        self.maybe_summary(false);
+        lock(&self.feed.shared).maybe_summary(false);
         self.inner.flush()
     }
 
     fn idle(&mut self, now: SystemTime) -> io::Result<()> {
         self.flush_counts();
         let r = self.inner.idle(now);
-        self.maybe_summary(false);
+        lock(&self.feed.shared).maybe_summary(false);
         r
     }
 
@@ -881,11 +918,18 @@ impl Sink for ServeSink {
         out.append(&mut self.spare);
         out.append(&mut lock(&self.feed.shared).spent);
     }
+
+    fn tee(&mut self) -> Option<Box<dyn Tee>> {
+        self.counting.take().map(|c| Box::new(c) as Box<dyn Tee>)
+    }
 }
 
-impl Drop for ServeSink {
-    fn drop(&mut self) {
-        self.flush_counts();
+impl ServeSink {
+    /// Brings the metrics and the summary up to date with what this sink counted itself.
+    fn flush_counts(&mut self) {
+        if let Some(c) = self.counting.as_mut() {
+            c.flush_counts();
+        }
     }
 }
 
@@ -961,6 +1005,11 @@ mod tests {
             .collect()
     }
 
+    /// The label sets a sink counting by itself has cached.
+    fn sets(sink: &ServeSink) -> usize {
+        sink.counting.as_ref().map_or(0, |c| c.sets.len())
+    }
+
     #[test]
     fn a_pod_recorded_after_the_capture_started_is_named_in_its_series() {
         let mut registry = Registry::default();
@@ -978,12 +1027,12 @@ mod tests {
         }
         sink.flush().unwrap();
         assert_eq!(requests(&registry), counts(&[("webapp", "unknown", 3)]));
-        assert_eq!(sink.sets.len(), 1, "one label set, cached");
+        assert_eq!(sets(&sink), 1, "one label set, cached");
 
         // The same directory again (a reconcile with nothing new) keeps the cached set.
         assert!(!directory.replace([(ip(WEBAPP), "webapp-7c8d9f6b4d-q8w4n")]));
         sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
-        assert_eq!(sink.sets.len(), 1);
+        assert_eq!(sets(&sink), 1);
 
         // The ratings pod is recorded there: the cached set named it `unknown`, the next
         // exchanges name it, the earlier counts stay where they were counted.
@@ -1039,15 +1088,31 @@ mod tests {
         let feed = Feed::new(ring, &metrics, Some(webapp_tags()));
         let generation = feed.workloads.generation();
         let mut sink = feed.sink(Box::new(Discard));
-        sink.exchange(exchange(WEBAPP, RATINGS), false).unwrap();
-        sink.exchange(exchange(RATINGS, WEBAPP), false).unwrap();
+        // As the sniffer's writer does: the tee counts on the capture thread, before the
+        // sink gets each exchange; the sink then counts nothing itself.
+        let mut tee = sink.tee().expect("a tee");
+        assert!(sink.tee().is_none(), "taken once");
+        for ex in [exchange(WEBAPP, RATINGS), exchange(RATINGS, WEBAPP)] {
+            tee.exchange(&ex);
+            sink.exchange(ex, false).unwrap();
+        }
+        assert_eq!(
+            requests(&registry),
+            counts(&[("unknown", "webapp", 0), ("webapp", "unknown", 0)]),
+            "the series exist, their counts wait for the flush"
+        );
+        tee.flush();
         sink.flush().unwrap();
         assert_eq!(
             requests(&registry),
             counts(&[("unknown", "webapp", 1), ("webapp", "unknown", 1)])
         );
         assert_eq!(sink.feed.workloads.generation(), generation);
-        assert_eq!(sink.sets.len(), 2);
+        // The summary event counts them too.
+        sink.stats(&RunSummary::default()).unwrap();
+        let summary = lock(&sink.feed.shared).summary.json();
+        let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+        assert_eq!(summary["exchanges"], 2);
     }
 
     /// `GET /items` to `host`, id `id`, sent at `ms` past the base time, answered `body`.

@@ -91,6 +91,22 @@ pub trait Sink: Send {
     /// reported), moved to `out`: their buffers are reused like those of the exchanges
     /// `exchange` hands back.
     fn spent(&mut self, _out: &mut Vec<Exchange>) {}
+    /// What also sees each exchange, on the thread that parsed it (see [`Tee`]); taken
+    /// once, as the output thread starts.
+    fn tee(&mut self) -> Option<Box<dyn Tee>> {
+        None
+    }
+}
+
+/// Sees every exchange the sink will be given, on the capture thread, before the output
+/// thread gets it: work that needs only a look at each exchange (`sniff --serve`'s metrics)
+/// is done there, where the exchange is still in the cache, rather than on the output
+/// thread, the busier of the two.
+pub trait Tee: Send {
+    fn exchange(&mut self, ex: &Exchange);
+    /// The exchanges seen so far are handed to the output thread now (a batch is full, or a
+    /// live capture's output is due).
+    fn flush(&mut self);
 }
 
 /// An output that shows nothing and keeps nothing: every exchange goes straight back to the

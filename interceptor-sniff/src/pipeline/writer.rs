@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::http::{pool, Exchange, Request, Response};
-use crate::sink::{Sink, Summary, TlsFlow};
+use crate::sink::{Sink, Summary, Tee, TlsFlow};
 
 /// Records per batch.
 const BATCH: usize = 256;
@@ -188,13 +188,16 @@ pub struct Writer {
     spare: Vec<Vec<Record>>,
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<Finished>>,
+    /// The sink's [`Tee`], run here on the capture side.
+    tee: Option<Box<dyn Tee>>,
 }
 
 impl Writer {
     /// Starts the output thread. A live capture's output is flushed after every batch, so
     /// what is found shows up within `LIVE_LATENCY` (or the capture's poll interval).
-    pub fn spawn(out: Box<dyn Sink>, live: bool) -> Writer {
+    pub fn spawn(mut out: Box<dyn Sink>, live: bool) -> Writer {
         let shows_requests = out.shows_requests();
+        let tee = out.tee();
         let (to_thread, from_main) = mpsc::sync_channel(IN_FLIGHT);
         let (to_main, back) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
@@ -213,6 +216,7 @@ impl Writer {
             spare: Vec::new(),
             failed,
             thread,
+            tee,
         }
     }
 
@@ -227,6 +231,9 @@ impl Writer {
     }
 
     pub fn push(&mut self, r: Record) {
+        if let (Some(tee), Record::Exchange { exchange, .. }) = (self.tee.as_mut(), &r) {
+            tee.exchange(exchange);
+        }
         if self.live && self.batch.is_empty() {
             self.batch_started = Some(Instant::now());
         }
@@ -254,6 +261,9 @@ impl Writer {
 
     fn send(&mut self) {
         self.batch_started = None;
+        if let Some(tee) = self.tee.as_mut() {
+            tee.flush();
+        }
         if self.batch.is_empty() {
             return;
         }
