@@ -36,6 +36,11 @@ pub trait LazyEvent: Send + Sync + 'static {
     }
     /// About how many bytes it holds, for the ring's memory bound.
     fn size(&self) -> usize;
+    /// It renders no raw line end (the JSON writers' compact output), so framing it needs
+    /// no scan for one.
+    fn one_line(&self) -> bool {
+        false
+    }
     /// Gives the event back by value once the ring evicts it (so the owner can reuse its
     /// buffers).
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
@@ -102,8 +107,7 @@ fn memchr_newline(b: &[u8]) -> bool {
 }
 
 enum Payload {
-    /// A JSON object, `{…}`, without `seq`; a `Vec` so that its memory can serve again
-    /// (see [`Recycler`]).
+    /// A JSON object, `{…}`, without `seq`.
     Json(Vec<u8>),
     Lazy(Box<dyn LazyEvent>),
 }
@@ -201,36 +205,6 @@ impl Event {
             json => {
                 e.payload = json;
                 None
-            }
-        }
-    }
-}
-
-/// A recycled buffer larger than this is given back when the next event is much smaller.
-const RECYCLE_MAX: usize = 64 << 10;
-/// Evicted events kept for reuse.
-const SPARE: usize = 8;
-
-/// The producer's side of [`Ring::push_parts`]: the events the ring evicted, kept to be
-/// written over by the next pushes (each connection clones the events it reads, so an
-/// event a connection still holds is dropped instead, by whichever side lets go last).
-#[derive(Default)]
-pub struct Recycler {
-    evicted: Vec<Arc<Event>>,
-    spare: Vec<Arc<Event>>,
-}
-
-impl Recycler {
-    fn take(&mut self) -> Option<Arc<Event>> {
-        self.spare.pop()
-    }
-
-    /// Keeps what the last push evicted; whether a connection still holds it is asked
-    /// when it is taken.
-    fn recycle(&mut self) {
-        while let Some(ev) = self.evicted.pop() {
-            if self.spare.len() < SPARE {
-                self.spare.push(ev);
             }
         }
     }
@@ -389,6 +363,7 @@ impl Ring {
         evicted: &mut Vec<Arc<Event>>,
     ) -> u64 {
         let size = std::mem::size_of::<Event>() + lazy.size();
+        let one_line = lazy.one_line();
         let parts = parts.max(1);
         let mut payload = Some(Payload::Lazy(lazy));
         let mut reused = None;
@@ -396,7 +371,7 @@ impl Ring {
             if let Some(e) = Arc::get_mut(&mut ev) {
                 e.kind = kind;
                 e.parts = parts;
-                e.one_line = false;
+                e.one_line = one_line;
                 e.size = size;
                 e.payload = payload.take().unwrap_or(Payload::Json(Vec::new()));
                 reused = Some(ev);
@@ -408,59 +383,13 @@ impl Ring {
             (None, payload) => Arc::new(Event {
                 seq: AtomicU64::new(0),
                 parts,
-                one_line: false,
+                one_line,
                 kind,
                 payload: payload.unwrap_or(Payload::Json(Vec::new())),
                 size,
             }),
         };
         self.push_event(ev, evicted)
-    }
-
-    /// Adds a rendered event, the concatenation of `parts` (a JSON object without `seq`, on
-    /// one line: a JSON writer's compact output, which never holds a raw line end), in the
-    /// memory of an event evicted earlier when `r` has one that no connection holds
-    /// any more: in a steady stream a push then allocates nothing. Returns its sequence
-    /// number.
-    pub fn push_parts(&self, kind: &'static str, parts: &[&[u8]], r: &mut Recycler) -> u64 {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut ev = r.take().unwrap_or_else(|| {
-            Arc::new(Event {
-                seq: AtomicU64::new(0),
-                parts: 1,
-                one_line: true,
-                kind,
-                payload: Payload::Json(Vec::new()),
-                size: 0,
-            })
-        });
-        let Some(e) = Arc::get_mut(&mut ev) else {
-            // A connection still holds that one: it frees it when done.
-            drop(ev);
-            return self.push_parts(kind, parts, r);
-        };
-        e.kind = kind;
-        e.parts = 1;
-        e.one_line = true;
-        match &mut e.payload {
-            Payload::Json(b) => {
-                b.clear();
-                if b.capacity() > RECYCLE_MAX && len < b.capacity() / 4 {
-                    // One large event is no reason to hold its memory for every later one.
-                    *b = Vec::new();
-                }
-                b.reserve(len);
-                for p in parts {
-                    b.extend_from_slice(p);
-                }
-            }
-            Payload::Lazy(_) => e.payload = Payload::Json(parts.concat()),
-        }
-        debug_assert!(!parts.iter().any(|p| p.contains(&b'\n')), "one line");
-        e.size = Event::measure(&e.payload);
-        let seq = self.push_event(ev, &mut r.evicted);
-        r.recycle();
-        seq
     }
 
     fn push(&self, kind: &'static str, payload: Payload, evicted: &mut Vec<Arc<Event>>) -> u64 {
@@ -511,14 +440,8 @@ impl Ring {
         if let Some(Payload::Lazy(l)) = g.events.get(6).map(|e| &e.payload) {
             prefetch(&**l as *const dyn LazyEvent);
         }
-        match g.events.get(2).map(|e| &e.payload) {
-            Some(Payload::Lazy(l)) => l.prefetch(),
-            // The buffer `push_parts` will write into soon.
-            Some(Payload::Json(b)) => {
-                prefetch(b.as_ptr());
-                prefetch(b.as_ptr().wrapping_add(64));
-            }
-            None => {}
+        if let Some(Payload::Lazy(l)) = g.events.get(2).map(|e| &e.payload) {
+            l.prefetch();
         }
         let wake = g.waiting > 0;
         drop(g);

@@ -4,9 +4,10 @@
 //!
 //! The cost on the sniffer's output thread is kept to a push into the ring per exchange,
 //! and nothing is copied but the bytes `--json` renders anyway:
-//! - with `--json`, the writer shows the sink each exchange object it renders
-//!   ([`Feed::json_tap`]) and the ring keeps a copy of those bytes, written over the memory
-//!   of the event it evicts ([`Ring::push_parts`]): rendered once, nothing allocated;
+//! - with `--json`, the writer tells where it renders each exchange object and hands over
+//!   each buffer it has written out ([`Feed::json_tap`]): the ring keeps that buffer as one
+//!   entry, a part per exchange object, and the writer goes on in the buffer of an entry
+//!   the ring let go: rendered once, copied never, nothing allocated;
 //! - with the text output (and the agent's, which prints nothing), the exchange the output
 //!   hands back goes into the ring as it is, unrendered (a [`LazyEvent`]), and is rendered
 //!   by the `/events` connection that reads it, with the very writer `--json` uses; the
@@ -37,6 +38,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -53,7 +55,7 @@ use interceptor_sniff::sink::{Sink, Summary as RunSummary, Tee, TlsFlow};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::events::{prefetch, Event, LazyEvent, Recycler, Ring};
+use crate::events::{prefetch, Event, LazyEvent, Ring};
 use crate::metrics::{self, Metrics, Recorder};
 use crate::pods::Workloads;
 use crate::summary::Summary;
@@ -596,7 +598,10 @@ impl Feed {
         self.tapped.store(true, Ordering::Relaxed);
         Box::new(RingTap {
             ring: self.ring.clone(),
-            recycler: Recycler::default(),
+            objects: Vec::new(),
+            events: Vec::new(),
+            chunks: Vec::new(),
+            evicted: Vec::new(),
         })
     }
 
@@ -632,16 +637,92 @@ impl Feed {
     }
 }
 
-/// The `--json` writer's tap: a copy of each exchange object goes into the ring.
+/// The `--json` writer's tap: each buffer the writer has written out goes into the ring as
+/// one entry, whose parts are the exchange objects in it (the very bytes stdout got), and
+/// the writer goes on in a buffer of an entry the ring let go.
+// The chunks stay boxed: the ring holds them as `Box<dyn LazyEvent>`.
+#[allow(clippy::vec_box)]
 struct RingTap {
     ring: Arc<Ring>,
-    recycler: Recycler,
+    /// Where the exchange objects are in the buffer being written.
+    objects: Vec<Range<usize>>,
+    /// Emptied entries and their buffers, to fill again.
+    events: Vec<Arc<Event>>,
+    chunks: Vec<Box<JsonChunk>>,
+    evicted: Vec<Arc<Event>>,
+}
+
+/// Buffers of the `--json` writer kept for it to write into; beyond, they are freed.
+const CHUNKS: usize = 4;
+
+/// A buffer the `--json` writer wrote out, with the exchange objects in it: one part each.
+struct JsonChunk {
+    bytes: Vec<u8>,
+    objects: Vec<Range<usize>>,
+}
+
+impl LazyEvent for JsonChunk {
+    fn render(&self, part: usize, _seq: u64, out: &mut Vec<u8>) {
+        let object = self
+            .objects
+            .get(part)
+            .and_then(|r| self.bytes.get(r.clone()));
+        out.extend_from_slice(object.unwrap_or(b"{}"));
+    }
+
+    fn size(&self) -> usize {
+        self.bytes.capacity() + self.objects.capacity() * std::mem::size_of::<Range<usize>>()
+    }
+
+    fn one_line(&self) -> bool {
+        true
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
 }
 
 impl Tap for RingTap {
-    fn exchange(&mut self, _: &Exchange, object: &[u8]) {
-        self.ring
-            .push_parts("exchange", &[object, b"}"], &mut self.recycler);
+    fn exchange(&mut self, at: Range<usize>) {
+        self.objects.push(at);
+    }
+
+    fn written(&mut self, buf: &mut Vec<u8>) {
+        if self.objects.is_empty() {
+            buf.clear();
+            return;
+        }
+        let mut chunk = self.chunks.pop().unwrap_or_else(|| {
+            Box::new(JsonChunk {
+                bytes: Vec::with_capacity(buf.capacity()),
+                objects: Vec::new(),
+            })
+        });
+        // The writer goes on in the chunk's (empty) buffer; the chunk takes the full one.
+        std::mem::swap(&mut chunk.bytes, buf);
+        std::mem::swap(&mut chunk.objects, &mut self.objects);
+        let parts = chunk.objects.len();
+        self.ring.push_lazy(
+            "exchange",
+            parts,
+            chunk,
+            &mut self.events,
+            &mut self.evicted,
+        );
+        for mut ev in self.evicted.drain(..) {
+            let Some(payload) = Event::take_lazy(&mut ev) else {
+                continue;
+            };
+            if let Ok(mut chunk) = payload.downcast::<JsonChunk>() {
+                if self.chunks.len() < CHUNKS {
+                    chunk.bytes.clear();
+                    chunk.objects.clear();
+                    self.chunks.push(chunk);
+                    self.events.push(ev);
+                }
+            }
+        }
     }
 }
 
@@ -1249,5 +1330,65 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!((ids.len(), unique.len()), (6, 6), "{ids:?}");
+    }
+
+    /// A `Write` whose bytes the test reads after the writer took it.
+    #[derive(Clone, Default)]
+    struct Stdout(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Stdout {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_json_writer_s_buffers_are_the_ring_s_exchange_events() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        // Room for fewer events than written: the oldest buffers are evicted whole and
+        // written into again.
+        let ring = Arc::new(Ring::new(Limits {
+            events: 300,
+            bytes: usize::MAX,
+        }));
+        let feed = Feed::new(ring.clone(), &metrics, None);
+        let stdout = Stdout::default();
+        let json = Json::new(stdout.clone()).tap(feed.json_tap());
+        let mut sink = feed.sink(Box::new(json));
+        for i in 0..1000u16 {
+            let mut ex = exchange(WEBAPP, RATINGS);
+            ex.client.set_port(i);
+            ex.response
+                .as_mut()
+                .unwrap()
+                .body
+                .data
+                .extend_from_slice(&[b'x'; 100]);
+            let back = sink.exchange(ex, false).unwrap();
+            assert!(back.is_some(), "handed back for reuse");
+        }
+        sink.flush().unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(stdout.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1000);
+        let events = stream(&ring);
+        assert_eq!(events.len(), 300);
+        // The last events are the last lines, object for object, numbered in order.
+        let (last_seq, _, _) = events.last().unwrap();
+        assert_eq!(*last_seq, 1000);
+        for ((seq, kind, mut v), line) in events.into_iter().rev().zip(lines.iter().rev()) {
+            assert_eq!(kind, "exchange");
+            assert_eq!(v["seq"].take(), seq);
+            v.as_object_mut().unwrap().remove("seq");
+            assert_eq!(&v, line, "event {seq}");
+        }
     }
 }

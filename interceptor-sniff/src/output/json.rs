@@ -29,12 +29,15 @@ pub struct Json<W: Write> {
     tap: Option<Box<dyn Tap>>,
 }
 
-/// Sees each exchange object the writer renders (`sniff --serve` keeps a copy of the bytes
-/// for the live view instead of rendering the exchange a second time).
+/// Sees where the writer renders each exchange object, and takes the buffer once it is
+/// written out (`sniff --serve` keeps those very bytes for the live view, rather than
+/// rendering the exchange a second time or copying it).
 pub trait Tap: Send {
-    /// `object` is the exchange's JSON object as the line has it, without its closing
-    /// brace and line end.
-    fn exchange(&mut self, ex: &Exchange, object: &[u8]);
+    /// An exchange's object, `{…}` without the line end, is at `at` in the buffer.
+    fn exchange(&mut self, at: std::ops::Range<usize>);
+    /// The buffer has been written out: the tap may keep it, leaving in its place an empty
+    /// one to write into next.
+    fn written(&mut self, buf: &mut Vec<u8>);
 }
 
 impl<W: Write> Json<W> {
@@ -89,8 +92,17 @@ impl<W: Write> Json<W> {
     fn end_line(&mut self) -> io::Result<()> {
         self.buf.extend_from_slice(b"}\n");
         if self.buf.len() >= 48 * 1024 {
-            self.w.write_all(&self.buf)?;
-            self.buf.clear();
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out and starts an empty one (the tap's, when it keeps this one).
+    fn write_out(&mut self) -> io::Result<()> {
+        self.w.write_all(&self.buf)?;
+        match self.tap.as_mut() {
+            Some(t) => t.written(&mut self.buf),
+            None => self.buf.clear(),
         }
         Ok(())
     }
@@ -815,8 +827,7 @@ impl<W: Write + Send> Sink for Json<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.w.write_all(&self.buf)?;
-        self.buf.clear();
+        self.write_out()?;
         self.w.flush()
     }
 }
@@ -827,7 +838,8 @@ impl<W: Write + Send> Json<W> {
         let start = self.buf.len();
         self.exchange_object(ex);
         if let Some(t) = self.tap.as_mut() {
-            t.exchange(ex, &self.buf[start..]);
+            // With the closing brace `end_line` adds.
+            t.exchange(start..self.buf.len() + 1);
         }
         self.end_line()
     }
