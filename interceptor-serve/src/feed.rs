@@ -47,16 +47,15 @@ use interceptor_sniff::hash::Seed;
 use interceptor_sniff::http::{Exchange, Request, Response};
 use interceptor_sniff::output::json::{push_u64, Json, Tap};
 use interceptor_sniff::pod::PodTags;
-use interceptor_sniff::shadow::diff::{Comparison, DifferingPlaces};
+use interceptor_sniff::shadow::diff::Comparison;
 use interceptor_sniff::shadow::pair::{Pair, Unmatched};
 use interceptor_sniff::shadow::{report, Observer};
 use interceptor_sniff::sink::{Sink, Summary as RunSummary, Tee, TlsFlow};
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::events::{prefetch, Event, LazyEvent, Ring};
-use crate::metrics::{self, Metrics, Recorder};
+use crate::metrics::{self, DurationCounts, Durations, Metrics, Recorder};
 use crate::pods::Workloads;
 use crate::summary::Summary;
 
@@ -371,8 +370,6 @@ struct Shared {
     ring: Arc<Ring>,
     recorder: Recorder,
     summary: Summary,
-    /// The differing places of the pairs, generalised for the metrics and the summary.
-    places: DifferingPlaces,
     /// The pods of the captures feeding the ring, by interface: a pair's exchange events
     /// say which pod each exchange was seen for, as the capture's own events do.
     pods: HashMap<String, Weak<PodTags>>,
@@ -466,10 +463,9 @@ impl Shared {
         by_interface.or_else(only)?.upgrade()
     }
 
-    fn pair(&mut self, pair: Pair, cmp: Comparison) {
-        let paths = self.places.of(&cmp);
-        self.recorder.pair(cmp.same(), paths);
-        self.summary.pair(cmp.same(), paths);
+    fn pair(&mut self, pair: Pair, cmp: Comparison, places: &[String]) {
+        self.recorder.pair(cmp.same(), places);
+        self.summary.pair(cmp.same(), places);
         let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];
         let earlier = [
             self.waited.take(&pair.primary),
@@ -551,7 +547,6 @@ impl Feed {
             ring: ring.clone(),
             recorder: metrics.recorder(),
             summary: Summary::default(),
-            places: DifferingPlaces::default(),
             pods: HashMap::new(),
             slots: Slots::default(),
             evicted: Vec::new(),
@@ -735,8 +730,9 @@ struct CachedSet {
     method: Box<str>,
     host: Option<Box<str>>,
     requests: Counter,
-    duration: Histogram,
+    duration: Durations,
     pending: u64,
+    pending_durations: DurationCounts,
 }
 
 impl CachedSet {
@@ -745,14 +741,15 @@ impl CachedSet {
             self.requests.inc_by(self.pending);
             self.pending = 0;
         }
+        self.duration.add(&mut self.pending_durations);
     }
 }
 
 struct ShadowFeed(Arc<Mutex<Shared>>);
 
 impl Observer for ShadowFeed {
-    fn pair(&mut self, pair: Pair, cmp: Comparison) {
-        lock(&self.0).pair(pair, cmp);
+    fn pair(&mut self, pair: Pair, cmp: Comparison, places: &[String]) {
+        lock(&self.0).pair(pair, cmp, places);
     }
 
     fn unmatched(&mut self, u: Unmatched) {
@@ -826,7 +823,7 @@ impl Counting {
         let set = &mut self.sets[i];
         set.pending += 1;
         if let Some(l) = latency_us {
-            set.duration.observe(Duration::from_micros(l).as_secs_f64());
+            set.pending_durations.observe_us(l);
             self.pending_latencies.push(l);
         }
         self.pending_exchanges += 1;
@@ -879,6 +876,7 @@ impl Counting {
             requests,
             duration,
             pending: 0,
+            pending_durations: DurationCounts::default(),
         };
         if self.sets.len() < CACHED_SETS {
             self.sets.push(set);

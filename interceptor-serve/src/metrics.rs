@@ -25,16 +25,18 @@ use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use interceptor_sniff::hash::Seed;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use interceptor_sniff::pipeline::health::Health;
@@ -64,8 +66,89 @@ pub fn duration_buckets() -> [f64; 19] {
     ENVOY_BUCKETS_MS.map(|ms| ms / 1000.0)
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(duration_buckets())
+/// The bucket bounds of the duration histogram, in microseconds (the exchanges' own unit:
+/// no float is compared per observation).
+const DURATION_BOUNDS_US: [u64; 19] = {
+    let mut us = [0u64; 19];
+    let mut i = 0;
+    while i < 19 {
+        us[i] = (ENVOY_BUCKETS_MS[i] * 1000.0) as u64;
+        i += 1;
+    }
+    us
+};
+
+/// `interceptor_request_duration_seconds`' metric: a classic histogram with Envoy's buckets,
+/// encoded as prometheus-client's is, but filled a batch at a time: a capture counts the
+/// exchanges of a label set into [`DurationCounts`] and adds them under one lock, where
+/// prometheus-client's histogram takes its lock for each observation.
+#[derive(Clone, Debug, Default)]
+pub struct Durations(Arc<Mutex<DurationCounts>>);
+
+/// Observations of one label set not yet added to its [`Durations`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurationCounts {
+    sum_us: u64,
+    count: u64,
+    /// Per bucket (not cumulative), the last one `+Inf`'s.
+    buckets: [u64; 20],
+}
+
+impl DurationCounts {
+    pub fn observe_us(&mut self, us: u64) {
+        let i = DURATION_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(DURATION_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl Durations {
+    /// Adds `c` and empties it.
+    pub fn add(&self, c: &mut DurationCounts) {
+        if c.is_empty() {
+            return;
+        }
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        d.sum_us = d.sum_us.saturating_add(c.sum_us);
+        d.count += c.count;
+        for (total, n) in d.buckets.iter_mut().zip(c.buckets) {
+            *total += n;
+        }
+        drop(d);
+        *c = DurationCounts::default();
+    }
+
+    pub fn observe(&self, latency: Duration) {
+        let mut c = DurationCounts::default();
+        c.observe_us(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        self.add(&mut c);
+    }
+}
+
+impl TypedMetric for Durations {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Durations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let d = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let bounds = duration_buckets().into_iter().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(d.buckets).collect();
+        let sum = d.sum_us as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, d.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,7 +176,7 @@ pub struct PathLabels {
     pub path: String,
 }
 
-type DurationFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+type DurationFamily = Family<RequestLabels, Durations>;
 
 /// The metric families, registered once; cloning shares them.
 #[derive(Clone)]
@@ -110,7 +193,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             requests: Family::default(),
-            durations: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            durations: Family::default(),
             pairs: Family::default(),
             unmatched: Family::default(),
             differences: Family::default(),
@@ -182,7 +265,7 @@ struct Handles {
     labels: RequestLabels,
     code: u16,
     requests: Counter,
-    duration: Histogram,
+    duration: Durations,
 }
 
 /// Records requests and pairs; owned by one thread (the sniffer's output thread).
@@ -191,7 +274,7 @@ pub struct Recorder {
     /// Label sets seen, by a hash of their values (collisions are told apart by value).
     sets: HashMap<u64, Vec<Handles>>,
     count: usize,
-    overflow: Option<(Counter, Histogram)>,
+    overflow: Option<(Counter, Durations)>,
     /// The sets used last: traffic mostly repeats a few (a mirrored call alternates two),
     /// and comparing costs less than hashing.
     recent: [Option<Handles>; RECENT],
@@ -205,16 +288,16 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn request(&mut self, r: &Request) {
-        let (counter, histogram) = self.handles(r);
+        let (counter, durations) = self.handles(r);
         counter.inc();
         if let Some(l) = r.latency {
-            histogram.observe(l.as_secs_f64());
+            durations.observe(l);
         }
     }
 
     /// The counter and histogram `r` counts in (its label set's, or `other`'s beyond the
     /// bound), for a caller that counts many requests of one set (`r.latency` unused).
-    pub fn handles(&mut self, r: &Request) -> (Counter, Histogram) {
+    pub fn handles(&mut self, r: &Request) -> (Counter, Durations) {
         let service = service_label(r.host);
         let method = method_label(r.method);
         let code = r.status.filter(|s| (100..=999).contains(s)).unwrap_or(0);

@@ -87,7 +87,9 @@ impl Settings {
 /// holds the pair's exchanges and comparison as they are, rather than copies or a
 /// rendering of them, and hands the exchanges back for reuse when it lets them go.
 pub trait Observer: Send {
-    fn pair(&mut self, pair: pair::Pair, cmp: diff::Comparison);
+    /// `places`: the generalised places it differs in (`body:[*].imageUrl`), as the
+    /// report's summary counts them.
+    fn pair(&mut self, pair: pair::Pair, cmp: diff::Comparison, places: &[String]);
     fn unmatched(&mut self, u: pair::Unmatched);
     /// An exchange still waiting for its partner [`WAITING_SHOWN_AFTER`] after it arrived:
     /// told once, before its pair or its unmatched report.
@@ -191,7 +193,7 @@ impl<W: Write> Shadow<W> {
                     let cmp = diff::compare(&p.primary, &p.shadow, &self.opts);
                     self.reporter.pair(&p, &cmp)?;
                     match self.observer.as_mut() {
-                        Some(o) => o.pair(p, cmp),
+                        Some(o) => o.pair(p, cmp, self.reporter.places()),
                         None => {
                             keep_spent(&mut self.spent, p.primary);
                             keep_spent(&mut self.spent, p.shadow);

@@ -185,6 +185,12 @@ impl<W: Write> Reporter<W> {
         self.out.flush()
     }
 
+    /// The generalised places the last pair reported differed in (`body:[*].imageUrl`),
+    /// as the summary counted them.
+    pub fn places(&self) -> &[String] {
+        self.summary.places.last()
+    }
+
     /// Reports a pair.
     pub fn pair(&mut self, pair: &Pair, cmp: &Comparison) -> io::Result<()> {
         if cmp.same() {

@@ -294,24 +294,26 @@ impl Comparison {
 /// in the same places: those of the last pair are kept and given again.
 #[derive(Default)]
 pub struct DifferingPlaces {
-    locations: Vec<Location>,
+    /// The differences of the last comparison: a pair whose bodies were seen before shares
+    /// them (`BodyMemo`), so most are recognised by address.
+    differences: Vec<Arc<Difference>>,
     paths: Vec<String>,
     place: String,
 }
 
 impl DifferingPlaces {
     pub fn of(&mut self, cmp: &Comparison) -> &[String] {
-        let same_places = self.locations.len() == cmp.differences.len()
+        let same_places = self.differences.len() == cmp.differences.len()
             && self
-                .locations
+                .differences
                 .iter()
                 .zip(&cmp.differences)
-                .all(|(l, d)| *l == d.location);
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.location == b.location);
         if !same_places {
-            self.locations.clear();
+            self.differences.clear();
             self.paths.clear();
             for d in &cmp.differences {
-                self.locations.push(d.location.clone());
+                self.differences.push(d.clone());
                 self.place.clear();
                 d.location.push_to(&mut self.place);
                 self.paths.push(generalise(&self.place));
@@ -319,6 +321,11 @@ impl DifferingPlaces {
             self.paths.sort();
             self.paths.dedup();
         }
+        &self.paths
+    }
+
+    /// What [`DifferingPlaces::of`] gave last.
+    pub fn last(&self) -> &[String] {
         &self.paths
     }
 }
