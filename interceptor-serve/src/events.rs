@@ -10,8 +10,11 @@
 //! Events are kept either as rendered JSON or as a [`LazyEvent`] that renders itself when
 //! a connection reads it: an exchange costs a few hundred nanoseconds to render, which an
 //! offline capture read at a million packets a second would pay for every exchange, though
-//! only the last few thousand can ever be seen. Lazy events are rendered on the connection's
-//! thread, outside the lock.
+//! only the last thousand can ever be seen. Lazy events are rendered on the connection's
+//! thread, outside the lock. A lazy event may have several parts, each an event of the
+//! stream with its own sequence number, in a slot of its own (a shadow pair and its two
+//! exchanges; the exchanges of one buffer the `--json` writer wrote): pushed, evicted and
+//! given back to its producer as one, so a pair or a buffer costs one push.
 
 use std::any::Any;
 use std::collections::VecDeque;
