@@ -241,6 +241,7 @@ impl Metrics {
             recent: Default::default(),
             recent_next: 0,
             paths: HashMap::default(),
+            last_paths: Vec::new(),
             other_path: None,
             verdicts: [None, None],
         }
@@ -282,6 +283,8 @@ pub struct Recorder {
     recent_next: usize,
     paths: HashMap<String, Counter, Seed>,
     other_path: Option<Counter>,
+    /// The paths of the last pair, with their counters.
+    last_paths: Vec<(String, Counter)>,
     /// The pair counters by verdict (same, different), made on first use.
     verdicts: [Option<Counter>; 2],
 }
@@ -380,27 +383,42 @@ impl Recorder {
                 })
             })
             .inc();
-        for p in paths {
-            if let Some(c) = self.paths.get(p) {
-                c.inc();
-            } else if self.paths.len() < MAX_DIFFERENCE_PATHS {
-                let c = self
-                    .metrics
-                    .differences
-                    .get_or_create_owned(&PathLabels { path: p.clone() });
-                c.inc();
-                self.paths.insert(p.clone(), c);
-            } else {
-                let m = &self.metrics;
-                self.other_path
-                    .get_or_insert_with(|| {
-                        m.differences.get_or_create_owned(&PathLabels {
-                            path: "other".into(),
-                        })
-                    })
-                    .inc();
+        // Consecutive pairs mostly differ in the same places: their counters are kept.
+        if self.last_paths.len() != paths.len()
+            || self.last_paths.iter().zip(paths).any(|((p, _), q)| p != q)
+        {
+            self.last_paths.clear();
+            for p in paths {
+                let c = self.path_counter(p);
+                self.last_paths.push((p.clone(), c));
             }
         }
+        for (_, c) in &self.last_paths {
+            c.inc();
+        }
+    }
+
+    /// The counter of difference path `p`, or `other`'s beyond the bound.
+    fn path_counter(&mut self, p: &str) -> Counter {
+        if let Some(c) = self.paths.get(p) {
+            return c.clone();
+        }
+        if self.paths.len() < MAX_DIFFERENCE_PATHS {
+            let c = self
+                .metrics
+                .differences
+                .get_or_create_owned(&PathLabels { path: p.into() });
+            self.paths.insert(p.into(), c.clone());
+            return c;
+        }
+        let m = &self.metrics;
+        self.other_path
+            .get_or_insert_with(|| {
+                m.differences.get_or_create_owned(&PathLabels {
+                    path: "other".into(),
+                })
+            })
+            .clone()
     }
 
     /// An exchange whose partner never came; `role` is `primary` or `shadow`.

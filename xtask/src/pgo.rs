@@ -2,8 +2,9 @@
 //!
 //! An instrumented build sniffs a synthetic capture of mirrored catalog traffic (not the
 //! benchmark's capture: keep-alive exchanges from another server, with JSON bodies and
-//! shadow pairs) in the three output modes (--json, text, --shadow), llvm-profdata merges
-//! what it counted, and the final build uses it. The offline sniffer is the hot path this
+//! shadow pairs) in the three output modes (--json, text, --shadow), and with the live
+//! view and metrics served (`--serve`, what the node agent runs all the time), then
+//! llvm-profdata merges what it counted, and the final build uses it. The offline sniffer is the hot path this
 //! serves: on the benchmark capture, the parsing thread runs about a sixth fewer
 //! instructions and the run takes about 9% less time.
 //!
@@ -19,6 +20,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Requests in the training capture (each mirrored: twice as many exchanges).
 const TRAINING_REQUESTS: usize = 20_000;
+/// The output modes of the training runs, without and with `--serve`.
+const MODES: [&[&str]; 3] = [&["--json"], &[], &["--shadow", "--json"]];
+const SERVE_MODES: [&[&str]; 2] = [&["--json"], &["--shadow"]];
 
 pub fn build(root: &Path) -> Result<PathBuf> {
     let profdata = llvm_profdata()?;
@@ -31,7 +35,9 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     cargo_build(root, &generate, "-Cprofile-generate", &raw)?;
     let instrumented = generate.join("release/interceptor");
 
-    let profile = work.join(format!("{:016x}.profdata", fnv_file(&instrumented)?));
+    let training = format!("{TRAINING_REQUESTS} {MODES:?} {SERVE_MODES:?}");
+    let key = fnv(fnv_file(&instrumented)?, training.as_bytes());
+    let profile = work.join(format!("{key:016x}.profdata"));
     if !profile.exists() {
         train(&instrumented, &raw, &work)?;
         let mut merge = Command::new(&profdata);
@@ -59,7 +65,7 @@ fn train(instrumented: &Path, raw: &Path, work: &Path) -> Result<()> {
         std::fs::File::create(&pcap).with_context(|| format!("creating {}", pcap.display()))?;
     interceptor_tests::pcap_synth::write(std::io::BufWriter::new(file), &spec)
         .with_context(|| format!("writing {}", pcap.display()))?;
-    for mode in [&["--json"][..], &[], &["--shadow", "--json"]] {
+    for mode in MODES {
         let mut sniff = Command::new(instrumented);
         sniff
             .args(["sniff", "-q", "-I"])
@@ -71,6 +77,49 @@ fn train(instrumented: &Path, raw: &Path, work: &Path) -> Result<()> {
             &mut sniff,
             &format!("training run (sniff {})", mode.join(" ")),
         )?;
+    }
+    for mode in SERVE_MODES {
+        serve(instrumented, &pcap, mode)?;
+    }
+    Ok(())
+}
+
+/// A training run with `--serve`: the server stays up after the file is read, so it is
+/// interrupted once it says the capture ended (its counts are written as it exits).
+fn serve(instrumented: &Path, pcap: &Path, mode: &[&str]) -> Result<()> {
+    use std::io::BufRead;
+    let what = format!("training run (sniff {} --serve)", mode.join(" "));
+    let mut child = Command::new(instrumented)
+        .args(["sniff", "-I"])
+        .arg(pcap)
+        .args(mode)
+        .args(["--serve", "127.0.0.1:0", "", "tcp port 3000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{what}: could not start"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("{what}: no stderr"))?;
+    let mut ended = false;
+    for line in std::io::BufReader::new(stderr).lines() {
+        if line
+            .with_context(|| format!("{what}: reading its stderr"))?
+            .contains("capture ended")
+        {
+            ended = true;
+            break;
+        }
+    }
+    if ended {
+        let mut kill = Command::new("kill");
+        kill.args(["-INT", &child.id().to_string()]);
+        run(&mut kill, &format!("{what}: interrupting it"))?;
+    }
+    let status = child.wait().with_context(|| format!("{what}: waiting"))?;
+    if !ended || !status.success() {
+        bail!("{what} failed ({status})");
     }
     Ok(())
 }
@@ -136,7 +185,12 @@ fn llvm_profdata() -> Result<PathBuf> {
 /// FNV-1a of a file's bytes: names the profile after the binary that wrote it.
 fn fnv_file(path: &Path) -> Result<u64> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    }))
+    Ok(fnv(0xcbf29ce484222325, &bytes))
+}
+
+/// FNV-1a of `bytes`, going on from `h`.
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }

@@ -446,6 +446,9 @@ pub struct Matcher {
     /// The exchanges not yet reported as waiting, in arrival order (keys of those paired or
     /// dropped since are passed over).
     unreported: VecDeque<Key>,
+    /// Nothing in `unreported` is due before this (the oldest that was still waiting when
+    /// last looked at); the clock is compared with it first.
+    next_due: SystemTime,
 }
 
 /// Keys kept for [`Matcher::waiting`] at most: beyond, the oldest are let go (they are
@@ -473,6 +476,7 @@ impl Matcher {
             stats: Stats::default(),
             waiting_after: None,
             unreported: VecDeque::new(),
+            next_due: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -489,13 +493,20 @@ impl Matcher {
         let Some(after) = self.waiting_after else {
             return;
         };
+        if self.clock < self.next_due {
+            return;
+        }
         while let Some(&key) = self.unreported.front() {
             if let Some(e) = self.pending.get(key) {
                 // Arrival order is close to time order: one out of order is told late.
-                if e.ts.checked_add(after).is_none_or(|due| due > self.clock) {
-                    break;
+                match e.ts.checked_add(after) {
+                    Some(due) if due <= self.clock => f(&e.exchange),
+                    due => {
+                        // Those behind it arrived later.
+                        self.next_due = due.unwrap_or(SystemTime::UNIX_EPOCH);
+                        return;
+                    }
                 }
-                f(&e.exchange);
             }
             self.unreported.pop_front();
         }
