@@ -355,8 +355,7 @@ impl Ring {
     /// Adds a lazy event of `parts` parts (see [`LazyEvent`]); returns the sequence number
     /// of its first. It goes into an event of `spare` when there is one that nothing else
     /// holds (taken back with [`Event::take_lazy`]): in a steady stream a push allocates
-    /// nothing. The events pushed out are appended to `evicted`, once per part (the last
-    /// is the one [`Event::take_lazy`] can take back).
+    /// nothing. The events pushed out are appended to `evicted` as their last part goes.
     pub fn push_lazy(
         &self,
         kind: &'static str,
@@ -428,12 +427,12 @@ impl Ring {
             let Some(old) = g.events.pop_front() else {
                 break;
             };
-            // An event's bytes leave with its last part.
+            g.evicted += 1;
+            // An event leaves with its last part: its bytes, and back to its producer.
             if old.part(front) + 1 >= old.parts {
                 g.bytes = g.bytes.saturating_sub(old.size);
+                evicted.push(old);
             }
-            g.evicted += 1;
-            evicted.push(old);
         }
         // The events evicted next, fetched in stages (each stage reads a pointer the
         // previous one fetched): the event, its lazy payload, what the payload points to.
@@ -733,24 +732,21 @@ mod tests {
         assert_eq!(b.events[1].kind(), "shadow");
         drop(b);
 
-        // Evicted part by part; only the last part's eviction can take it back.
+        // Evicted part by part, handed back with its last part.
         assert_eq!(push(&ring, Probe(2, 1), &mut spare, &mut evicted), 5);
         assert_eq!(push(&ring, Probe(3, 1), &mut spare, &mut evicted), 6);
-        assert_eq!(evicted.len(), 2);
-        let mut first = evicted.remove(0);
+        assert_eq!(
+            evicted.len(),
+            1,
+            "the first event; the pair's first part went too"
+        );
+        let mut first = evicted.pop().unwrap();
         let back = Event::take_lazy(&mut first).unwrap();
         assert_eq!(back.downcast::<Probe>().unwrap().0, 0);
-        assert!(
-            Event::take_lazy(&mut evicted[0]).is_none(),
-            "its last part is still held"
-        );
-        evicted.clear();
         assert_eq!(push(&ring, Probe(4, 1), &mut spare, &mut evicted), 7);
+        assert!(evicted.is_empty(), "its last part is still in the ring");
         assert_eq!(push(&ring, Probe(5, 1), &mut spare, &mut evicted), 8);
-        // In the order evicted, as a producer takes them: the part before lets go first.
         let mut last = evicted.pop().unwrap();
-        assert!(Event::take_lazy(&mut last).is_none());
-        evicted.clear();
         assert_eq!(
             Event::take_lazy(&mut last)
                 .unwrap()

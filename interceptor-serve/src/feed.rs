@@ -995,7 +995,13 @@ impl Sink for ServeSink {
     fn spent(&mut self, out: &mut Vec<Exchange>) {
         self.inner.spent(out);
         out.append(&mut self.spare);
-        out.append(&mut lock(&self.feed.shared).spent);
+        let mut shared = lock(&self.feed.shared);
+        if out.is_empty() {
+            // The usual case with `--shadow`: the vectors trade places, nothing is moved.
+            std::mem::swap(out, &mut shared.spent);
+        } else {
+            out.append(&mut shared.spent);
+        }
     }
 
     fn tee(&mut self) -> Option<Box<dyn Tee>> {
