@@ -45,11 +45,11 @@ impl Pairing {
     ) -> io::Result<Pairing> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         // The report itself is not wanted (the agent has no stdout reader): the observer
-        // is what feeds the live view and the metrics. JSON is the cheaper style to render.
+        // is what feeds the live view and the metrics, so the report only counts.
         let shadow = Shadow::new(
             cfg,
             opts,
-            report::Reporter::new(io::sink(), report::Style::Json),
+            report::Reporter::new(io::sink(), report::Style::Counts),
         )
         .observe(feed.observer());
         let thread = std::thread::Builder::new()

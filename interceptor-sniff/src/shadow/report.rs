@@ -21,6 +21,9 @@ pub enum Style {
     Text { color: bool, width: usize },
     /// One JSON object per line.
     Json,
+    /// Nothing written: only the summary's counts are kept (the node agent's pairing
+    /// stage, whose pairs go to the live view and the metrics).
+    Counts,
 }
 
 impl Style {
@@ -218,6 +221,7 @@ impl<W: Write> Reporter<W> {
             Style::Text { color, width } => {
                 write_pair_text(&mut self.out, &mut self.text, pair, cmp, color, width)
             }
+            Style::Counts => Ok(()),
         }
     }
 
@@ -246,6 +250,7 @@ impl<W: Write> Reporter<W> {
                     u.reason.as_str()
                 )
             }
+            Style::Counts => Ok(()),
         }
     }
 
@@ -320,6 +325,7 @@ impl<W: Write> Reporter<W> {
                     ms(s.shadow_latency.quantile(0.99)),
                 )?;
             }
+            Style::Counts => {}
         }
         self.out.flush()?;
         Ok(self.out)
@@ -975,6 +981,16 @@ mod tests {
         let all: String = (0u8..0x80).map(char::from).collect();
         push_json_str(&mut s, &all);
         assert_eq!(s, serde_json::to_vec(&all).unwrap());
+    }
+
+    #[test]
+    fn counts_only_writes_nothing_and_still_knows_the_places() {
+        let (p, c) = pair(r#"[{"id":1}]"#, r#"[{"id":1,"imageUrl":"u"}]"#);
+        let mut r = Reporter::new(Vec::new(), Style::Counts);
+        r.pair(&p, &c).unwrap();
+        assert_eq!(r.places(), ["body:[*].imageUrl"]);
+        let out = r.finish(&Stats::default()).unwrap();
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     }
 
     #[test]
