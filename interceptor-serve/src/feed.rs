@@ -61,8 +61,8 @@ use crate::summary::Summary;
 
 /// How often the summary event is replaced.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
-/// Exchanges counted on the output thread before the shared counters and the summary are
-/// brought up to date (a writer batch holds 256 records).
+/// Exchanges counted before the shared counters and the summary are brought up to date (a
+/// writer batch holds 256 records).
 pub const FLUSH_EVERY: u32 = 256;
 /// Label sets a sink remembers with their metrics, found by comparing raw values.
 const CACHED_SETS: usize = 8;
@@ -602,8 +602,8 @@ impl Feed {
 
     /// For [`interceptor_sniff::shadow::Shadow::observe`]: the pairs and unmatched
     /// exchanges go to the ring and the metrics too, and with them the events of their
-    /// exchanges (the comparison keeps each exchange until its partner comes, so an
-    /// exchange shows up in the live view when the comparison is done with it).
+    /// exchanges (the comparison keeps each exchange until its partner comes; one still
+    /// waiting after [`interceptor_sniff::shadow::WAITING_SHOWN_AFTER`] is shown then).
     pub fn observer(&self) -> Box<dyn Observer> {
         Box::new(ShadowFeed(self.shared.clone()))
     }
