@@ -494,6 +494,26 @@ impl Ring {
         }
     }
 
+    /// How many events from `cursor` on the ring holds.
+    pub fn behind(&self, cursor: u64) -> u64 {
+        let g = self.lock();
+        g.next_seq - cursor.max(g.first()).min(g.next_seq)
+    }
+
+    /// Moves `cursor` past all but the newest `keep` events (a connection paced below the
+    /// rate events come at skips to the newest), and past those that already left the
+    /// ring. Returns how many it passed over, and the first of them.
+    pub fn keep_newest(&self, cursor: &mut u64, keep: u64) -> (u64, u64) {
+        let g = self.lock();
+        let to = g.first().max(g.next_seq.saturating_sub(keep));
+        if *cursor >= to {
+            return (0, 0);
+        }
+        let passed = (to - *cursor, *cursor);
+        *cursor = to;
+        passed
+    }
+
     /// Waits up to `timeout` for events from `cursor` on (at most `max`), or a newer
     /// summary than `summary_seen`; advances both. Returns at once when there is something.
     pub fn wait(

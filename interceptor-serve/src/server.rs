@@ -37,8 +37,12 @@ pub struct Config {
     /// A comment line is sent on a quiet event stream this often, so proxies and the
     /// browser keep it open and a dead peer is noticed.
     pub ping_interval: Duration,
-    /// Events read from the ring per write to the socket.
+    /// Events read from the ring per write to the socket, and the burst a paced event
+    /// stream may send at once.
     pub batch: usize,
+    /// Events a second an event stream is sent after its replay; when more come, it skips
+    /// to the newest and counts the rest as missed (see [`crate::sse`]).
+    pub events_per_second: u32,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(15),
             batch: 256,
+            events_per_second: 2000,
         }
     }
 }

@@ -277,6 +277,82 @@ fn a_browser_that_stops_reading_never_holds_up_the_producer_and_learns_what_it_m
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
 
+#[test]
+fn a_browser_reading_fast_is_paced_to_the_newest_and_told_what_it_skipped() {
+    let ring = Arc::new(Ring::new(Limits::default()));
+    let cfg = Config {
+        events_per_second: 1000,
+        batch: 50,
+        ..Config::default()
+    };
+    let server =
+        Server::bind_with("127.0.0.1:0", State::new().with_events(ring.clone()), cfg).unwrap();
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+    let head = read_frames(&mut s, Duration::from_secs(5), |t| {
+        t.contains("retry: 1000")
+    });
+    assert!(head.contains("retry: 1000"));
+    // 20 000 events over about half a second, read as fast as they are sent. (The
+    // connection's allowance is at most its burst when this starts.)
+    let start = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let text = read_frames(&mut s, Duration::from_secs(20), |t| {
+            t.rfind("\"seq\":20000,")
+                .is_some_and(|at| t[at..].contains("\n\n"))
+        });
+        (text, start.elapsed())
+    });
+    for i in 0..20_000u32 {
+        ring.push_json(
+            "exchange",
+            format!("{{\"type\":\"exchange\",\"i\":{i}}}").as_bytes(),
+        );
+        if i % 400 == 399 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let (text, reading) = reader.join().unwrap();
+    let f = frames(&text);
+    let seen: Vec<u64> = f
+        .iter()
+        .filter(|(e, _)| e == "exchange")
+        .filter_map(|(_, d)| d["seq"].as_u64())
+        .collect();
+    let missed = f
+        .iter()
+        .filter(|(e, _)| e == "dropped")
+        .filter_map(|(_, d)| d["missed"].as_u64())
+        .next_back()
+        .expect("a dropped event");
+    // The burst and what a second brings over the time it read, however long that was.
+    let bound = 50 + (1000.0 * reading.as_secs_f64()).ceil() as u64;
+    assert!(
+        (seen.len() as u64) <= bound,
+        "{} events sent in {reading:?}, at most {bound} expected",
+        seen.len()
+    );
+    assert_eq!(seen.len() as u64 + missed, 20_000, "seen + missed");
+    assert_eq!(seen.last(), Some(&20_000));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    // A browser connecting now is replayed the whole ring at once, paced or not.
+    let mut late = TcpStream::connect(server.local_addr()).unwrap();
+    late.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+    let text = read_frames(&mut late, Duration::from_secs(5), |t| {
+        t.rfind("\"seq\":20000,")
+            .is_some_and(|at| t[at..].contains("\n\n"))
+    });
+    let replayed = frames(&text)
+        .iter()
+        .filter(|(e, _)| e == "exchange")
+        .count();
+    assert_eq!(replayed, Limits::default().events);
+    assert!(
+        !text.contains("event: dropped"),
+        "the replay skipped events"
+    );
+}
+
 /// Checks every line of a metrics text against the exposition format: comments are HELP,
 /// TYPE (UNIT, EOF in OpenMetrics) for a known family; samples are `name{labels} value`
 /// with valid names, quoted and escaped label values, a number, and a family declared
