@@ -16,9 +16,12 @@
 #      of this shared machine falls on all rows alike; the table has medians, each row's
 #      ratio to ngrep on the same capture, and peak RSS from one more run of each.
 #      The --serve rows run the same reads with the live view and metrics served: until
-#      the capture has ended (the server stays up after a file until interrupted; the
-#      time is taken when it says the capture ended), without a browser and with one
-#      (a client reading /events from the start).
+#      the capture has ended (the server stays up after a file until interrupted: it is
+#      interrupted when it says the capture ended, and timed to its exit), without a
+#      browser and with one
+#      (a client reading /events from the start). Their cost is the speed each keeps
+#      against the same command without --serve, run just before it in the same round:
+#      the median of the rounds' ratios.
 #   2. Live: interceptor sniff on the client's veth while wrk drives it at full speed for
 #      LIVE_SECS (0: skipped); the kernel's drop counter must stay at 0.
 #   3. Memory: a synthetic capture with FLOWS (default 100000; 0: skipped) concurrent open
@@ -151,14 +154,17 @@ peak_rss() {
 }
 
 # serve-run [--client] CMD...: CMD is `interceptor sniff … --serve 127.0.0.1:PORT` on a
-# file; runs it until it says the capture ended, then interrupts it. Its time is from
-# CMD's start to that message (written to $ELAPSED: the server's shutdown and this
-# wrapper are not the capture's cost). With --client, a client reads /events from the
+# file; runs it until it says the capture ended, then interrupts it at once. Its time is
+# from CMD's start to its exit (written to $ELAPSED), as the row without --serve is timed
+# to its exit: both then include the process's teardown (unmapping the capture file
+# alone takes milliseconds). With --client, a client reads /events from the
 # moment the server is up (it tries to connect every 0.2 ms from before the start) to the
-# end: a browser connected all along.
+# end: a browser connected all along. The client has started (Python's own start-up,
+# tens of milliseconds of CPU, is not a browser's cost) before the clock does.
 cat > "$work/sse-client.py" <<'PY'
 import socket, sys, time
 port = int(sys.argv[1])
+print("ready", flush=True)
 while True:
     try:
         s = socket.create_connection(("127.0.0.1", port))
@@ -175,7 +181,11 @@ set -u
 client=0
 [ "$1" = --client ] && { client=1; shift; }
 port=${SERVE_PORT:?}
-if [ "$client" = 1 ]; then python3 "$(dirname "$0")/sse-client.py" "$port" & cl=$!; fi
+if [ "$client" = 1 ]; then
+  ready=$(mktemp -u); mkfifo "$ready"
+  python3 "$(dirname "$0")/sse-client.py" "$port" >"$ready" & cl=$!
+  read -r _ <"$ready"; rm -f "$ready"
+fi
 fifo=$(mktemp -u); mkfifo "$fifo"
 start=${EPOCHREALTIME/[^0-9]/}
 "$@" 2>"$fifo" &
@@ -185,9 +195,9 @@ ok=1
 while read -r line <&3; do
   case $line in *"capture ended"*) ok=0; break ;; esac
 done
+kill -INT "$pid" 2>/dev/null; wait "$pid"
 end=${EPOCHREALTIME/[^0-9]/}
 [ "$ok" = 1 ] || awk -v n=$((end - start)) 'BEGIN {printf "%.3f\n", n / 1e6}' >"${ELAPSED:?}"
-kill -INT "$pid" 2>/dev/null; wait "$pid"
 [ -z "${cl:-}" ] || { kill "$cl" 2>/dev/null; wait "$cl" 2>/dev/null; }
 exit "$ok"
 SH
@@ -285,7 +295,10 @@ fi
 # --- report ------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a/b}'; }
 # Each --serve row against the row of the same capture and command without it (the row
-# whose command is the --serve row's with the wrapper and `--serve ADDR` taken out).
+# whose command is the --serve row's with the wrapper and `--serve ADDR` taken out): the
+# speed it keeps, base time over --serve time, taken round by round (the two ran one
+# after the other, under the same load) and then the median of the rounds; with the
+# lowest and highest round.
 serve_costs() {
   local i j base
   for i in "${!row_cmd[@]}"; do
@@ -294,7 +307,11 @@ serve_costs() {
     for j in "${!row_cmd[@]}"; do
       [ "$(printf '%s' "${row_cmd[j]}" | sed -E 's| -q | |')" = "$base" ] || continue
       printf '  %s %s: %s\n' "${row_cap[i]}" "${row_label[i]}" \
-        "$(awk -v a="${t_med[i]}" -v b="${t_med[j]}" 'BEGIN {printf "%.2f", a/b}')"
+        "$(paste <(printf '%s' "${times[j]}") <(printf '%s' "${times[i]}") |
+          awk '{print $1 / $2}' | sort -g |
+          awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+            lost = m < 1 ? sprintf("%.0f%% lost", 100 * (1 - m)) : "none lost";
+            printf "keeps %.2f of its speed (%s; rounds %.2f to %.2f)", m, lost, v[1], v[NR]}')"
     done
   done
 }
@@ -315,7 +332,7 @@ for i in "${!row_cmd[@]}"; do
 done
 cat <<REPORT
 (target: text and --json >= 10x ngrep, --shadow >= 5x)
-serve cost (median time with --serve over the same command without; target <= 1.10):
+serve cost (speed with --serve over the same command's without, median of the rounds; target: at most 10% lost):
 $(serve_costs)
 live: $live
 memory: $memory

@@ -314,6 +314,8 @@ pub struct Batch {
 pub struct Ring {
     inner: Mutex<Inner>,
     wake: Condvar,
+    /// Notified only when the ring closes: a paced connection sleeps on it (`pause`).
+    closing: Condvar,
     limits: Limits,
 }
 
@@ -331,6 +333,7 @@ impl Ring {
                 summary_version: 0,
             }),
             wake: Condvar::new(),
+            closing: Condvar::new(),
             limits,
         }
     }
@@ -470,6 +473,7 @@ impl Ring {
     pub fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_all();
+        self.closing.notify_all();
     }
 
     pub fn stats(&self) -> RingStats {
@@ -492,6 +496,24 @@ impl Ring {
             Some(id) if id < g.next_seq => id + 1,
             _ => g.first(),
         }
+    }
+
+    /// Sleeps for `d`, or until the ring closes (pushes do not wake it); returns whether
+    /// it is closed.
+    pub fn pause(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock();
+        while !g.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = match self.closing.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        g.closed
     }
 
     /// How many events from `cursor` on the ring holds.
@@ -579,6 +601,25 @@ mod tests {
         let mut out = Vec::new();
         e.frame(&mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn pause_ends_when_the_ring_closes_not_on_a_push() {
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let r = ring.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            let closed = r.pause(Duration::from_secs(10));
+            (closed, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        ring.push_json("exchange", b"{}");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished(), "a push ended the pause");
+        ring.close();
+        let (closed, took) = t.join().unwrap();
+        assert!(closed && took < Duration::from_secs(5), "{took:?}");
+        assert!(!Ring::new(Limits::default()).pause(Duration::from_millis(1)));
     }
 
     #[test]

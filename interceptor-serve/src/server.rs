@@ -220,8 +220,10 @@ impl Server {
             ring.close();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
+        // Polled finely: streams end within a moment of the close, and the process's exit
+        // waits for this.
         while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

@@ -14,7 +14,6 @@
 use std::io::{self, Write as _};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::events::Ring;
@@ -46,7 +45,9 @@ pub fn stream(
             .max(Duration::from_millis(1));
         let allowed = pace.allowed();
         if allowed == 0 {
-            thread::sleep(pace.until(chunk).min(wait));
+            if ring.pause(pace.until(chunk).min(wait)) {
+                return Ok(());
+            }
             continue;
         }
         let (mut skipped, mut skipped_from) = ring.keep_newest(&mut cursor, allowed);
@@ -137,6 +138,7 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread;
 
     #[test]
     fn pace_allows_the_replay_once_then_the_rate_up_to_the_burst() {

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -218,10 +217,7 @@ impl Serving {
                     self.server.local_addr()
                 );
             }
-            // Polled often enough that an interrupt ends the process at once.
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            crate::signal::wait_for_interrupt(stop);
         }
         self.server.shutdown();
         result
