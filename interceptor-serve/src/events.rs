@@ -12,9 +12,10 @@
 //! offline capture read at a million packets a second would pay for every exchange, though
 //! only the last thousand can ever be seen. Lazy events are rendered on the connection's
 //! thread, outside the lock. A lazy event may have several parts, each an event of the
-//! stream with its own sequence number, in a slot of its own (a shadow pair and its two
-//! exchanges; the exchanges of one buffer the `--json` writer wrote): pushed, evicted and
-//! given back to its producer as one, so a pair or a buffer costs one push.
+//! stream with its own sequence number (a shadow pair and its two exchanges; the exchanges
+//! of one buffer the `--json` writer wrote), in one slot of the queue: pushed and given
+//! back to its producer as one (evicted part by part, handed back with its last), so a
+//! pair or a buffer costs one push.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -249,7 +250,12 @@ pub struct RingStats {
 }
 
 struct Inner {
+    /// One per entry, of one part or several, in order of their sequence numbers.
     events: VecDeque<Arc<Event>>,
+    /// Parts held: the events of the stream.
+    held: usize,
+    /// Parts of the front entry already evicted (its bytes leave with its last part).
+    front_gone: usize,
     next_seq: u64,
     bytes: usize,
     evicted: u64,
@@ -265,7 +271,7 @@ struct Inner {
 impl Inner {
     /// Sequence number of the oldest event held (`next_seq` when empty).
     fn first(&self) -> u64 {
-        self.next_seq - self.events.len() as u64
+        self.next_seq - self.held as u64
     }
 }
 
@@ -324,6 +330,8 @@ impl Ring {
         Ring {
             inner: Mutex::new(Inner {
                 events: VecDeque::with_capacity(limits.events.clamp(1, 1 << 16)),
+                held: 0,
+                front_gone: 0,
                 next_seq: 1,
                 bytes: 0,
                 evicted: 0,
@@ -410,42 +418,50 @@ impl Ring {
         self.push_event(ev, evicted)
     }
 
-    /// Appends `ev` (held by nothing else) under the next sequence numbers, one slot per
-    /// part, evicts what the limits say.
+    /// Appends `ev` (held by nothing else) under the next sequence numbers, one for each
+    /// part; evicts what the limits say, oldest part first. An entry is one slot of the
+    /// queue whatever its parts, so a pair costs one append and one removal.
     fn push_event(&self, ev: Arc<Event>, evicted: &mut Vec<Arc<Event>>) -> u64 {
         let (size, parts) = (ev.size, ev.parts);
         let mut g = self.lock();
         let seq = g.next_seq;
         ev.seq.store(seq, Ordering::Relaxed);
         g.bytes += size;
-        for _ in 1..parts {
-            g.events.push_back(ev.clone());
-        }
+        g.held += parts;
         g.events.push_back(ev);
         g.next_seq += parts as u64;
-        while g.events.len() > 1
-            && (g.events.len() > self.limits.events.max(1) || g.bytes > self.limits.bytes)
-        {
-            let front = g.first();
+        let limit = self.limits.events.max(1);
+        while g.events.len() > 1 && (g.held > limit || g.bytes > self.limits.bytes) {
+            let Some(front) = g.events.front() else {
+                break;
+            };
+            let left = front.parts - g.front_gone;
+            // Over the count, the oldest parts go one by one; over the bytes, whole entries.
+            let over = if g.held > limit { g.held - limit } else { left };
+            if over < left {
+                g.front_gone += over;
+                g.held -= over;
+                g.evicted += over as u64;
+                break;
+            }
             let Some(old) = g.events.pop_front() else {
                 break;
             };
-            g.evicted += 1;
-            // An event leaves with its last part: its bytes, and back to its producer.
-            if old.part(front) + 1 >= old.parts {
-                g.bytes = g.bytes.saturating_sub(old.size);
-                evicted.push(old);
-            }
+            g.front_gone = 0;
+            g.held -= left;
+            g.evicted += left as u64;
+            g.bytes = g.bytes.saturating_sub(old.size);
+            evicted.push(old);
         }
-        // The events evicted next, fetched in stages (each stage reads a pointer the
+        // The entries evicted next, fetched in stages (each stage reads a pointer the
         // previous one fetched): the event, its lazy payload, what the payload points to.
-        if let Some(e) = g.events.get(12) {
+        if let Some(e) = g.events.get(4) {
             prefetch(Arc::as_ptr(e));
         }
-        if let Some(Payload::Lazy(l)) = g.events.get(6).map(|e| &e.payload) {
+        if let Some(Payload::Lazy(l)) = g.events.get(2).map(|e| &e.payload) {
             prefetch(&**l as *const dyn LazyEvent);
         }
-        if let Some(Payload::Lazy(l)) = g.events.get(2).map(|e| &e.payload) {
+        if let Some(Payload::Lazy(l)) = g.events.get(1).map(|e| &e.payload) {
             l.prefetch();
         }
         let wake = g.waiting > 0;
@@ -479,7 +495,7 @@ impl Ring {
     pub fn stats(&self) -> RingStats {
         let g = self.lock();
         RingStats {
-            len: g.events.len(),
+            len: g.held,
             bytes: g.bytes,
             next_seq: g.next_seq,
             evicted: g.evicted,
@@ -563,14 +579,24 @@ impl Ring {
             }
             let have = g.next_seq.saturating_sub(*cursor);
             if have > 0 {
-                let from = (*cursor - first) as usize;
                 let n = (have as usize).min(max.max(1));
-                let slots = g.events.range(from..from + n).zip(*cursor..);
-                batch.events.extend(slots.map(|(event, seq)| Slot {
-                    seq,
-                    event: event.clone(),
-                }));
-                *cursor += n as u64;
+                let end = *cursor + n as u64;
+                // The entry holding `cursor`: the first that ends after it.
+                let at = g
+                    .events
+                    .partition_point(|e| e.seq.load(Ordering::Relaxed) + e.parts as u64 <= *cursor);
+                for event in g.events.range(at..) {
+                    let from = event.seq.load(Ordering::Relaxed).max(*cursor);
+                    let to = (event.seq.load(Ordering::Relaxed) + event.parts as u64).min(end);
+                    batch.events.extend((from..to).map(|seq| Slot {
+                        seq,
+                        event: event.clone(),
+                    }));
+                    if to >= end {
+                        break;
+                    }
+                }
+                *cursor = end;
             }
             if g.summary_version != *summary_seen {
                 *summary_seen = g.summary_version;

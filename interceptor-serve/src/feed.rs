@@ -382,6 +382,18 @@ struct Shared {
     waited: Waited,
     /// When the summary event was last replaced.
     last_summary: Option<Instant>,
+    /// Pairs not yet in the metrics and the summary.
+    run: PairRun,
+}
+
+/// Pairs reported in a row with the same verdict and differing places (most pairs repeat
+/// the last one's), counted into the metrics and the summary in one go when that changes
+/// or they are next brought up to date.
+#[derive(Default)]
+struct PairRun {
+    same: bool,
+    places: Vec<String>,
+    pairs: u64,
 }
 
 /// What an exchange is known by until its pair is reported.
@@ -431,6 +443,7 @@ impl Shared {
     /// after each batch of counts and at each flush (every batch of a live capture) or
     /// idle moment, so the clock is read rarely.
     fn maybe_summary(&mut self, force: bool) {
+        self.count_run();
         let due = self
             .last_summary
             .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
@@ -464,8 +477,20 @@ impl Shared {
     }
 
     fn pair(&mut self, pair: Pair, cmp: Comparison, places: &[String]) {
-        self.recorder.pair(cmp.same(), places);
-        self.summary.pair(cmp.same(), places);
+        let same = cmp.same();
+        let run = &mut self.run;
+        if run.pairs == 0 || run.same != same || run.places != places {
+            self.count_run();
+            let run = &mut self.run;
+            run.same = same;
+            run.places.truncate(places.len());
+            for (kept, p) in run.places.iter_mut().zip(places) {
+                kept.clone_from(p);
+            }
+            let have = run.places.len();
+            run.places.extend_from_slice(&places[have..]);
+        }
+        self.run.pairs += 1;
         let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];
         let earlier = [
             self.waited.take(&pair.primary),
@@ -473,6 +498,16 @@ impl Shared {
         ];
         let event = self.slots.event(Shown::Pair { pair, cmp }, pods, earlier);
         self.push(event);
+    }
+
+    /// Counts the run of pairs into the metrics and the summary.
+    fn count_run(&mut self) {
+        let run = &mut self.run;
+        if run.pairs > 0 {
+            self.recorder.pairs(run.same, &run.places, run.pairs);
+            self.summary.pairs(run.same, &run.places, run.pairs);
+            run.pairs = 0;
+        }
     }
 
     fn unmatched(&mut self, u: Unmatched) {
@@ -553,6 +588,7 @@ impl Feed {
             spent: Vec::new(),
             waited: Waited::default(),
             last_summary: None,
+            run: PairRun::default(),
         }))
     }
 

@@ -372,8 +372,9 @@ impl Recorder {
         (counter.clone(), histogram.clone())
     }
 
-    /// One pair, with the generalised paths that differed in it (each once).
-    pub fn pair(&mut self, same: bool, paths: &[String]) {
+    /// `n` pairs of one verdict, with the generalised paths that differed in each (each
+    /// path once).
+    pub fn pairs(&mut self, same: bool, paths: &[String], n: u64) {
         let verdict = if same { "same" } else { "different" };
         let pairs = &self.metrics.pairs;
         self.verdicts[usize::from(!same)]
@@ -382,7 +383,7 @@ impl Recorder {
                     verdict: verdict.into(),
                 })
             })
-            .inc();
+            .inc_by(n);
         // Consecutive pairs mostly differ in the same places: their counters are kept.
         if self.last_paths.len() != paths.len()
             || self.last_paths.iter().zip(paths).any(|((p, _), q)| p != q)
@@ -394,7 +395,7 @@ impl Recorder {
             }
         }
         for (_, c) in &self.last_paths {
-            c.inc();
+            c.inc_by(n);
         }
     }
 
@@ -652,9 +653,9 @@ mod tests {
             .any(|l| l.contains("destination_workload=\"unknown\"")));
 
         for i in 0..MAX_DIFFERENCE_PATHS + 50 {
-            r.pair(false, &[format!("body:[*].f{i}"), "header:etag".into()]);
+            r.pairs(false, &[format!("body:[*].f{i}"), "header:etag".into()], 1);
         }
-        r.pair(true, &[]);
+        r.pairs(true, &[], 1);
         r.unmatched("shadow");
         let t = text(&reg);
         let paths = t

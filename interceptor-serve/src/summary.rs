@@ -42,19 +42,20 @@ impl Summary {
     }
 
     /// A pair, with its generalised differing paths (each once).
-    pub fn pair(&mut self, same: bool, paths: &[String]) {
+    /// `n` pairs of one verdict that differed in `paths`.
+    pub fn pairs(&mut self, same: bool, paths: &[String], n: u64) {
         if same {
-            self.same += 1;
+            self.same += n;
         } else {
-            self.different += 1;
+            self.different += n;
         }
         for p in paths {
-            if let Some(n) = self.paths.get_mut(p) {
-                *n += 1;
+            if let Some(c) = self.paths.get_mut(p) {
+                *c += n;
             } else if self.paths.len() < MAX_PATHS {
-                self.paths.insert(p.clone(), 1);
+                self.paths.insert(p.clone(), n);
             } else {
-                self.other_paths += 1;
+                self.other_paths += n;
             }
         }
     }
@@ -98,9 +99,9 @@ mod tests {
             s.exchange(Some(l));
         }
         s.exchange(None);
-        s.pair(false, &["body:[*].imageUrl".into(), "header:etag".into()]);
-        s.pair(false, &["body:[*].imageUrl".into()]);
-        s.pair(true, &[]);
+        s.pairs(false, &["body:[*].imageUrl".into(), "header:etag".into()], 1);
+        s.pairs(false, &["body:[*].imageUrl".into()], 1);
+        s.pairs(true, &[], 1);
         s.unmatched();
         let v: serde_json::Value = serde_json::from_slice(&s.json()).unwrap();
         assert_eq!(v["exchanges"], 5);

@@ -536,9 +536,10 @@ fn metrics_are_valid_exposition_text_in_both_formats() {
             latency: status.map(|_| Duration::from_millis(ms)),
         });
     }
-    r.pair(
+    r.pairs(
         false,
         &["body:[*].imageUrl".into(), "header:x-\"odd\"\\name".into()],
+        1,
     );
     let server = Server::bind("127.0.0.1:0", state).unwrap();
     let plain = get(server.local_addr(), "/metrics");
