@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,8 @@ struct Shared {
     config: Config,
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Notified as each connection ends, for the shutdown waiting on them.
+    ended: (Mutex<()>, Condvar),
 }
 
 /// A running server; [`Server::shutdown`] (or dropping it) stops it.
@@ -172,6 +174,7 @@ impl Server {
             config,
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            ended: (Mutex::new(()), Condvar::new()),
         });
         let (l, s) = (listener.clone(), shared.clone());
         let accept = std::thread::Builder::new()
@@ -220,10 +223,17 @@ impl Server {
             ring.close();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        // Polled finely: streams end within a moment of the close, and the process's exit
-        // waits for this.
-        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+        let (lock, ended) = &self.shared.ended;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.shared.active.load(Ordering::SeqCst) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = match ended.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 }
@@ -239,7 +249,11 @@ struct Slot(Arc<Shared>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // Under the lock, so a shutdown between its check and its wait still hears it.
+        let (lock, ended) = &self.0.ended;
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         self.0.active.fetch_sub(1, Ordering::SeqCst);
+        ended.notify_all();
     }
 }
 
