@@ -99,7 +99,11 @@ mod tests {
             s.exchange(Some(l));
         }
         s.exchange(None);
-        s.pairs(false, &["body:[*].imageUrl".into(), "header:etag".into()], 1);
+        s.pairs(
+            false,
+            &["body:[*].imageUrl".into(), "header:etag".into()],
+            1,
+        );
         s.pairs(false, &["body:[*].imageUrl".into()], 1);
         s.pairs(true, &[], 1);
         s.unmatched();

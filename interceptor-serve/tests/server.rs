@@ -145,6 +145,20 @@ fn frames(text: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// The `seq`s of the `exchange` events among `f`, in the order they came.
+fn exchange_seqs(f: &[(String, serde_json::Value)]) -> Vec<u64> {
+    f.iter()
+        .filter(|(e, _)| e == "exchange")
+        .filter_map(|(_, d)| d["seq"].as_u64())
+        .collect()
+}
+
+/// Whether the frame of event `seq` has arrived whole (a frame can come in several reads).
+fn arrived(text: &str, seq: u64) -> bool {
+    text.rfind(&format!("\"seq\":{seq},"))
+        .is_some_and(|at| text[at..].contains("\n\n"))
+}
+
 #[test]
 fn the_stream_replays_then_follows_with_summary_and_pings() {
     let ring = Arc::new(Ring::new(Limits::default()));
@@ -242,16 +256,9 @@ fn a_browser_that_stops_reading_never_holds_up_the_producer_and_learns_what_it_m
     // Now the browser reads: it gets a `dropped` with its running total, then the newest
     // events, and the seqs it saw plus the missed account for every event.
     // Until the last event has arrived whole (its frame can come in several reads).
-    let text = read_frames(&mut slow, Duration::from_secs(20), |t| {
-        t.rfind("\"seq\":20000,")
-            .is_some_and(|at| t[at..].contains("\n\n"))
-    });
+    let text = read_frames(&mut slow, Duration::from_secs(20), |t| arrived(t, 20_000));
     let f = frames(&text);
-    let seen: Vec<u64> = f
-        .iter()
-        .filter(|(e, _)| e == "exchange")
-        .filter_map(|(_, d)| d["seq"].as_u64())
-        .collect();
+    let seen = exchange_seqs(&f);
     let dropped: Vec<&serde_json::Value> = f
         .iter()
         .filter(|(e, _)| e == "dropped")
@@ -297,10 +304,7 @@ fn a_browser_reading_fast_is_paced_to_the_newest_and_told_what_it_skipped() {
     // connection's allowance is at most its burst when this starts.)
     let start = Instant::now();
     let reader = std::thread::spawn(move || {
-        let text = read_frames(&mut s, Duration::from_secs(20), |t| {
-            t.rfind("\"seq\":20000,")
-                .is_some_and(|at| t[at..].contains("\n\n"))
-        });
+        let text = read_frames(&mut s, Duration::from_secs(20), |t| arrived(t, 20_000));
         (text, start.elapsed())
     });
     for i in 0..20_000u32 {
@@ -314,11 +318,7 @@ fn a_browser_reading_fast_is_paced_to_the_newest_and_told_what_it_skipped() {
     }
     let (text, reading) = reader.join().unwrap();
     let f = frames(&text);
-    let seen: Vec<u64> = f
-        .iter()
-        .filter(|(e, _)| e == "exchange")
-        .filter_map(|(_, d)| d["seq"].as_u64())
-        .collect();
+    let seen = exchange_seqs(&f);
     let missed = f
         .iter()
         .filter(|(e, _)| e == "dropped")
@@ -338,15 +338,9 @@ fn a_browser_reading_fast_is_paced_to_the_newest_and_told_what_it_skipped() {
     // A browser connecting now is replayed the whole ring at once, paced or not.
     let mut late = TcpStream::connect(server.local_addr()).unwrap();
     late.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
-    let text = read_frames(&mut late, Duration::from_secs(5), |t| {
-        t.rfind("\"seq\":20000,")
-            .is_some_and(|at| t[at..].contains("\n\n"))
-    });
-    let replayed = frames(&text)
-        .iter()
-        .filter(|(e, _)| e == "exchange")
-        .count();
-    assert_eq!(replayed, Limits::default().events);
+    let text = read_frames(&mut late, Duration::from_secs(5), |t| arrived(t, 20_000));
+    let replayed = exchange_seqs(&frames(&text));
+    assert_eq!(replayed.len(), Limits::default().events);
     assert!(
         !text.contains("event: dropped"),
         "the replay skipped events"
