@@ -1373,6 +1373,63 @@ mod tests {
     }
 
     #[test]
+    fn pairs_in_a_row_are_counted_when_the_run_changes_or_the_sink_flushes() {
+        use interceptor_sniff::shadow::{pair, report, Shadow};
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let ring = Arc::new(Ring::new(Limits::default()));
+        let feed = Feed::new(ring, &metrics, None);
+        let reporter = report::Reporter::new(io::sink(), report::Style::Json);
+        let mut shadow = Shadow::new(pair::Config::default(), Default::default(), reporter)
+            .observe(feed.observer());
+        let mut sink = feed.sink(Box::new(Discard));
+        let pairs_text = |registry: &Registry| {
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, registry).unwrap();
+            t.lines()
+                .filter(|l| l.starts_with("interceptor_shadow_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let mut at = 0;
+        let mut mirror = |id: &str, primary: &str, shadow_body: &str| {
+            at += 10;
+            let p = mirrored("catalog", id, at, primary);
+            let s = mirrored("catalog-shadow", id, at + 1, shadow_body);
+            [p, s]
+        };
+        // Two the same, then two that differ in the same place.
+        for (id, a, b) in [
+            ("a", "[1]", "[1]"),
+            ("b", "[1]", "[1]"),
+            ("c", "[2]", "[2,0]"),
+            ("d", "[2]", "[2,0]"),
+        ] {
+            for ex in mirror(id, a, b) {
+                shadow.push(ex).unwrap();
+            }
+        }
+        // The run of the same was counted as the verdict changed; the other, by the flush.
+        let t = pairs_text(&registry);
+        assert!(
+            t.contains(&"interceptor_shadow_pairs_total{verdict=\"same\"} 2".to_string()),
+            "{t:?}"
+        );
+        sink.flush().unwrap();
+        let t = pairs_text(&registry);
+        assert!(
+            t.contains(&"interceptor_shadow_pairs_total{verdict=\"different\"} 2".to_string()),
+            "{t:?}"
+        );
+        assert!(
+            t.iter().any(
+                |l| l.starts_with("interceptor_shadow_differences_total{") && l.ends_with(" 2")
+            ),
+            "{t:?}"
+        );
+    }
+
+    #[test]
     fn the_json_writer_s_buffers_are_the_ring_s_exchange_events() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
