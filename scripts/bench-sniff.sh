@@ -157,20 +157,17 @@ peak_rss() {
 # file; runs it until it says the capture ended, then interrupts it at once. Its time is
 # from CMD's start to its exit (written to $ELAPSED), as the row without --serve is timed
 # to its exit: both then include the process's teardown (unmapping the capture file
-# alone takes milliseconds). With --client, a client reads /events from the
-# moment the server is up (it tries to connect every 0.2 ms from before the start) to the
-# end: a browser connected all along. The client has started (Python's own start-up,
-# tens of milliseconds of CPU, is not a browser's cost) before the clock does.
+# alone takes milliseconds). With --client, a client reads /events from the moment the
+# server is up (the sniffer says so before it reads the capture) to the end: a browser
+# connected all along. The client has started (Python's own start-up, tens of
+# milliseconds of CPU, is not a browser's cost) before the clock does, and waits to be
+# told, not polling, that the server is up.
 cat > "$work/sse-client.py" <<'PY'
-import socket, sys, time
+import socket, sys
 port = int(sys.argv[1])
 print("ready", flush=True)
-while True:
-    try:
-        s = socket.create_connection(("127.0.0.1", port))
-        break
-    except OSError:
-        time.sleep(0.0002)
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", port))
 s.sendall(b"GET /events HTTP/1.1\r\nHost: bench\r\n\r\n")
 while s.recv(1 << 16):
     pass
@@ -182,9 +179,10 @@ client=0
 [ "$1" = --client ] && { client=1; shift; }
 port=${SERVE_PORT:?}
 if [ "$client" = 1 ]; then
-  ready=$(mktemp -u); mkfifo "$ready"
-  python3 "$(dirname "$0")/sse-client.py" "$port" >"$ready" & cl=$!
-  read -r _ <"$ready"; rm -f "$ready"
+  ready=$(mktemp -u) go=$(mktemp -u); mkfifo "$ready" "$go"
+  python3 "$(dirname "$0")/sse-client.py" "$port" <"$go" >"$ready" & cl=$!
+  exec 4>"$go"
+  read -r _ <"$ready"; rm -f "$ready" "$go"
 fi
 fifo=$(mktemp -u); mkfifo "$fifo"
 start=${EPOCHREALTIME/[^0-9]/}
@@ -193,7 +191,10 @@ pid=$!
 exec 3<"$fifo"; rm -f "$fifo"
 ok=1
 while read -r line <&3; do
-  case $line in *"capture ended"*) ok=0; break ;; esac
+  case $line in
+    *"serving the live view"*) [ "$client" = 0 ] || { echo go >&4; exec 4>&-; } ;;
+    *"capture ended"*) ok=0; break ;;
+  esac
 done
 kill -INT "$pid" 2>/dev/null; wait "$pid"
 end=${EPOCHREALTIME/[^0-9]/}
