@@ -481,14 +481,8 @@ impl Shared {
         let run = &mut self.run;
         if run.pairs == 0 || run.same != same || run.places != places {
             self.count_run();
-            let run = &mut self.run;
-            run.same = same;
-            run.places.truncate(places.len());
-            for (kept, p) in run.places.iter_mut().zip(places) {
-                kept.clone_from(p);
-            }
-            let have = run.places.len();
-            run.places.extend_from_slice(&places[have..]);
+            self.run.same = same;
+            places.clone_into(&mut self.run.places);
         }
         self.run.pairs += 1;
         let pods = [self.pods_of(&pair.primary), self.pods_of(&pair.shadow)];

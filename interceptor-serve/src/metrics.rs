@@ -241,7 +241,6 @@ impl Metrics {
             recent: Default::default(),
             recent_next: 0,
             paths: HashMap::default(),
-            last_paths: Vec::new(),
             other_path: None,
             verdicts: [None, None],
         }
@@ -283,8 +282,6 @@ pub struct Recorder {
     recent_next: usize,
     paths: HashMap<String, Counter, Seed>,
     other_path: Option<Counter>,
-    /// The paths of the last pair, with their counters.
-    last_paths: Vec<(String, Counter)>,
     /// The pair counters by verdict (same, different), made on first use.
     verdicts: [Option<Counter>; 2],
 }
@@ -384,18 +381,8 @@ impl Recorder {
                 })
             })
             .inc_by(n);
-        // Consecutive pairs mostly differ in the same places: their counters are kept.
-        if self.last_paths.len() != paths.len()
-            || self.last_paths.iter().zip(paths).any(|((p, _), q)| p != q)
-        {
-            self.last_paths.clear();
-            for p in paths {
-                let c = self.path_counter(p);
-                self.last_paths.push((p.clone(), c));
-            }
-        }
-        for (_, c) in &self.last_paths {
-            c.inc_by(n);
+        for p in paths {
+            self.path_counter(p).inc_by(n);
         }
     }
 
