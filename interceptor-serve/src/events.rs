@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use interceptor_sniff::output::json::push_u64;
+
 /// An event rendered only when a connection reads it. It may have several parts, each an
 /// event of the stream with its own sequence number (a shadow pair and its two exchanges):
 /// they take consecutive numbers and are held, evicted and given back as one.
@@ -63,21 +65,6 @@ pub fn prefetch<T: ?Sized>(p: *const T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// Appends `v` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// `{"seq":N,` then the members of `object`; an object with none becomes `{"seq":N}`.
