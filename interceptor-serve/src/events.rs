@@ -104,7 +104,7 @@ enum Payload {
 }
 
 /// What the ring holds: an event of the stream, or several (the parts of a lazy event),
-/// each part in a slot of its own.
+/// all in one slot of the queue.
 pub struct Event {
     /// Set under the ring's lock as the event is appended (atomic so that a recycled
     /// event needs no exclusive access there); read by connections after that lock. The
